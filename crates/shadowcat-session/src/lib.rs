@@ -1,0 +1,8 @@
+//! Shadowcat's persistence side: the `Session` model, the `SessionStore`
+//! trait with its stores (memory, embedded redb file, Redis) and the
+//! `BatchingWriter`, the one task per store that gets resumption points and
+//! activity times into the store without ever slowing a stream.
+//!
+//! Architecture invariant: this crate knows nothing about SSE or transports;
+//! it never depends on `shadowcat-transport`.
+#![forbid(unsafe_code)]

@@ -1,0 +1,8 @@
+//! Shadowcat's transport layer: the SSE codec, the `EventTracker` (the single
+//! authority for SSE event ids: last id, dedup, resumption point) and the
+//! reconnect policy.
+//!
+//! Architecture invariant: this crate knows nothing about sessions or
+//! persistence. It reports resumption-point changes through [`EventIdSink`],
+//! a trait it owns; whoever persists them implements it elsewhere.
+#![forbid(unsafe_code)]

@@ -1,0 +1,111 @@
+//! `cargo xtask`: the project's own automation. `cargo xtask ci` is the one
+//! test command (README, `.ci/run`): fmt, clippy, all tests, tidy checks and
+//! the deterministic bench gates. Tidy checks live in `tidy.rs` as `#[test]`s
+//! so a plain `cargo test` runs them too.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[cfg(test)]
+mod tidy;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("gates") => gates(),
+        Some("help") | None => {
+            eprintln!("usage: cargo xtask <ci|gates>");
+            eprintln!("  ci     fmt check, clippy -D warnings, all tests, tidy, bench gates");
+            eprintln!("  gates  only the deterministic bench gates");
+            Ok(())
+        }
+        Some(other) => Err(format!(
+            "unknown xtask command `{other}` (try `cargo xtask help`)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn step(name: &str, mut cmd: Command) -> Result<(), String> {
+    eprintln!("==> {name}");
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{name}: could not start: {e}"))?;
+    eprintln!("<== {name}: {:.1}s", start.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn ci() -> Result<(), String> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    step("fmt", fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    step("clippy", clippy)?;
+
+    // All tests, tidy included (xtask's own #[test]s are workspace tests).
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--all-targets", "--locked"]);
+    step("tests", test)?;
+
+    // Doc tests are not covered by --all-targets.
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--doc", "--locked"]);
+    step("doc tests", doc)?;
+
+    gates()
+}
+
+/// Deterministic gates: allocations per event, bytes per stream/session,
+/// tasks per event, store writes per event. Never wall-clock times.
+fn gates() -> Result<(), String> {
+    let mut gates = cargo();
+    gates.args([
+        "test",
+        "--locked",
+        "--package",
+        "benches",
+        "--test",
+        "gates",
+        "--",
+        "--test-threads=1",
+    ]);
+    step("bench gates", gates)
+}
