@@ -6,3 +6,9 @@
 //! persistence. It reports resumption-point changes through [`EventIdSink`],
 //! a trait it owns; whoever persists them implements it elsewhere.
 #![forbid(unsafe_code)]
+
+pub mod reconnect;
+pub mod sse;
+pub mod tracker;
+
+pub use tracker::{EventIdSink, EventTracker};

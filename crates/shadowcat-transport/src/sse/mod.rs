@@ -1,0 +1,1 @@
+//! Server-sent events: an incremental WHATWG decoder and an encoder.
