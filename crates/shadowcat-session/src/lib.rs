@@ -6,3 +6,14 @@
 //! Architecture invariant: this crate knows nothing about SSE or transports;
 //! it never depends on `shadowcat-transport`.
 #![forbid(unsafe_code)]
+
+pub mod memory;
+pub mod model;
+pub mod store;
+
+pub use memory::MemoryStore;
+pub use model::{
+    InvalidSessionId, ResumptionPoint, Session, SessionId, StreamId, StreamPoint, UnixMillis,
+    Update, now_millis,
+};
+pub use store::{Page, SessionStore, StoreError};

@@ -1,0 +1,254 @@
+//! The session model: what the proxy remembers about one MCP session.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// Longest session id accepted from a client or a store (bytes).
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// Milliseconds since the Unix epoch. Stores keep times in this form.
+pub type UnixMillis = u64;
+
+/// The current time as [`UnixMillis`].
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A proxy session id: what the proxy hands the client as `Mcp-Session-Id`.
+///
+/// Generated ids are 128 random bits from the OS, as 32 lowercase hex
+/// characters. Parsed ids must be visible ASCII (0x21–0x7E), 1 to
+/// [`MAX_SESSION_ID_LEN`] bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(Box<str>);
+
+/// A string that is not a valid session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid session id: {reason}")]
+pub struct InvalidSessionId {
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl SessionId {
+    /// A new id with 128 bits from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)?;
+        let mut s = String::with_capacity(32);
+        for b in raw {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 0xf) as usize] as char);
+        }
+        Ok(SessionId(s.into_boxed_str()))
+    }
+
+    /// Checks `s` against the MCP rules (visible ASCII, bounded length).
+    pub fn parse(s: &str) -> Result<Self, InvalidSessionId> {
+        if s.is_empty() {
+            return Err(InvalidSessionId { reason: "empty" });
+        }
+        if s.len() > MAX_SESSION_ID_LEN {
+            return Err(InvalidSessionId {
+                reason: "longer than 128 bytes",
+            });
+        }
+        if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(InvalidSessionId {
+                reason: "not visible ASCII (0x21-0x7E)",
+            });
+        }
+        Ok(SessionId(s.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.0)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = InvalidSessionId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        SessionId::parse(&s)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(id: SessionId) -> String {
+        id.0.into()
+    }
+}
+
+/// Names one SSE stream within a session. The proxy numbers them; the
+/// store treats the number as opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamId(pub u32);
+
+/// Where a stream can be resumed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumptionPoint {
+    /// The last upstream SSE event id seen on the stream, if the upstream
+    /// sends ids.
+    pub upstream_event_id: Option<String>,
+    /// The sequence number of the last event the proxy sent the client on
+    /// this stream (0: none yet).
+    pub client_seq: u64,
+}
+
+/// One stream's resumption point, as kept in a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPoint {
+    /// Which stream.
+    pub stream: StreamId,
+    /// Where it resumes.
+    pub point: ResumptionPoint,
+}
+
+/// One MCP session as the proxy knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The id the client holds (`Mcp-Session-Id` toward the client).
+    pub id: SessionId,
+    /// The upstream's `Mcp-Session-Id`, if it issued one. Never shown to
+    /// the client.
+    pub upstream_session_id: Option<String>,
+    /// The upstream this session is bound to (a URL or a command label).
+    pub upstream: String,
+    /// The negotiated MCP protocol revision, e.g. `2025-11-25`.
+    pub protocol_version: String,
+    /// When the session was created.
+    pub created_at: UnixMillis,
+    /// The last time a client used the session.
+    pub last_activity: UnixMillis,
+    /// Per stream, the resumption point. Ordered by stream id.
+    pub streams: SmallVec<[StreamPoint; 1]>,
+}
+
+impl Session {
+    /// A new session created now, with no streams.
+    pub fn new(
+        id: SessionId,
+        upstream: impl Into<String>,
+        protocol_version: impl Into<String>,
+    ) -> Self {
+        let now = now_millis();
+        Session {
+            id,
+            upstream_session_id: None,
+            upstream: upstream.into(),
+            protocol_version: protocol_version.into(),
+            created_at: now,
+            last_activity: now,
+            streams: SmallVec::new(),
+        }
+    }
+
+    /// The resumption point of `stream`, if any.
+    pub fn stream(&self, stream: StreamId) -> Option<&ResumptionPoint> {
+        self.streams
+            .iter()
+            .find(|s| s.stream == stream)
+            .map(|s| &s.point)
+    }
+
+    /// Sets `stream`'s resumption point, keeping `streams` ordered.
+    pub fn set_stream(&mut self, stream: StreamId, point: ResumptionPoint) {
+        match self.streams.binary_search_by_key(&stream, |s| s.stream) {
+            Ok(i) => self.streams[i].point = point,
+            Err(i) => self.streams.insert(i, StreamPoint { stream, point }),
+        }
+    }
+
+    /// Bytes this session takes in memory: the struct plus its heap parts.
+    pub fn memory_bytes(&self) -> usize {
+        let heap_strings = self.id.as_str().len()
+            + self
+                .upstream_session_id
+                .as_ref()
+                .map_or(0, |s| s.capacity())
+            + self.upstream.capacity()
+            + self.protocol_version.capacity();
+        let streams_heap = if self.streams.spilled() {
+            self.streams.capacity() * std::mem::size_of::<StreamPoint>()
+        } else {
+            0
+        };
+        let ids: usize = self
+            .streams
+            .iter()
+            .map(|s| {
+                s.point
+                    .upstream_event_id
+                    .as_ref()
+                    .map_or(0, |e| e.capacity())
+            })
+            .sum();
+        std::mem::size_of::<Session>() + heap_strings + streams_heap + ids
+    }
+}
+
+/// One change the [`crate::BatchingWriter`] hands a store in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A stream's newest resumption point.
+    Point {
+        /// The session.
+        session: SessionId,
+        /// The stream.
+        stream: StreamId,
+        /// Its newest resumption point.
+        point: ResumptionPoint,
+    },
+    /// The session was used at `at`.
+    Touch {
+        /// The session.
+        session: SessionId,
+        /// When.
+        at: UnixMillis,
+    },
+    /// The stream is finished; its resumption point is no longer needed.
+    EndStream {
+        /// The session.
+        session: SessionId,
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
+impl Update {
+    /// The session this update is about.
+    pub fn session(&self) -> &SessionId {
+        match self {
+            Update::Point { session, .. }
+            | Update::Touch { session, .. }
+            | Update::EndStream { session, .. } => session,
+        }
+    }
+}
