@@ -104,6 +104,8 @@ fn gates() -> Result<(), String> {
         "benches",
         "--test",
         "gates",
+        "--test",
+        "session_gates",
         "--",
         "--test-threads=1",
     ]);

@@ -17,3 +17,7 @@ pub use model::{
     Update, now_millis,
 };
 pub use store::{Page, SessionStore, StoreError};
+
+pub mod redb_store;
+pub mod redis_store;
+pub mod writer;

@@ -1,0 +1,1 @@
+//! `RedbStore`: the embedded default store, one redb file.

@@ -1,0 +1,1 @@
+//! `RedisStore`: sessions in Redis, shared by several proxy instances.

@@ -1,0 +1,1 @@
+//! `BatchingWriter`: the one task per store that persists resumption points.
