@@ -12,3 +12,6 @@ pub mod sse;
 pub mod tracker;
 
 pub use tracker::{EventIdSink, EventTracker};
+
+pub use reconnect::{Decision, Failure, GiveUp, ReconnectConfig, ReconnectPolicy};
+pub use tracker::{EventId, Recorded, TrackerConfig, TrackerConfigError, TrackerStats};
