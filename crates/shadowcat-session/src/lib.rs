@@ -21,3 +21,4 @@ pub use store::{Page, SessionStore, StoreError};
 pub mod redb_store;
 pub mod redis_store;
 pub mod writer;
+pub use redb_store::RedbStore;
