@@ -807,3 +807,294 @@ impl SessionStore for RedbStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::io;
+    use std::sync::atomic::AtomicUsize;
+
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "shadowcat-redb-unit-{tag}-{}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed),
+                crate::model::now_millis()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn point(id: Option<&str>, seq: u64) -> ResumptionPoint {
+        ResumptionPoint {
+            upstream_event_id: id.map(str::to_owned),
+            client_seq: seq,
+        }
+    }
+
+    #[test]
+    fn point_encoding_roundtrips_and_rejects_garbage() {
+        let mut buf = Vec::new();
+        for p in [
+            point(None, 0),
+            point(Some(""), 1),
+            point(Some("0/17"), u64::MAX),
+            point(Some("caf\u{e9} | id"), 42),
+        ] {
+            encode_point(&p, &mut buf);
+            assert_eq!(decode_point(&buf), Some(p));
+        }
+        assert_eq!(decode_point(&[]), None);
+        assert_eq!(decode_point(&[0; 8]), None, "no tag");
+        assert_eq!(decode_point(&[0, 0, 0, 0, 0, 0, 0, 0, 2]), None, "bad tag");
+        assert_eq!(
+            decode_point(&[0, 0, 0, 0, 0, 0, 0, 0, 0, b'x']),
+            None,
+            "trailing"
+        );
+        assert_eq!(
+            decode_point(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]),
+            None,
+            "not UTF-8"
+        );
+    }
+
+    #[test]
+    fn session_record_roundtrips_and_rejects_garbage() {
+        let mut s = Session::new(
+            SessionId::parse("abc").unwrap(),
+            "http://[::1]:9/mcp",
+            "2025-11-25",
+        );
+        let mut buf = Vec::new();
+        for usid in [None, Some(String::new()), Some("up-\u{e9}".to_string())] {
+            s.upstream_session_id = usid;
+            encode_session(&s, &mut buf);
+            let rec = decode_session(&buf).expect("decodes");
+            assert_eq!(rec.created_at, s.created_at);
+            assert_eq!(rec.upstream, s.upstream);
+            assert_eq!(rec.protocol_version, s.protocol_version);
+            assert_eq!(rec.upstream_session_id, s.upstream_session_id.as_deref());
+            // Every strict prefix is rejected, as is a trailing byte.
+            for cut in 0..buf.len() {
+                assert!(decode_session(&buf[..cut]).is_none(), "prefix {cut}");
+            }
+            let mut longer = buf.clone();
+            longer.push(0);
+            assert!(decode_session(&longer).is_none());
+        }
+        encode_session(&s, &mut buf);
+        buf[0] = 9;
+        assert!(decode_session(&buf).is_none(), "unknown record version");
+    }
+
+    fn raw_db(store: &RedbStore) -> Arc<Database> {
+        store.inner.acquire().unwrap()
+    }
+
+    #[tokio::test]
+    async fn undecodable_records_are_corrupt() {
+        let dir = TempDir::new("corrupt-rec");
+        let store = RedbStore::open(dir.0.join("s.redb")).unwrap();
+        let s = Session::new(SessionId::parse("victim").unwrap(), "u", "2025-11-25");
+        store.create(&s).await.unwrap();
+        {
+            let db = raw_db(&store);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(POINTS)
+                .unwrap()
+                .insert(("victim", 3), [7u8, 7].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = store
+            .get_last_event_id(&s.id, StreamId(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("victim"), "{err}");
+        let err = store.get(&s.id).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        let err = store.list(None, 10).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        {
+            let db = raw_db(&store);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(SESSIONS)
+                .unwrap()
+                .insert("victim", [1u8, 2, 3].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = store.get(&s.id).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_newer_file_format_is_refused() {
+        let dir = TempDir::new("format");
+        let path = dir.0.join("s.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let db = raw_db(&store);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(FORMAT_KEY, FORMAT + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Refused { .. }), "{err:?}");
+        assert!(err.to_string().contains("format 2"), "{err}");
+    }
+
+    /// A real file whose writes fail while `fail` holds an error kind.
+    #[derive(Debug)]
+    struct Flaky {
+        file: FileBackend,
+        fail: Arc<Mutex<Option<io::ErrorKind>>>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), io::Error> {
+            match *self.fail.lock() {
+                Some(kind) => Err(io::Error::new(kind, "injected fault")),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl StorageBackend for Flaky {
+        fn len(&self) -> Result<u64, io::Error> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> Result<(), io::Error> {
+            self.file.close()
+        }
+        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.file.try_lock_range(s, e)
+        }
+        fn try_lock_shared_range(
+            &self,
+            s: Bound<u64>,
+            e: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.file.try_lock_shared_range(s, e)
+        }
+        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.lock_range(s, e)
+        }
+        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.lock_shared_range(s, e)
+        }
+        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.unlock_range(s, e)
+        }
+        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.file.query_lock_range(s, e)
+        }
+    }
+
+    fn flaky_store(path: PathBuf, fail: Arc<Mutex<Option<io::ErrorKind>>>) -> RedbStore {
+        let file_path = path.clone();
+        let open = move || {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file_path)?;
+            let backend = Flaky {
+                file: FileBackend::new(file)?,
+                fail: Arc::clone(&fail),
+            };
+            Builder::new()
+                .set_check_integrity_on_open(true)
+                .create_with_backend(backend)
+        };
+        RedbStore::with_opener(path, Box::new(open)).unwrap()
+    }
+
+    fn touch(id: &SessionId, seq: u64) -> Vec<Update> {
+        vec![Update::Point {
+            session: id.clone(),
+            stream: StreamId(0),
+            point: point(Some(&seq.to_string()), seq),
+        }]
+    }
+
+    /// An I/O error latches redb's handle; the store reopens the file on a
+    /// later call, so a transient fault or a freed disk heals without a
+    /// restart, and nothing committed before is lost.
+    #[tokio::test]
+    async fn the_store_reopens_after_an_io_error() {
+        let dir = TempDir::new("flaky");
+        let fail = Arc::new(Mutex::new(None));
+        let store = flaky_store(dir.0.join("s.redb"), Arc::clone(&fail));
+        let s = Session::new(SessionId::parse("survivor").unwrap(), "u", "2025-11-25");
+        store.create(&s).await.unwrap();
+        store.apply_batch(&touch(&s.id, 1)).await.unwrap();
+
+        for (kind, retryable) in [
+            (io::ErrorKind::Other, true),
+            (io::ErrorKind::StorageFull, false),
+        ] {
+            *fail.lock() = Some(kind);
+            let err = store.apply_batch(&touch(&s.id, 2)).await.unwrap_err();
+            assert_eq!(err.is_retryable(), retryable, "{kind:?}: {err:?}");
+            let expected_refused = !retryable;
+            assert_eq!(
+                matches!(err, StoreError::Refused { .. }),
+                expected_refused,
+                "{err:?}"
+            );
+            // Still failing: the reopen itself fails, cleanly.
+            let err = store.apply_batch(&touch(&s.id, 2)).await.unwrap_err();
+            assert!(!matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+
+            *fail.lock() = None;
+            assert_eq!(
+                store.get_last_event_id(&s.id, StreamId(0)).await.unwrap(),
+                Some(point(Some("1"), 1)),
+                "{kind:?}: the failed batch is absent, the committed one present"
+            );
+            store.apply_batch(&touch(&s.id, 3)).await.unwrap();
+            store.apply_batch(&touch(&s.id, 1)).await.unwrap();
+        }
+        assert_eq!(store.count().await.unwrap(), 1);
+    }
+}

@@ -93,7 +93,7 @@ async fn everything_survives_a_reopen() {
                 "http://127.0.0.1:3001/mcp",
                 "2025-11-25",
             );
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 s.upstream_session_id = Some(format!("up-{i}"));
             }
             s.set_stream(StreamId(0), point(&format!("init-{i}"), 1));
@@ -116,7 +116,7 @@ async fn everything_survives_a_reopen() {
                 at,
             });
             s.last_activity = at;
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 batch.push(Update::EndStream {
                     session: s.id.clone(),
                     stream: StreamId(0),
