@@ -35,7 +35,9 @@
 //! fail with [`StoreError::Unavailable`] and the manager reconnects on the
 //! next call, so the same store works again once Redis is back (the first
 //! call after the return may still fail). No call waits longer than
-//! [`RedisStoreConfig::call_timeout`].
+//! [`RedisStoreConfig::call_timeout`]. A write that timed out may still have
+//! landed; retrying it is harmless (points and touches are idempotent; a
+//! retried `create` reports `AlreadyExists`).
 //!
 //! # Errors
 //!
@@ -110,6 +112,7 @@ impl Default for RedisStoreConfig {
 /// batching writer retries with backoff), so calls fail fast.
 const RECONNECT_RETRIES: usize = 1;
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Creates (`ARGV[3] == 'create'`) or replaces a session hash and indexes it.
 /// KEYS: session hash, index. ARGV: ttl ms, id, mode, field, value, ...
@@ -277,7 +280,7 @@ impl RedisStore {
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(config.connect_timeout);
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let call_timeout = config.call_timeout;
         let setup = async {
             let mut conn = ConnectionManager::new_with_config(client, manager_config)
