@@ -22,3 +22,4 @@ pub mod redb_store;
 pub mod redis_store;
 pub mod writer;
 pub use redb_store::RedbStore;
+pub use redis_store::{RedisStore, RedisStoreConfig};
