@@ -15,3 +15,8 @@ pub use tracker::{EventIdSink, EventTracker};
 
 pub use reconnect::{Decision, Failure, GiveUp, ReconnectConfig, ReconnectPolicy};
 pub use tracker::{EventId, Recorded, TrackerConfig, TrackerConfigError, TrackerStats};
+
+pub use sse::{
+    DecodeError, Decoder, DecoderLimits, EncodeError, OutgoingEvent, SseEvent, SseItem, Utf8Bytes,
+    encode_comment,
+};
