@@ -1,3 +1,23 @@
 //! Shadowcat's proxies: they wire `shadowcat-transport` (SSE, event ids) to
 //! `shadowcat-session` (persistence) through traits only.
+//!
+//! [`ReverseProxy`] serves MCP Streamable HTTP (revisions 2025-03-26,
+//! 2025-06-18, 2025-11-25 and the stateless 2026-07-28) in front of one
+//! upstream MCP server over HTTP.
 #![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod jsonrpc;
+pub mod protocol;
+pub mod reverse;
+mod sessions;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
+pub use error::{ProxyError, Rejection};
+pub use protocol::ProtocolVersion;
+pub use reverse::{ReverseProxy, ServeReport};

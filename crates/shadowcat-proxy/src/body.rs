@@ -1,0 +1,321 @@
+//! Response bodies toward the client: a fixed body, an upstream body
+//! streamed through untouched, or an SSE stream forwarded event by event.
+//!
+//! The SSE path is the hot path. Per upstream chunk it decodes with the
+//! transport crate's [`Decoder`], records each event id with the stream's
+//! [`EventTracker`] (dropping replayed duplicates), re-encodes into one
+//! reused buffer and hands the client one frame. It spawns nothing, takes
+//! no async lock and never waits on the store; it runs inside the client
+//! connection's own task, polled by hyper.
+//!
+//! Priming events (an id with empty data, MCP 2025-11-25) are forwarded as
+//! an id-only block (`id: …` and a blank line, no `data`): a client's SSE
+//! parser updates its last event id and dispatches nothing, so no client
+//! ever sees an empty JSON-RPC message, yet it can resume from there.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
+use shadowcat_transport::{EventTracker, Recorded};
+use tokio::time::{Instant, Sleep};
+
+/// The error type of [`ProxyBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body toward the client.
+#[derive(Debug)]
+pub struct ProxyBody(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+    Sse(Box<SseForward>),
+}
+
+impl ProxyBody {
+    /// A body of exactly `bytes`.
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody(Inner::Full(Some(bytes)))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ProxyBody(Inner::Full(None))
+    }
+
+    /// The upstream's body, streamed through as it arrives.
+    pub(crate) fn upstream(body: Incoming) -> Self {
+        ProxyBody(Inner::Upstream(body))
+    }
+
+    /// An SSE stream forwarded event by event.
+    pub(crate) fn sse(forward: SseForward) -> Self {
+        ProxyBody(Inner::Sse(Box::new(forward)))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Inner::Sse(fwd) => fwd.poll_next(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Sse(fwd) => fwd.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Counts one open SSE stream of a session; releases it when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot(Arc<AtomicU32>);
+
+impl StreamSlot {
+    /// Takes a slot if fewer than `max` are taken.
+    pub(crate) fn acquire(count: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(Arc::clone(count)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A future that completes when the proxy starts shutting down.
+pub(crate) type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Why an SSE stream toward the client was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The upstream's SSE was malformed or broke a decoder limit.
+    #[error("upstream SSE stream rejected: {0}")]
+    Decode(#[from] shadowcat_transport::sse::DecodeError),
+    /// The upstream connection failed mid-stream.
+    #[error("upstream stream failed: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+/// Forwards one upstream SSE stream to one client.
+pub(crate) struct SseForward {
+    upstream: Incoming,
+    decoder: Decoder,
+    tracker: Option<EventTracker>,
+    out: BytesMut,
+    keepalive: Pin<Box<Sleep>>,
+    interval: Duration,
+    closing: Option<Closing>,
+    done: bool,
+    events: u64,
+    duplicates: u64,
+    _slot: Option<StreamSlot>,
+    label: &'static str,
+}
+
+impl std::fmt::Debug for SseForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseForward")
+            .field("tracker", &self.tracker)
+            .field("done", &self.done)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Initial capacity of the re-encoding buffer.
+const OUT_CAPACITY: usize = 4096;
+
+impl SseForward {
+    /// Forwards `upstream`; ids are recorded with `tracker` when given.
+    pub(crate) fn new(
+        upstream: Incoming,
+        tracker: Option<EventTracker>,
+        interval: Duration,
+        closing: Option<Closing>,
+        slot: Option<StreamSlot>,
+        label: &'static str,
+    ) -> Self {
+        SseForward {
+            upstream,
+            decoder: Decoder::default(),
+            tracker,
+            out: BytesMut::with_capacity(OUT_CAPACITY),
+            keepalive: Box::pin(tokio::time::sleep(interval)),
+            interval,
+            closing,
+            done: false,
+            events: 0,
+            duplicates: 0,
+            _slot: slot,
+            label,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(closing) = &mut self.closing
+            && closing.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!(stream = self.label, "closing SSE stream for shutdown");
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut self.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = self.forward(chunk) {
+                        return Poll::Ready(Some(Err(self.fail(e))));
+                    }
+                    if !self.out.is_empty() {
+                        self.reset_keepalive();
+                        return Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(self.fail(StreamError::Upstream(e)))));
+                }
+                Poll::Ready(None) => {
+                    if self.decoder.finish() {
+                        tracing::debug!(
+                            stream = self.label,
+                            "upstream SSE stream ended mid-event; partial event dropped"
+                        );
+                    }
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        ready!(self.keepalive.as_mut().poll(cx));
+        self.reset_keepalive();
+        // A bare `:` comment; encode_comment only fails on line breaks.
+        let _ = encode_comment(&mut self.out, "");
+        Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))))
+    }
+
+    fn reset_keepalive(&mut self) {
+        let at = Instant::now() + self.interval;
+        self.keepalive.as_mut().reset(at);
+    }
+
+    fn fail(&mut self, e: StreamError) -> BoxError {
+        self.done = true;
+        tracing::warn!(stream = self.label, error = %e, "cutting SSE stream toward the client");
+        metrics::counter!("shadowcat_sse_stream_errors_total", "kind" => match e {
+            StreamError::Decode(_) => "decode",
+            StreamError::Upstream(_) => "upstream",
+        })
+        .increment(1);
+        Box::new(e)
+    }
+
+    /// Decodes `chunk` and re-encodes every deliverable item into `out`.
+    fn forward(&mut self, chunk: Bytes) -> Result<(), StreamError> {
+        self.decoder.push(chunk);
+        for item in self.decoder.by_ref() {
+            match item? {
+                SseItem::Event(ev) => {
+                    let id = if ev.has_own_id {
+                        ev.id.as_deref()
+                    } else {
+                        None
+                    };
+                    if let (Some(id), Some(tracker)) = (id, &self.tracker)
+                        && tracker.record(id) == Recorded::Duplicate
+                    {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    let mut out = OutgoingEvent::new();
+                    if let Some(id) = id {
+                        out = out.id(id);
+                    }
+                    if !ev.is_priming() {
+                        out = out.data(&ev.data);
+                        if let Some(name) = ev.event.as_deref() {
+                            out = out.event(name);
+                        }
+                        self.events += 1;
+                    }
+                    // Decoded ids and names hold no line break or NUL, so
+                    // encoding cannot fail.
+                    let _ = out.encode(&mut self.out);
+                }
+                SseItem::IdOnly(id) => {
+                    let id = id.as_deref().unwrap_or("");
+                    if let Some(tracker) = &self.tracker
+                        && tracker.record(id) == Recorded::Duplicate
+                    {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    let _ = OutgoingEvent::new().id(id).encode(&mut self.out);
+                }
+                SseItem::Retry(ms) => {
+                    let _ = OutgoingEvent::new().retry(ms).encode(&mut self.out);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SseForward {
+    fn drop(&mut self) {
+        metrics::counter!("shadowcat_sse_events_total").increment(self.events);
+        if self.duplicates > 0 {
+            metrics::counter!("shadowcat_sse_duplicates_dropped_total").increment(self.duplicates);
+        }
+        tracing::debug!(
+            stream = self.label,
+            events = self.events,
+            duplicates = self.duplicates,
+            completed = self.done,
+            "SSE stream closed"
+        );
+    }
+}

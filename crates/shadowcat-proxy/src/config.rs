@@ -1,0 +1,220 @@
+//! The reverse proxy's configuration: where it listens, where it sends, and
+//! every limit it enforces, each with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the reverse proxy needs to know to run.
+///
+/// Build one with [`ReverseProxyConfig::new`] and adjust fields; every
+/// field's doc names its default.
+#[derive(Clone)]
+pub struct ReverseProxyConfig {
+    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:3001/mcp`. Only
+    /// `http` upstreams are supported.
+    pub upstream: http::Uri,
+    /// Where the proxy listens. Default `127.0.0.1:8080` (loopback: bind to
+    /// another address only on purpose).
+    pub bind: SocketAddr,
+    /// The MCP endpoint path clients use. Default `/mcp`.
+    pub path: String,
+    /// Which `Origin` headers are accepted. Default: loopback origins only.
+    pub allowed_origins: OriginPolicy,
+    /// Sent upstream as `Authorization: Bearer …`. The client's own
+    /// credentials are never forwarded. Default none.
+    pub upstream_bearer: Option<String>,
+    /// Every limit the proxy enforces.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for ReverseProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseProxyConfig")
+            .field("upstream", &self.upstream)
+            .field("bind", &self.bind)
+            .field("path", &self.path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "upstream_bearer",
+                &self.upstream_bearer.as_ref().map(|_| "<redacted>"),
+            )
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Default listen address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Default MCP endpoint path.
+pub const DEFAULT_PATH: &str = "/mcp";
+
+impl ReverseProxyConfig {
+    /// A config for `upstream` with every other field at its default.
+    pub fn new(upstream: http::Uri) -> Self {
+        ReverseProxyConfig {
+            upstream,
+            bind: DEFAULT_BIND.parse().expect("default bind address parses"),
+            path: DEFAULT_PATH.to_owned(),
+            allowed_origins: OriginPolicy::default(),
+            upstream_bearer: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Named limits. Exceeding one is a typed, documented client error, never
+/// unbounded memory.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted; larger gets 413. Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line plus headers) accepted; larger
+    /// gets 431. Must be at least 8192. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted. Default 100.
+    pub max_headers: usize,
+    /// How long to wait for a TCP connection to the upstream; then 504.
+    /// Default 5 s.
+    pub upstream_connect_timeout: Duration,
+    /// How long to wait for the upstream's response head (status and
+    /// headers; a stream may then run as long as it likes); then 504.
+    /// Default 60 s.
+    pub upstream_response_timeout: Duration,
+    /// Most live sessions (in the store); an initialize beyond it gets 503.
+    /// Default 10,000.
+    pub max_sessions: u64,
+    /// Most SSE streams open at once in one session; more gets 429.
+    /// Default 16.
+    pub max_streams_per_session: u32,
+    /// A `:` comment is sent on a client SSE stream idle this long.
+    /// Default 15 s.
+    pub keepalive_interval: Duration,
+    /// Longest `Last-Event-ID` accepted; longer gets 400. Default 256 bytes.
+    pub max_last_event_id_len: usize,
+    /// How long a client has to send its request head; then the connection
+    /// is closed. Default 30 s.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            max_sessions: 10_000,
+            max_streams_per_session: 16,
+            keepalive_interval: Duration::from_secs(15),
+            max_last_event_id_len: 256,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which browser origins may reach the proxy (DNS-rebinding defence).
+///
+/// A request without `Origin` (not from a browser) is always accepted; one
+/// with an `Origin` not matched here gets 403.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// `http(s)://localhost`, `127.0.0.1` and `[::1]`, any port. The
+    /// default.
+    #[default]
+    Loopback,
+    /// Any origin (`--allowed-origin '*'`).
+    Any,
+    /// Exactly these patterns. A pattern is an origin such as
+    /// `https://app.example.com`; one ending in `:*` matches any port (or
+    /// none).
+    List(Vec<String>),
+}
+
+const LOOPBACK_PATTERNS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+impl OriginPolicy {
+    /// A policy from `--allowed-origin` values: empty means loopback, a
+    /// `*` anywhere means any.
+    pub fn from_patterns(patterns: Vec<String>) -> Self {
+        if patterns.is_empty() {
+            OriginPolicy::Loopback
+        } else if patterns.iter().any(|p| p == "*") {
+            OriginPolicy::Any
+        } else {
+            OriginPolicy::List(patterns)
+        }
+    }
+
+    /// True when a request with this `Origin` value may proceed.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        match self {
+            OriginPolicy::Any => true,
+            OriginPolicy::Loopback => LOOPBACK_PATTERNS.iter().any(|p| matches(p, origin)),
+            OriginPolicy::List(list) => list.iter().any(|p| matches(p, origin)),
+        }
+    }
+}
+
+fn matches(pattern: &str, origin: &[u8]) -> bool {
+    let Some(prefix) = pattern.strip_suffix(":*") else {
+        return pattern.as_bytes().eq_ignore_ascii_case(origin);
+    };
+    let prefix = prefix.as_bytes();
+    if origin.len() < prefix.len() || !origin[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return false;
+    }
+    match &origin[prefix.len()..] {
+        [] => true,
+        [b':', port @ ..] => {
+            !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(policy: &OriginPolicy, origin: &str, want: bool) {
+        assert_eq!(
+            policy.allows(origin.as_bytes()),
+            want,
+            "{policy:?} {origin}"
+        );
+    }
+
+    #[test]
+    fn loopback_policy() {
+        let p = OriginPolicy::Loopback;
+        check(&p, "http://localhost:6274", true);
+        check(&p, "http://localhost", true);
+        check(&p, "http://127.0.0.1:3000", true);
+        check(&p, "https://[::1]:8443", true);
+        check(&p, "http://localhost.evil.com", false);
+        check(&p, "http://localhost:80.evil.com", false);
+        check(&p, "http://evil.com", false);
+        check(&p, "null", false);
+        check(&p, "http://localhost:", false);
+    }
+
+    #[test]
+    fn list_and_any() {
+        let p = OriginPolicy::from_patterns(vec!["https://app.example.com".into()]);
+        check(&p, "https://app.example.com", true);
+        check(&p, "https://APP.example.com", true);
+        check(&p, "https://app.example.com:444", false);
+        check(&p, "http://localhost:1", false);
+        let any = OriginPolicy::from_patterns(vec!["*".into()]);
+        check(&any, "http://evil.com", true);
+        assert_eq!(OriginPolicy::from_patterns(vec![]), OriginPolicy::Loopback);
+    }
+}

@@ -1,0 +1,967 @@
+//! The Streamable HTTP reverse proxy: validates each client request,
+//! forwards it upstream with an allowlist of headers, maps session ids and
+//! forwards the response (JSON streamed through, SSE event by event).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use shadowcat_session::SessionStore;
+use shadowcat_transport::EventTracker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{Closing, ProxyBody, SseForward, StreamSlot};
+use crate::config::ReverseProxyConfig;
+use crate::error::{ProxyError, Rejection};
+use crate::jsonrpc::{self, Body as RpcBody};
+use crate::protocol::ProtocolVersion;
+use crate::sessions::{SessionEntry, Sessions};
+
+/// `Mcp-Session-Id`.
+pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+/// `MCP-Protocol-Version`.
+pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// `Last-Event-ID`.
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// `Mcp-Method` (2026-07-28).
+pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+/// `Mcp-Name` (2026-07-28).
+pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// `X-Accel-Buffering`: `no` tells buffering proxies in front to stream.
+pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Request headers forwarded upstream (besides the mapped session id and
+/// the configured credentials). Everything else, the client's
+/// `Authorization`, `Cookie`, `Proxy-Authorization` and `X-Forwarded-*`
+/// included, stays here.
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    MCP_PROTOCOL_VERSION,
+    LAST_EVENT_ID,
+    MCP_METHOD,
+    MCP_NAME,
+];
+/// 2026-07-28 parameter headers (`Mcp-Param-…`) mirror the body; forwarded.
+const MCP_PARAM_PREFIX: &str = "mcp-param-";
+
+/// Response headers passed back to the client. The upstream's session id
+/// is replaced by the proxy's; everything else stays upstream.
+const FORWARDED_RESPONSE_HEADERS: [HeaderName; 3] =
+    [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
+
+type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A bound, ready-to-serve reverse proxy.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), shadowcat_proxy::ProxyError> {
+/// use std::sync::Arc;
+/// use shadowcat_proxy::{ReverseProxy, ReverseProxyConfig};
+/// let config = ReverseProxyConfig::new("http://127.0.0.1:3001/mcp".parse().unwrap());
+/// let proxy = ReverseProxy::bind(config, Arc::new(shadowcat_session::MemoryStore::new())).await?;
+/// // Serve until the future completes (e.g. on a signal).
+/// proxy.serve(std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ReverseProxy {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    closing_tx: watch::Sender<bool>,
+}
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeReport {
+    /// True when every connection finished within the drain timeout.
+    pub drained: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ReverseProxyConfig,
+    client: UpstreamClient,
+    sessions: Sessions,
+    bearer: Option<HeaderValue>,
+    closing: watch::Receiver<bool>,
+}
+
+/// Checks the upstream URL: `http`, with a host.
+pub fn check_upstream(uri: &http::Uri) -> Result<(), ProxyError> {
+    let bad = |reason| ProxyError::UpstreamUrl {
+        url: uri.to_string(),
+        reason,
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https upstreams are not supported yet; use http")),
+        _ => return Err(bad("it must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    Ok(())
+}
+
+impl ReverseProxy {
+    /// Checks `config`, binds its listen address and prepares the upstream
+    /// client. Sessions live in `store`.
+    pub async fn bind(
+        config: ReverseProxyConfig,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<Self, ProxyError> {
+        check_upstream(&config.upstream)?;
+        if !config.path.starts_with('/') {
+            return Err(ProxyError::Config(format!(
+                "the endpoint path {:?} must start with /",
+                config.path
+            )));
+        }
+        if config.limits.max_header_bytes < 8192 {
+            return Err(ProxyError::Config(
+                "max_header_bytes must be at least 8192".into(),
+            ));
+        }
+        if config.limits.keepalive_interval.is_zero() {
+            return Err(ProxyError::Config(
+                "keepalive_interval must be above zero".into(),
+            ));
+        }
+        let bearer = match &config.upstream_bearer {
+            Some(token) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    ProxyError::Config(
+                        "the upstream bearer token is not a valid header value".into(),
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let (closing_tx, closing) = watch::channel(false);
+        let sessions = Sessions::new(store, config.upstream.to_string());
+        Ok(ReverseProxy {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                config,
+                client,
+                sessions,
+                bearer,
+                closing,
+            }),
+            closing_tx,
+        })
+    }
+
+    /// The address the proxy listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends open
+    /// SSE streams cleanly and waits up to `drain_timeout` for in-flight
+    /// requests to finish.
+    pub async fn serve_with_drain(
+        self,
+        shutdown: impl Future<Output = ()>,
+        drain_timeout: Duration,
+    ) -> Result<ServeReport, ProxyError> {
+        let ReverseProxy {
+            listener,
+            local_addr,
+            shared,
+            closing_tx,
+        } = self;
+        let limits = &shared.config.limits;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.config.upstream, "reverse proxy listening");
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let shared = Arc::clone(&shared);
+                        let svc = hyper::service::service_fn(move |req| {
+                            let shared = Arc::clone(&shared);
+                            async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
+                        });
+                        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        metrics::counter!("shadowcat_accept_errors_total").increment(1);
+                        tracing::warn!(error = %e, "accept failed");
+                        // Out of descriptors and the like: back off briefly
+                        // instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; closing streams");
+        let _ = closing_tx.send(true);
+        let drained = tokio::time::timeout(drain_timeout, graceful.shutdown())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                ?drain_timeout,
+                "connections still open after the drain timeout; dropping them"
+            );
+        }
+        Ok(ServeReport { drained })
+    }
+
+    /// [`ReverseProxy::serve_with_drain`] with a 10 s drain timeout.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ServeReport, ProxyError> {
+        self.serve_with_drain(shutdown, Duration::from_secs(10))
+            .await
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::POST => "POST",
+        Method::GET => "GET",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Does any `Accept` media range cover `want` (`type/subtype`)?
+fn accepts(headers: &HeaderMap, want: &str) -> bool {
+    let (want_type, _) = want.split_once('/').unwrap_or((want, ""));
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .any(|range| {
+            range.eq_ignore_ascii_case(want)
+                || range == "*/*"
+                || range
+                    .strip_suffix("/*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(want_type))
+        })
+}
+
+fn media_type_is(headers: &HeaderMap, name: &HeaderName, want: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    media_type_is(headers, &header::CONTENT_TYPE, "text/event-stream")
+}
+
+/// Which session a request names, if any.
+enum SessionRef {
+    /// No `Mcp-Session-Id`.
+    Absent,
+    /// A well-formed id.
+    Id(String),
+}
+
+fn session_header(headers: &HeaderMap) -> Result<SessionRef, Rejection> {
+    let Some(v) = headers.get(&MCP_SESSION_ID) else {
+        return Ok(SessionRef::Absent);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| Rejection::bad_request("Mcp-Session-Id must be visible ASCII (0x21-0x7E)"))?;
+    shadowcat_session::SessionId::parse(s)
+        .map_err(|e| Rejection::bad_request(format!("Mcp-Session-Id rejected: {e}")))?;
+    Ok(SessionRef::Id(s.to_owned()))
+}
+
+fn version_header(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, Rejection> {
+    let Some(v) = headers.get(&MCP_PROTOCOL_VERSION) else {
+        return Ok(None);
+    };
+    let parsed = v.to_str().ok().and_then(ProtocolVersion::parse);
+    match parsed {
+        Some(p) => Ok(Some(p)),
+        None => Err(Rejection::bad_request(format!(
+            "unsupported MCP-Protocol-Version {:?}; this proxy supports {}",
+            String::from_utf8_lossy(v.as_bytes()),
+            ProtocolVersion::supported_list()
+        ))),
+    }
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> Rejection {
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        jsonrpc::INTERNAL_ERROR,
+        format!("the session store is unavailable; try again shortly ({e})"),
+    )
+}
+
+impl Shared {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let method = method_label(req.method());
+        let resp = match self.route(req).await {
+            Ok(resp) => resp,
+            Err(rej) => {
+                tracing::debug!(status = %rej.status, message = %rej.message, "request rejected");
+                rej.into_response()
+            }
+        };
+        metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
+            .increment(1);
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
+        if req.uri().path() != self.config.path {
+            return Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                jsonrpc::METHOD_NOT_FOUND,
+                format!(
+                    "no MCP endpoint at {}; the endpoint is {}",
+                    req.uri().path(),
+                    self.config.path
+                ),
+            ));
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN)
+            && !self.config.allowed_origins.allows(origin.as_bytes())
+        {
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                jsonrpc::SERVER_ERROR,
+                format!(
+                    "Origin {:?} is not allowed; start the proxy with --allowed-origin for it",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            ));
+        }
+        let version = version_header(req.headers())?;
+        match *req.method() {
+            Method::POST => self.post(req, version).await,
+            Method::GET => self.get(req, version).await,
+            Method::DELETE => self.delete(req, version).await,
+            _ => {
+                let mut rej = Rejection::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    jsonrpc::METHOD_NOT_FOUND,
+                    format!(
+                        "{} is not an MCP method; use POST, GET or DELETE",
+                        req.method()
+                    ),
+                );
+                rej.allow = Some("GET, POST, DELETE");
+                Err(rej)
+            }
+        }
+    }
+
+    /// The session a request names: 400 when absent or malformed, 404 when
+    /// unknown.
+    async fn require_session(&self, headers: &HeaderMap) -> Result<Arc<SessionEntry>, Rejection> {
+        let id = match session_header(headers)? {
+            SessionRef::Id(id) => id,
+            SessionRef::Absent => {
+                return Err(Rejection::bad_request(
+                    "missing Mcp-Session-Id: send the id from the initialize response, or initialize first",
+                ));
+            }
+        };
+        match self.sessions.lookup(&id).await {
+            Ok(Some(entry)) => Ok(entry),
+            Ok(None) => Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                jsonrpc::SERVER_ERROR,
+                "unknown or expired session; initialize a new one (without Mcp-Session-Id)",
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, store = self.sessions.store().kind(), "session lookup failed");
+                metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
+                Err(unavailable(&e))
+            }
+        }
+    }
+
+    fn stream_slot(&self, session: &SessionEntry) -> Result<StreamSlot, Rejection> {
+        let max = self.config.limits.max_streams_per_session;
+        StreamSlot::acquire(&session.open_streams, max).ok_or_else(|| {
+            Rejection::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                jsonrpc::SERVER_ERROR,
+                format!("this session already has {max} open streams (the limit); close one first"),
+            )
+        })
+    }
+
+    fn closing(&self) -> Closing {
+        let mut rx = self.closing.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        })
+    }
+
+    /// An upstream request with the allowlisted headers of `client`.
+    fn upstream_request(
+        &self,
+        method: Method,
+        client: &HeaderMap,
+        session: Option<&SessionEntry>,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.config.upstream.clone();
+        let h = req.headers_mut();
+        for name in &FORWARDED_REQUEST_HEADERS {
+            for v in client.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        for (name, v) in client {
+            if name.as_str().starts_with(MCP_PARAM_PREFIX) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(uid) = session.and_then(|s| s.upstream_id.as_ref()) {
+            h.insert(MCP_SESSION_ID, uid.clone());
+        }
+        if let Some(bearer) = &self.bearer {
+            h.insert(header::AUTHORIZATION, bearer.clone());
+        }
+        req
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Rejection> {
+        let timeout = self.config.limits.upstream_response_timeout;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
+                tracing::warn!(upstream = %self.config.upstream, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                let timed_out = std::error::Error::source(&e)
+                    .is_some_and(|s| s.to_string().contains("timed out"));
+                if timed_out {
+                    Err(Rejection::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        jsonrpc::INTERNAL_ERROR,
+                        format!(
+                            "the upstream did not accept a connection within {:?}",
+                            self.config.limits.upstream_connect_timeout
+                        ),
+                    ))
+                } else {
+                    Err(Rejection::new(
+                        StatusCode::BAD_GATEWAY,
+                        jsonrpc::INTERNAL_ERROR,
+                        format!("the upstream MCP server could not be reached ({kind} failed)"),
+                    ))
+                }
+            }
+            Err(_) => {
+                metrics::counter!("shadowcat_upstream_errors_total", "kind" => "timeout")
+                    .increment(1);
+                tracing::warn!(upstream = %self.config.upstream, ?timeout, "upstream response timed out");
+                Err(Rejection::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    jsonrpc::INTERNAL_ERROR,
+                    format!("the upstream MCP server did not answer within {timeout:?}"),
+                ))
+            }
+        }
+    }
+
+    /// The client's response for an upstream response.
+    fn relay(
+        &self,
+        resp: Response<Incoming>,
+        session: Option<&SessionEntry>,
+        slot: Option<StreamSlot>,
+        label: &'static str,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = resp.into_parts();
+        let sse = is_sse(&parts.headers);
+        let body = if sse {
+            let tracker = session.map(|s| {
+                let stream = s.next_stream();
+                tracing::debug!(session = %s.id, stream = stream.0, label, "SSE stream opened");
+                EventTracker::new(None)
+            });
+            ProxyBody::sse(SseForward::new(
+                body,
+                tracker,
+                self.config.limits.keepalive_interval,
+                Some(self.closing()),
+                slot,
+                label,
+            ))
+        } else {
+            ProxyBody::upstream(body)
+        };
+        let mut out = Response::new(body);
+        *out.status_mut() = parts.status;
+        let h = out.headers_mut();
+        for name in &FORWARDED_RESPONSE_HEADERS {
+            for v in parts.headers.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        if sse {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        }
+        if let Some(s) = session
+            && let Ok(v) = HeaderValue::from_str(s.id.as_str())
+        {
+            h.insert(MCP_SESSION_ID, v);
+        }
+        out
+    }
+
+    async fn read_body(&self, body: Incoming, headers: &HeaderMap) -> Result<Bytes, Rejection> {
+        let max = self.config.limits.max_body_bytes;
+        let too_large = || {
+            Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                jsonrpc::INVALID_REQUEST,
+                format!("the request body is larger than the limit of {max} bytes"),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(body, max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(Rejection::bad_request(format!(
+                "could not read the request body: {e}"
+            ))),
+        }
+    }
+
+    async fn post(
+        &self,
+        req: Request<Incoming>,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let (parts, body) = req.into_parts();
+        if !media_type_is(&parts.headers, &header::CONTENT_TYPE, "application/json") {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                jsonrpc::INVALID_REQUEST,
+                "Content-Type must be application/json",
+            ));
+        }
+        if !(accepts(&parts.headers, "application/json")
+            && accepts(&parts.headers, "text/event-stream"))
+        {
+            return Err(Rejection::new(
+                StatusCode::NOT_ACCEPTABLE,
+                jsonrpc::INVALID_REQUEST,
+                "Accept must list both application/json and text/event-stream",
+            ));
+        }
+        let bytes = self.read_body(body, &parts.headers).await?;
+        let msg = jsonrpc::parse_body(&bytes)
+            .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+        let rpc_id = match &msg {
+            RpcBody::Single(m) => m.id.clone(),
+            RpcBody::Batch(_) => None,
+        };
+        let stateless = version.is_some_and(ProtocolVersion::is_stateless)
+            || msg
+                .messages()
+                .iter()
+                .any(|m| m.meta_version.as_deref() == Some(ProtocolVersion::V2026_07_28.as_str()));
+        if stateless {
+            return self
+                .post_stateless(&parts.headers, bytes, &msg, version)
+                .await
+                .map_err(|r| r.with_id(rpc_id));
+        }
+        self.post_stateful(&parts.headers, bytes, &msg, version)
+            .await
+            .map_err(|r| r.with_id(rpc_id))
+    }
+
+    async fn post_stateful(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        msg: &RpcBody,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let is_init = msg.is_initialize();
+        if msg
+            .messages()
+            .iter()
+            .any(|m| m.method.as_deref() == Some("initialize"))
+            && !is_init
+        {
+            return Err(Rejection::bad_request(
+                "initialize must be sent alone, as a request, not in a batch",
+            ));
+        }
+        let session = if is_init {
+            None
+        } else {
+            Some(self.require_session(headers).await?)
+        };
+        let effective = version
+            .or_else(|| session.as_ref().map(|s| s.version))
+            .or_else(|| {
+                msg.messages()[0]
+                    .requested_version
+                    .as_deref()
+                    .and_then(ProtocolVersion::parse)
+                    .filter(|_| is_init)
+            })
+            .unwrap_or(ProtocolVersion::ASSUMED);
+        if matches!(msg, RpcBody::Batch(_)) && !effective.allows_batch() {
+            return Err(Rejection::bad_request(format!(
+                "JSON-RPC batch arrays are allowed only in protocol 2025-03-26; this request speaks {effective}; send one message per POST"
+            )));
+        }
+        if is_init {
+            return self.initialize(headers, bytes, effective).await;
+        }
+        let session = session.expect("non-initialize requests have a session");
+        let slot = if msg.has_request() {
+            Some(self.stream_slot(&session)?)
+        } else {
+            None
+        };
+        let up = self.upstream_request(Method::POST, headers, Some(&session), bytes);
+        let resp = self.send(up).await?;
+        self.after_upstream(resp, &session, slot, "post").await
+    }
+
+    /// Common handling of an upstream answer in a session: a 404 means the
+    /// upstream forgot the session, so the proxy forgets it too.
+    async fn after_upstream(
+        &self,
+        resp: Response<Incoming>,
+        session: &SessionEntry,
+        slot: Option<StreamSlot>,
+        label: &'static str,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        if resp.status() == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
+            tracing::info!(session = %session.id, "upstream no longer knows the session; removing it");
+            self.forget(session).await;
+            return Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                jsonrpc::SERVER_ERROR,
+                "the session expired upstream; initialize a new one (without Mcp-Session-Id)",
+            ));
+        }
+        Ok(self.relay(resp, Some(session), slot, label))
+    }
+
+    async fn forget(&self, session: &SessionEntry) {
+        if let Err(e) = self.sessions.remove(&session.id).await {
+            metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
+            tracing::warn!(session = %session.id, error = %e, "could not remove the session from the store");
+        }
+    }
+
+    async fn initialize(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let max = self.config.limits.max_sessions;
+        match self.sessions.count().await {
+            Ok(n) if n >= max => {
+                return Err(Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    jsonrpc::SERVER_ERROR,
+                    format!(
+                        "the proxy holds {n} sessions, its limit ({max}); end unused sessions or raise max_sessions"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "count").increment(1);
+                tracing::warn!(error = %e, "session count failed");
+                return Err(unavailable(&e));
+            }
+        }
+        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let resp = self.send(up).await?;
+        if !resp.status().is_success() {
+            return Ok(self.relay(resp, None, None, "initialize"));
+        }
+        let upstream_id = match resp.headers().get(&MCP_SESSION_ID) {
+            None => None,
+            Some(v) if shadowcat_session::SessionId::parse(v.to_str().unwrap_or("")).is_ok() => {
+                Some(v.clone())
+            }
+            Some(_) => {
+                metrics::counter!("shadowcat_upstream_errors_total", "kind" => "session_id")
+                    .increment(1);
+                tracing::warn!("upstream sent a malformed Mcp-Session-Id");
+                return Err(Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the upstream MCP server sent an invalid Mcp-Session-Id",
+                ));
+            }
+        };
+        let session = match self.sessions.create(upstream_id, version).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "create").increment(1);
+                tracing::warn!(error = %e, "could not create a session");
+                return Err(unavailable(&e));
+            }
+        };
+        metrics::counter!("shadowcat_sessions_created_total").increment(1);
+        tracing::debug!(session = %session.id, %version, "session created");
+        let slot = StreamSlot::acquire(
+            &session.open_streams,
+            self.config.limits.max_streams_per_session,
+        );
+        Ok(self.relay(resp, Some(&session), slot, "initialize"))
+    }
+
+    async fn post_stateless(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        msg: &RpcBody,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let mismatch =
+            |m: String| Rejection::new(StatusCode::BAD_REQUEST, jsonrpc::HEADER_MISMATCH, m);
+        let RpcBody::Single(m) = msg else {
+            return Err(Rejection::bad_request(
+                "protocol 2026-07-28 allows one message per POST, not a batch",
+            ));
+        };
+        let v26 = ProtocolVersion::V2026_07_28.as_str();
+        if version != Some(ProtocolVersion::V2026_07_28) {
+            return Err(mismatch(format!(
+                "the body's _meta says protocol {v26} but MCP-Protocol-Version is {}; send the same version in both",
+                version.map_or("absent", ProtocolVersion::as_str)
+            )));
+        }
+        if let Some(meta) = &m.meta_version
+            && meta != v26
+        {
+            return Err(mismatch(format!(
+                "MCP-Protocol-Version is {v26} but the body's _meta says {meta:?}; send the same version in both"
+            )));
+        }
+        if let (Some(h), Some(method)) = (headers.get(&MCP_METHOD), &m.method)
+            && h.as_bytes() != method.as_bytes()
+        {
+            return Err(mismatch(format!(
+                "Mcp-Method is {:?} but the body's method is {method:?}",
+                String::from_utf8_lossy(h.as_bytes())
+            )));
+        }
+        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let resp = self.send(up).await?;
+        // No session and no resumption: the stream is the request's. When
+        // the client drops it, the upstream body is dropped with it, which
+        // closes the upstream request: that is the cancellation.
+        Ok(self.relay(resp, None, None, "stateless"))
+    }
+
+    async fn get(
+        &self,
+        req: Request<Incoming>,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        if version.is_some_and(ProtocolVersion::is_stateless) {
+            return Err(stateless_no(&Method::GET));
+        }
+        let headers = req.headers();
+        if !accepts(headers, "text/event-stream") {
+            return Err(Rejection::new(
+                StatusCode::NOT_ACCEPTABLE,
+                jsonrpc::INVALID_REQUEST,
+                "a GET stream needs Accept: text/event-stream",
+            ));
+        }
+        if let Some(last) = headers.get(&LAST_EVENT_ID) {
+            let max = self.config.limits.max_last_event_id_len;
+            if last.len() > max {
+                return Err(Rejection::bad_request(format!(
+                    "Last-Event-ID is longer than the limit of {max} bytes"
+                )));
+            }
+            if last.to_str().is_err() {
+                return Err(Rejection::bad_request(
+                    "Last-Event-ID must be visible ASCII",
+                ));
+            }
+        }
+        let session = self.require_session(headers).await?;
+        let slot = self.stream_slot(&session)?;
+        let up = self.upstream_request(Method::GET, headers, Some(&session), Bytes::new());
+        let resp = self.send(up).await?;
+        self.after_upstream(resp, &session, Some(slot), "get").await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<Incoming>,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        if version.is_some_and(ProtocolVersion::is_stateless) {
+            return Err(stateless_no(&Method::DELETE));
+        }
+        let headers = req.headers();
+        let session = self.require_session(headers).await?;
+        // The session ends here whatever the upstream says: keeping it would
+        // leak it.
+        self.forget(&session).await;
+        metrics::counter!("shadowcat_sessions_deleted_total").increment(1);
+        if session.upstream_id.is_none() {
+            return Ok(no_content());
+        }
+        let up = self.upstream_request(Method::DELETE, headers, Some(&session), Bytes::new());
+        match self.send(up).await {
+            Ok(resp) => Ok(self.relay(resp, None, None, "delete")),
+            Err(rej) => {
+                tracing::warn!(session = %session.id, status = %rej.status, "upstream DELETE failed; the proxy session is removed anyway");
+                Ok(no_content())
+            }
+        }
+    }
+}
+
+fn no_content() -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn stateless_no(method: &Method) -> Rejection {
+    let mut rej = Rejection::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        jsonrpc::METHOD_NOT_FOUND,
+        format!(
+            "protocol 2026-07-28 has no sessions or GET stream; {method} is not allowed, use POST"
+        ),
+    );
+    rej.allow = Some("POST");
+    rej
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn accept_matching() {
+        let h = headers(&[("accept", "application/json, text/event-stream")]);
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        let h = headers(&[("accept", "application/json;q=0.9"), ("accept", "TEXT/*")]);
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        let h = headers(&[("accept", "application/json")]);
+        assert!(!accepts(&h, "text/event-stream"));
+        let h = headers(&[("accept", "*/*")]);
+        assert!(accepts(&h, "text/event-stream"));
+        assert!(!accepts(&HeaderMap::new(), "application/json"));
+    }
+
+    #[test]
+    fn content_type_matching() {
+        let h = headers(&[("content-type", "Application/JSON; charset=utf-8")]);
+        assert!(media_type_is(&h, &header::CONTENT_TYPE, "application/json"));
+        let h = headers(&[("content-type", "application/jsonp")]);
+        assert!(!media_type_is(
+            &h,
+            &header::CONTENT_TYPE,
+            "application/json"
+        ));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(check_upstream(&"http://127.0.0.1:3001/mcp".parse().unwrap()).is_ok());
+        assert!(check_upstream(&"https://example.test/mcp".parse().unwrap()).is_err());
+        assert!(check_upstream(&"/mcp".parse().unwrap()).is_err());
+    }
+}

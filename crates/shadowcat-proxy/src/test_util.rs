@@ -1,0 +1,461 @@
+//! A small MCP server over Streamable HTTP, for tests and load harnesses
+//! (feature `test-util`).
+//!
+//! It speaks every revision the proxy does: sessions with its own ids
+//! (2025-03-26, 2025-06-18, 2025-11-25, with a priming event on SSE streams
+//! for 2025-11-25) and the stateless 2026-07-28. It answers `initialize`,
+//! `tools/list` and `tools/call`, and records every request it receives
+//! so tests can check what the proxy forwarded.
+//!
+//! Tools:
+//! - `echo` `{text}`: a JSON response with the text.
+//! - `progress` `{count, gated}`: an SSE stream of `count` progress
+//!   notifications, each with an id, then the result. With `gated`, it
+//!   stops after the first notification until [`TestUpstream::release`].
+//! - `forever`: an SSE stream of notifications every 10 ms (at most 3,000)
+//!   that never sends a result; [`TestUpstream::wait_cancelled`] tells when
+//!   the proxy dropped it.
+//! - `slow` `{ms}`: answers after `ms` milliseconds.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// Every header received.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    requests: Mutex<Vec<RecordedRequest>>,
+    sessions: Mutex<HashSet<String>>,
+    next_session: AtomicU64,
+    next_stream: AtomicU64,
+    gate: Notify,
+    cancelled: AtomicU64,
+    cancelled_signal: Notify,
+    first_sent: Notify,
+}
+
+/// A running test upstream; stops when dropped.
+#[derive(Debug)]
+pub struct TestUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Longest a gated stream waits for [`TestUpstream::release`].
+const GATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TestUpstream {
+    /// Starts one on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = Arc::clone(&st);
+                        async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(TestUpstream { addr, state, task })
+    }
+
+    /// Its MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub fn url(&self) -> http::Uri {
+        format!("http://{}/mcp", self.addr)
+            .parse()
+            .expect("a loopback URL parses")
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().clone()
+    }
+
+    /// The session ids the upstream issued and has not seen deleted.
+    pub fn live_sessions(&self) -> Vec<String> {
+        self.state.sessions.lock().iter().cloned().collect()
+    }
+
+    /// Every session id it ever issued starts with this.
+    pub const SESSION_PREFIX: &'static str = "upstream-session-";
+
+    /// Lets one gated `progress` stream go on past its first event.
+    pub fn release(&self) {
+        self.state.gate.notify_one();
+    }
+
+    /// Waits until a gated `progress` stream has sent its first event.
+    pub async fn first_event_sent(&self) {
+        self.state.first_sent.notified().await;
+    }
+
+    /// How many `forever` streams were dropped by the other side.
+    pub fn cancelled(&self) -> u64 {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` for a `forever` stream to be dropped by the
+    /// other side; true if one was.
+    pub async fn wait_cancelled(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.cancelled_signal.notified();
+            if self.cancelled() > 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.cancelled() > 0;
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value, session: Option<&str>) -> Response<UpBody> {
+    let mut r = Response::new(UpBody::full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = session {
+        r.headers_mut().insert(
+            "mcp-session-id",
+            HeaderValue::from_str(s).expect("ascii id"),
+        );
+    }
+    r
+}
+
+fn error(status: StatusCode, code: i64, msg: &str) -> Response<UpBody> {
+    json_response(
+        status,
+        &json!({"jsonrpc":"2.0","id":null,"error":{"code":code,"message":msg}}),
+        None,
+    )
+}
+
+fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<UpBody> {
+    let mut r = Response::new(UpBody::Channel(rx));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+fn sse_event(id: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\ndata: {data}\n\n"))
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::BAD_REQUEST, -32700, "unreadable body"),
+    };
+    st.requests.lock().push(RecordedRequest {
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let version = parts
+        .headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("2025-03-26")
+        .to_owned();
+    let stateless = version == "2026-07-28";
+    let session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match parts.method {
+        Method::POST => {}
+        Method::GET if !stateless => {
+            return match session {
+                Some(s) if st.sessions.lock().contains(&s) => get_stream(&st, &version),
+                Some(_) => error(StatusCode::NOT_FOUND, -32001, "session not found"),
+                None => error(StatusCode::BAD_REQUEST, -32600, "missing session"),
+            };
+        }
+        Method::DELETE if !stateless => {
+            return match session {
+                Some(s) if st.sessions.lock().remove(&s) => {
+                    let mut r = Response::new(UpBody::full(Bytes::new()));
+                    *r.status_mut() = StatusCode::OK;
+                    r
+                }
+                _ => error(StatusCode::NOT_FOUND, -32001, "session not found"),
+            };
+        }
+        _ => return error(StatusCode::METHOD_NOT_ALLOWED, -32601, "method not allowed"),
+    }
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, -32700, "parse error");
+    };
+    let method = msg["method"].as_str().unwrap_or("").to_owned();
+    let id = msg["id"].clone();
+    if method == "initialize" && !stateless {
+        let n = st.next_session.fetch_add(1, Ordering::Relaxed);
+        let sid = format!("{}{n}", TestUpstream::SESSION_PREFIX);
+        st.sessions.lock().insert(sid.clone());
+        let asked = msg["params"]["protocolVersion"]
+            .as_str()
+            .unwrap_or("2025-03-26");
+        let result = json!({
+            "protocolVersion": asked,
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "shadowcat-test-upstream", "version": "0"},
+        });
+        return json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc":"2.0","id":id,"result":result}),
+            Some(&sid),
+        );
+    }
+    if !stateless {
+        match &session {
+            Some(s) if st.sessions.lock().contains(s) => {}
+            Some(_) => return error(StatusCode::NOT_FOUND, -32001, "session not found"),
+            None => return error(StatusCode::BAD_REQUEST, -32600, "missing session"),
+        }
+    }
+    if msg.get("id").is_none() || msg.is_array() {
+        let mut r = Response::new(UpBody::full(Bytes::new()));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        return r;
+    }
+    match method.as_str() {
+        "tools/list" => json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc":"2.0","id":id,"result":{"tools":[
+                {"name":"echo","inputSchema":{"type":"object"}},
+                {"name":"progress","inputSchema":{"type":"object"}},
+                {"name":"forever","inputSchema":{"type":"object"}},
+                {"name":"slow","inputSchema":{"type":"object"}},
+            ]}}),
+            None,
+        ),
+        "tools/call" => {
+            let args = &msg["params"]["arguments"];
+            match msg["params"]["name"].as_str().unwrap_or("") {
+                "echo" => json_response(
+                    StatusCode::OK,
+                    &json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":args["text"]}]}}),
+                    None,
+                ),
+                "slow" => {
+                    let ms = args["ms"].as_u64().unwrap_or(0).min(60_000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}}),
+                        None,
+                    )
+                }
+                "progress" => {
+                    let count = args["count"].as_u64().unwrap_or(3).min(10_000);
+                    let gated = args["gated"].as_bool().unwrap_or(false);
+                    progress_stream(&st, &version, id, count, gated)
+                }
+                "forever" => forever_stream(&st, &version),
+                _ => json_response(
+                    StatusCode::OK,
+                    &json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"unknown tool"}}),
+                    None,
+                ),
+            }
+        }
+        _ => json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":"method not found"}}),
+            None,
+        ),
+    }
+}
+
+fn stream_name(st: &State) -> String {
+    format!("s{}", st.next_stream.fetch_add(1, Ordering::Relaxed))
+}
+
+fn progress_stream(
+    st: &Arc<State>,
+    version: &str,
+    id: Value,
+    count: u64,
+    gated: bool,
+) -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel(16);
+    let st = Arc::clone(st);
+    let priming = version == "2025-11-25";
+    let name = stream_name(&st);
+    tokio::spawn(async move {
+        if priming
+            && tx
+                .send(Bytes::from(format!("id: {name}-0\ndata:\n\n")))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        for i in 1..=count {
+            let note = json!({"jsonrpc":"2.0","method":"notifications/progress",
+                "params":{"progressToken":"p","progress":i,"total":count}});
+            if tx
+                .send(sse_event(&format!("{name}-{i}"), &note))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if i == 1 && gated {
+                st.first_sent.notify_one();
+                if tokio::time::timeout(GATE_TIMEOUT, st.gate.notified())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let result =
+            json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"done"}]}});
+        let _ = tx
+            .send(sse_event(&format!("{name}-{}", count + 1), &result))
+            .await;
+    });
+    sse_response(rx)
+}
+
+fn forever_stream(st: &Arc<State>, version: &str) -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel(4);
+    let st = Arc::clone(st);
+    let priming = version == "2025-11-25";
+    let name = stream_name(&st);
+    tokio::spawn(async move {
+        if priming
+            && tx
+                .send(Bytes::from(format!("id: {name}-0\ndata:\n\n")))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        for i in 1..=3000u64 {
+            let note = json!({"jsonrpc":"2.0","method":"notifications/message",
+                "params":{"level":"info","data":i}});
+            if tx
+                .send(sse_event(&format!("{name}-{i}"), &note))
+                .await
+                .is_err()
+            {
+                st.cancelled.fetch_add(1, Ordering::SeqCst);
+                st.cancelled_signal.notify_waiters();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    sse_response(rx)
+}
+
+fn get_stream(st: &Arc<State>, version: &str) -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel(4);
+    let priming = version == "2025-11-25";
+    let name = stream_name(st);
+    tokio::spawn(async move {
+        if priming
+            && tx
+                .send(Bytes::from(format!("id: {name}-0\ndata:\n\n")))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let note = json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}});
+        if tx
+            .send(sse_event(&format!("{name}-1"), &note))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Hold the stream open until the other side goes, bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(30), tx.closed()).await;
+    });
+    sse_response(rx)
+}
+
+/// The test upstream's response body.
+#[derive(Debug)]
+enum UpBody {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl UpBody {
+    fn full(b: Bytes) -> Self {
+        UpBody::Full(Some(b))
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Test harness: a test upstream, a real proxy in front of it on
+//! 127.0.0.1:0, and a pooled HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use shadowcat_proxy::test_util::TestUpstream;
+use shadowcat_proxy::{ReverseProxy, ReverseProxyConfig};
+use shadowcat_session::{MemoryStore, SessionStore};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in the tests is bounded by this.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+/// The usual POST headers.
+pub(crate) const POST_HEADERS: [(&str, &str); 2] = [
+    ("accept", "application/json, text/event-stream"),
+    ("content-type", "application/json"),
+];
+
+pub(crate) struct Harness {
+    pub(crate) upstream: TestUpstream,
+    pub(crate) store: Arc<MemoryStore>,
+    pub(crate) proxy: std::net::SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_with(tweak: impl FnOnce(&mut ReverseProxyConfig)) -> Self {
+        let upstream = TestUpstream::start().await.expect("test upstream starts");
+        let mut config = ReverseProxyConfig::new(upstream.url());
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut config);
+        let store = Arc::new(MemoryStore::new());
+        let proxy = ReverseProxy::bind(config, Arc::clone(&store) as Arc<dyn SessionStore>)
+            .await
+            .expect("proxy binds");
+        let addr = proxy.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            proxy
+                .serve_with_drain(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    Duration::from_secs(2),
+                )
+                .await
+                .expect("proxy serves");
+        });
+        Harness {
+            upstream,
+            store,
+            proxy: addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// Sends a request to the proxy, bounded by [`WAIT`].
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Response<Incoming> {
+        let mut b = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body.into())).expect("request builds");
+        tokio::time::timeout(WAIT, self.client.request(req))
+            .await
+            .expect("proxy answers in time")
+            .expect("proxy answers")
+    }
+
+    pub(crate) async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Response<Incoming> {
+        let mut all: Vec<(&str, &str)> = POST_HEADERS.to_vec();
+        all.extend_from_slice(headers);
+        self.send("POST", "/mcp", &all, body.to_string()).await
+    }
+
+    /// Initializes a session at `version`; returns the proxy's session id.
+    pub(crate) async fn init(&self, version: &str) -> String {
+        let resp = self.post(&[], &initialize(version)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .expect("initialize response has a session id")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = body_bytes(resp).await;
+        sid
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("proxy stops in time")
+                .expect("proxy task ends cleanly");
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) fn initialize(version: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"}}})
+}
+
+pub(crate) fn call(id: u64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+pub(crate) async fn body_bytes(resp: Response<Incoming>) -> Bytes {
+    tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body reads")
+        .to_bytes()
+}
+
+pub(crate) async fn body_json(resp: Response<Incoming>) -> Value {
+    let b = body_bytes(resp).await;
+    serde_json::from_slice(&b).unwrap_or_else(|e| panic!("JSON body ({e}): {b:?}"))
+}
+
+/// The next data frame of a streaming body, bounded by [`WAIT`].
+pub(crate) async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("a frame in time")?
+            .expect("frame reads");
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+/// Asserts a JSON-RPC error body with `code`.
+pub(crate) async fn assert_rpc_error(
+    resp: Response<Incoming>,
+    status: StatusCode,
+    code: i64,
+) -> String {
+    assert_eq!(resp.status(), status);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    let v = body_json(resp).await;
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap().to_owned();
+    assert!(!msg.is_empty());
+    msg
+}
