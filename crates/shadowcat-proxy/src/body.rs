@@ -27,6 +27,8 @@ use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use shadowcat_transport::{EventTracker, Recorded};
 use tokio::time::{Instant, Sleep};
 
+use crate::sink::WriterSink;
+
 /// The error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -147,6 +149,7 @@ pub(crate) struct SseForward {
     events: u64,
     duplicates: u64,
     _slot: Option<StreamSlot>,
+    sink: Option<Arc<WriterSink>>,
     label: &'static str,
 }
 
@@ -171,6 +174,7 @@ impl SseForward {
         interval: Duration,
         closing: Option<Closing>,
         slot: Option<StreamSlot>,
+        sink: Option<Arc<WriterSink>>,
         label: &'static str,
     ) -> Self {
         SseForward {
@@ -185,6 +189,7 @@ impl SseForward {
             events: 0,
             duplicates: 0,
             _slot: slot,
+            sink,
             label,
         }
     }
@@ -225,6 +230,10 @@ impl SseForward {
                         );
                     }
                     self.done = true;
+                    // Complete: nothing left to resume on this stream.
+                    if let Some(sink) = &self.sink {
+                        sink.end();
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Pending => break,

@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod protocol;
 pub mod reverse;
 mod sessions;
+pub mod sink;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -21,3 +22,4 @@ pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
 pub use error::{ProxyError, Rejection};
 pub use protocol::ProtocolVersion;
 pub use reverse::{ReverseProxy, ServeReport};
+pub use sink::WriterSink;

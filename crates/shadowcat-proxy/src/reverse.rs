@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use shadowcat_session::SessionStore;
-use shadowcat_transport::EventTracker;
+use shadowcat_session::{SessionStore, WriterHandle, now_millis};
+use shadowcat_transport::{EventIdSink, EventTracker};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,6 +27,7 @@ use crate::error::{ProxyError, Rejection};
 use crate::jsonrpc::{self, Body as RpcBody};
 use crate::protocol::ProtocolVersion;
 use crate::sessions::{SessionEntry, Sessions};
+use crate::sink::WriterSink;
 
 /// `Mcp-Session-Id`.
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -70,7 +71,8 @@ type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 /// use std::sync::Arc;
 /// use shadowcat_proxy::{ReverseProxy, ReverseProxyConfig};
 /// let config = ReverseProxyConfig::new("http://127.0.0.1:3001/mcp".parse().unwrap());
-/// let proxy = ReverseProxy::bind(config, Arc::new(shadowcat_session::MemoryStore::new())).await?;
+/// let store = Arc::new(shadowcat_session::MemoryStore::new());
+/// let proxy = ReverseProxy::bind(config, store, None).await?;
 /// // Serve until the future completes (e.g. on a signal).
 /// proxy.serve(std::future::pending()).await?;
 /// # Ok(()) }
@@ -96,6 +98,7 @@ struct Shared {
     client: UpstreamClient,
     sessions: Sessions,
     bearer: Option<HeaderValue>,
+    writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
 }
 
@@ -118,10 +121,13 @@ pub fn check_upstream(uri: &http::Uri) -> Result<(), ProxyError> {
 
 impl ReverseProxy {
     /// Checks `config`, binds its listen address and prepares the upstream
-    /// client. Sessions live in `store`.
+    /// client. Sessions live in `store`; resumption points and activity go
+    /// through `writer` (the store's [`shadowcat_session::BatchingWriter`])
+    /// when given.
     pub async fn bind(
         config: ReverseProxyConfig,
         store: Arc<dyn SessionStore>,
+        writer: Option<WriterHandle>,
     ) -> Result<Self, ProxyError> {
         check_upstream(&config.upstream)?;
         if !config.path.starts_with('/') {
@@ -180,6 +186,7 @@ impl ReverseProxy {
                 client,
                 sessions,
                 bearer,
+                writer,
                 closing,
             }),
             closing_tx,
@@ -430,7 +437,12 @@ impl Shared {
             }
         };
         match self.sessions.lookup(&id).await {
-            Ok(Some(entry)) => Ok(entry),
+            Ok(Some(entry)) => {
+                if let Some(w) = &self.writer {
+                    w.touch(&entry.id, now_millis());
+                }
+                Ok(entry)
+            }
             Ok(None) => Err(Rejection::new(
                 StatusCode::NOT_FOUND,
                 jsonrpc::SERVER_ERROR,
@@ -544,10 +556,15 @@ impl Shared {
         let (parts, body) = resp.into_parts();
         let sse = is_sse(&parts.headers);
         let body = if sse {
+            let mut sink = None;
             let tracker = session.map(|s| {
                 let stream = s.next_stream();
                 tracing::debug!(session = %s.id, stream = stream.0, label, "SSE stream opened");
-                EventTracker::new(None)
+                sink = self
+                    .writer
+                    .as_ref()
+                    .map(|w| Arc::new(WriterSink::new(w.clone(), s.id.clone(), stream)));
+                EventTracker::new(sink.clone().map(|k| k as Arc<dyn EventIdSink>))
             });
             ProxyBody::sse(SseForward::new(
                 body,
@@ -555,6 +572,7 @@ impl Shared {
                 self.config.limits.keepalive_interval,
                 Some(self.closing()),
                 slot,
+                sink,
                 label,
             ))
         } else {
@@ -724,6 +742,9 @@ impl Shared {
     }
 
     async fn forget(&self, session: &SessionEntry) {
+        if let Some(w) = &self.writer {
+            w.forget(&session.id);
+        }
         if let Err(e) = self.sessions.remove(&session.id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
             tracing::warn!(session = %session.id, error = %e, "could not remove the session from the store");

@@ -654,9 +654,56 @@ async fn shutdown_ends_open_streams() {
         .await;
     let mut stream = resp.into_body();
     let _ = next_chunk(&mut stream).await.expect("first event");
-    let stop = tokio::spawn(h.stop());
+    let stop = tokio::spawn(async move {
+        let _ = h.stop().await;
+    });
     // The stream ends cleanly (None), not with an error, and the proxy
     // stops well within its 2 s drain timeout.
     assert!(next_chunk(&mut stream).await.is_none());
     tokio::time::timeout(WAIT, stop).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn resumption_points_reach_the_store_through_the_writer() {
+    let h = Harness::start().await;
+    let sid = h.init("2025-06-18").await;
+    let id = shadowcat_session::SessionId::parse(&sid).unwrap();
+    // A completed POST stream (stream 0): its point is dropped at the end.
+    let resp = h
+        .post(
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            &call(4, "progress", json!({"count": 2})),
+        )
+        .await;
+    let text = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    assert!(text.contains("\"id\":4"), "{text}");
+    // An open GET stream (stream 1): its point is kept.
+    let resp = h
+        .send(
+            "GET",
+            "/mcp",
+            &[("accept", "text/event-stream"), ("mcp-session-id", &sid)],
+            "",
+        )
+        .await;
+    let mut stream = resp.into_body();
+    let first = String::from_utf8(next_chunk(&mut stream).await.unwrap().to_vec()).unwrap();
+    let event_id = first
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("the event has an id")
+        .to_owned();
+    let store = h.stop().await;
+    drop(stream);
+    let session = store.get(&id).await.unwrap().expect("session kept");
+    assert_eq!(session.streams.len(), 1, "{session:?}");
+    let point = session
+        .stream(shadowcat_session::StreamId(1))
+        .expect("GET stream point");
+    assert_eq!(point.upstream_event_id.as_deref(), Some(event_id.as_str()));
+    assert_eq!(point.client_seq, 1);
+    assert!(session.stream(shadowcat_session::StreamId(0)).is_none());
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use shadowcat_proxy::test_util::TestUpstream;
 use shadowcat_proxy::{ReverseProxy, ReverseProxyConfig};
-use shadowcat_session::{MemoryStore, SessionStore};
+use shadowcat_session::{BatchingWriter, MemoryStore, SessionStore, WriterConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -36,6 +36,7 @@ pub(crate) struct Harness {
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    writer: Option<BatchingWriter>,
 }
 
 impl Harness {
@@ -49,9 +50,20 @@ impl Harness {
         config.bind = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let store = Arc::new(MemoryStore::new());
-        let proxy = ReverseProxy::bind(config, Arc::clone(&store) as Arc<dyn SessionStore>)
-            .await
-            .expect("proxy binds");
+        let writer = BatchingWriter::start(
+            Arc::clone(&store) as Arc<dyn SessionStore>,
+            WriterConfig {
+                flush_interval: Duration::from_millis(10),
+                ..WriterConfig::default()
+            },
+        );
+        let proxy = ReverseProxy::bind(
+            config,
+            Arc::clone(&store) as Arc<dyn SessionStore>,
+            Some(writer.handle()),
+        )
+        .await
+        .expect("proxy binds");
         let addr = proxy.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -72,6 +84,7 @@ impl Harness {
             client: Client::builder(TokioExecutor::new()).build_http(),
             stop: Some(stop),
             task: Some(task),
+            writer: Some(writer),
         }
     }
 
@@ -119,7 +132,9 @@ impl Harness {
         sid
     }
 
-    pub(crate) async fn stop(mut self) {
+    /// Stops the proxy (draining), then flushes the writer; returns the
+    /// store.
+    pub(crate) async fn stop(mut self) -> Arc<MemoryStore> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -129,6 +144,11 @@ impl Harness {
                 .expect("proxy stops in time")
                 .expect("proxy task ends cleanly");
         }
+        if let Some(writer) = self.writer.take() {
+            let report = writer.shutdown().await;
+            assert!(report.is_complete(), "{report:?}");
+        }
+        Arc::clone(&self.store)
     }
 }
 
