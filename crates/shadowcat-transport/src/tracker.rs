@@ -201,11 +201,17 @@ struct State {
 
 impl State {
     fn contains(&self, hash: u64) -> bool {
-        // Branch-free fold so the compiler can vectorise the scan; the
-        // window is a small bounded constant.
-        self.ring[..self.filled]
-            .iter()
-            .fold(false, |seen, &h| seen | (h == hash))
+        // Fixed-size chunks with a branch-free fold inside, so the compiler
+        // can unroll and vectorise; the window is a small bounded constant.
+        let live = &self.ring[..self.filled];
+        let mut chunks = live.chunks_exact(8);
+        for chunk in &mut chunks {
+            let chunk: &[u64; 8] = chunk.try_into().expect("chunk of 8");
+            if chunk.iter().fold(false, |seen, &h| seen | (h == hash)) {
+                return true;
+            }
+        }
+        chunks.remainder().iter().any(|&h| h == hash)
     }
 
     fn remember(&mut self, id: &str, hash: u64) {
