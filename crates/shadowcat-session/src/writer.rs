@@ -995,7 +995,10 @@ impl Task {
             return;
         }
 
-        // Take the pending map: O(1) under the lock.
+        // Size the map that goes in (outside the lock) so producers never
+        // grow it; then take the pending map: O(1) under the lock.
+        let load = self.shared.pending.lock().active.len();
+        self.taken.reserve(load + load / 8);
         {
             let mut p = self.shared.pending.lock();
             std::mem::swap(&mut p.active, &mut self.taken);
@@ -1153,10 +1156,14 @@ impl Task {
         todo.push(chunk);
         while let Some(range) = todo.pop() {
             let now = Instant::now();
-            if mode == Mode::Normal
-                && (self.shared.stopping.load(Ordering::Acquire)
-                    || !self.breaker.allows(now, store))
-            {
+            let skip = match mode {
+                Mode::Normal => {
+                    self.shared.stopping.load(Ordering::Acquire) || !self.breaker.allows(now, store)
+                }
+                // Past the deadline: no more store calls, only the report.
+                Mode::Final { deadline } => now >= deadline,
+            };
+            if skip {
                 self.mark(range, Outcome::Deferred);
                 continue;
             }
