@@ -41,10 +41,10 @@
 //! - file locked by another process, other I/O errors: [`StoreError::Unavailable`]
 //!   (retryable).
 //!
-//! Any I/O error latches redb's file handle into failing every later call.
-//! The store then reopens the file on the next call (once no other call
-//! still holds the old handle), so a transient fault or a freed disk does
-//! not need a restart. The file is opened with redb's integrity check on, so
+//! Any I/O error latches redb's file handle into failing every later call
+//! (`PreviousIo`). The store then reopens the file on the next call (once no
+//! other call still holds the old handle), so a transient fault or a freed
+//! disk does not need a restart; until then calls fail with the mapped error. The file is opened with redb's integrity check on, so
 //! a damaged file is reported as [`StoreError::Corrupt`] instead of panicking.
 //!
 //! Failures (not `NotFound`/`AlreadyExists`) are logged with `tracing` and
@@ -279,12 +279,18 @@ impl Inner {
     }
 
     /// Maps a failure onto a [`StoreError`], marking the handle for reopen
-    /// when redb latched an I/O error.
+    /// when redb latched it (an I/O or backend error, a poisoned lock).
     fn resolve(&self, fail: Fail) -> StoreError {
         match fail {
             Fail::Store(err) => err,
             Fail::Redb(err) => {
-                if matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                if matches!(
+                    err,
+                    redb::Error::Io(_)
+                        | redb::Error::PreviousIo
+                        | redb::Error::Backend(_)
+                        | redb::Error::LockPoisoned(_)
+                ) {
                     self.failed.store(true, Ordering::Release);
                 }
                 map_redb_error(&self.path, err)
