@@ -211,7 +211,7 @@ impl State {
                 return true;
             }
         }
-        chunks.remainder().iter().any(|&h| h == hash)
+        chunks.remainder().contains(&hash)
     }
 
     fn remember(&mut self, id: &str, hash: u64) {
