@@ -93,6 +93,10 @@ type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
 
 /// The embedded [`SessionStore`]: sessions and resumption points in one
 /// redb file. See the module docs for layout, threading and errors.
+///
+/// One process at a time: a second open of a live file is
+/// [`StoreError::Unavailable`]. Dropping the store closes the file once the
+/// calls still in flight on the blocking pool finish.
 pub struct RedbStore {
     inner: Arc<Inner>,
 }
