@@ -1,0 +1,329 @@
+//! `BatchingWriter` costs: `submit` for a key already pending (the steady
+//! state) and for a new key (first event of a session), and — with
+//! `--bench` only — submit→durable latency p50/p99 against a `MemoryStore`
+//! at 100 sessions × 100 events/s, default config, real time.
+//!
+//! `cargo bench -p benches --bench writer -- --warm-up-time 1 --measurement-time 3`
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use shadowcat_session::{
+    BatchingWriter, MemoryStore, Page, ResumptionPoint, Session, SessionId, SessionStore,
+    StoreError, StreamId, UnixMillis, Update, WriterConfig,
+};
+
+/// Event ids cycled through: realistic upstream ids of two lengths.
+fn ids() -> Vec<String> {
+    (0..64u64)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("0/{}", 4711 + i)
+            } else {
+                format!("0b5e4c3a-9f1d-4e2b-8a7c-{:012x}", i * 7919)
+            }
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+fn submit(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    // The runtime is never driven here, so the writer never flushes:
+    // every submit lands in the pending map.
+    let cfg = WriterConfig {
+        max_pending_sessions: 50_000_000,
+        max_batch: usize::MAX,
+        ..WriterConfig::default()
+    };
+    let writer = BatchingWriter::start(store, cfg);
+    let h = writer.handle();
+    let texts = ids();
+    let mut group = c.benchmark_group("writer_submit");
+
+    let session = SessionId::generate().expect("OS entropy");
+    h.submit(&session, StreamId(0), Some(&texts[1]), 0);
+    let mut seq = 0u64;
+    group.bench_function("pending_key", |b| {
+        b.iter(|| {
+            seq += 1;
+            let text = &texts[(seq % 64) as usize];
+            h.submit(black_box(&session), StreamId(0), Some(text), seq);
+        })
+    });
+
+    group.bench_function("new_key", |b| {
+        b.iter_custom(|iters| {
+            let fresh: Vec<SessionId> = (0..iters)
+                .map(|_| SessionId::generate().expect("OS entropy"))
+                .collect();
+            let start = Instant::now();
+            for (i, id) in fresh.iter().enumerate() {
+                h.submit(black_box(id), StreamId(0), Some(&texts[i % 64]), i as u64);
+            }
+            let took = start.elapsed();
+            for id in &fresh {
+                h.forget(id);
+            }
+            took
+        })
+    });
+    group.finish();
+    drop(writer);
+}
+
+criterion_group!(benches, submit);
+
+fn main() {
+    if std::env::args().any(|a| a == "--bench") {
+        durable_latency();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// Sessions, event rate and run length for the latency measurement.
+const SESSIONS: usize = 100;
+const EVENTS_PER_SECOND: u64 = 100;
+const RUN: Duration = Duration::from_secs(5);
+
+/// Submits at 100 sessions × 100 events/s for [`RUN`] and reports how long
+/// each event waited until a write holding it (or a newer id of its
+/// stream) had returned from the store.
+fn durable_latency() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let store = Arc::new(RecordingStore::default());
+    let ids: Vec<SessionId> = rt.block_on(async {
+        let mut ids = Vec::with_capacity(SESSIONS);
+        for _ in 0..SESSIONS {
+            let s = Session::new(
+                SessionId::generate().expect("OS entropy"),
+                "http://127.0.0.1:3001/mcp",
+                "2025-11-25",
+            );
+            store.create(&s).await.expect("create");
+            ids.push(s.id);
+        }
+        ids
+    });
+    let writer = {
+        let _guard = rt.enter();
+        BatchingWriter::start(
+            Arc::clone(&store) as Arc<dyn SessionStore>,
+            WriterConfig::default(),
+        )
+    };
+    let h = writer.handle();
+
+    // One producer thread paced by the clock: each session gets an event
+    // every 10 ms, the sessions spread evenly over those 10 ms.
+    let total = (SESSIONS as u64) * EVENTS_PER_SECOND * RUN.as_secs();
+    let spacing = Duration::from_secs(1) / (SESSIONS as u32 * EVENTS_PER_SECOND as u32);
+    let mut submitted: Vec<(usize, u64, Instant)> = Vec::with_capacity(total as usize);
+    let start = Instant::now();
+    let mut k = 0u64;
+    while k < total {
+        let due = start + spacing * k as u32;
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep(due - now);
+            continue;
+        }
+        let session = (k % SESSIONS as u64) as usize;
+        let seq = k / SESSIONS as u64;
+        h.submit(&ids[session], StreamId(0), Some("0/4711"), seq);
+        submitted.push((session, seq, Instant::now()));
+        k += 1;
+    }
+    let report = rt.block_on(writer.shutdown());
+    assert!(report.is_complete(), "{report:?}");
+
+    let index: HashMap<&SessionId, usize> = ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let mut writes: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); SESSIONS];
+    for r in store.recorded() {
+        writes[index[&r.session]].push((r.seq, r.at));
+    }
+    let mut lat: Vec<Duration> = submitted
+        .iter()
+        .map(|&(session, seq, at)| {
+            let w = &writes[session];
+            let i = w.partition_point(|&(s, _)| s < seq);
+            w.get(i)
+                .map(|&(_, done)| done - at)
+                .expect("every event written")
+        })
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
+    eprintln!(
+        "writer submit->durable ({SESSIONS} sessions x {EVENTS_PER_SECOND} ev/s, {RUN:?}, \
+         memory store, default config): p50 {:?}, p99 {:?}, max {:?}, {} events, {} round trips",
+        pct(50),
+        pct(99),
+        lat[lat.len() - 1],
+        lat.len(),
+        report.stats.batches,
+    );
+}
+
+/// One point write that returned from the store.
+#[derive(Debug, Clone)]
+struct Recorded {
+    session: SessionId,
+    seq: u64,
+    at: Instant,
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A `MemoryStore` that records when each point write returned. The trait
+/// methods are written in `async_trait`'s expanded form, to avoid a
+/// dependency just for this.
+#[derive(Debug, Default)]
+struct RecordingStore {
+    inner: MemoryStore,
+    // Async mutex: the benches crate has no parking_lot, and std's Mutex
+    // is disallowed; this runs once per batch, off any hot path.
+    log: tokio::sync::Mutex<Vec<Recorded>>,
+}
+
+impl RecordingStore {
+    fn recorded(&self) -> Vec<Recorded> {
+        self.log.try_lock().expect("writer stopped").clone()
+    }
+}
+
+impl SessionStore for RecordingStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn create<'a, 'b, 'f>(&'a self, s: &'b Session) -> BoxFut<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.create(s)
+    }
+
+    fn get<'a, 'b, 'f>(&'a self, id: &'b SessionId) -> BoxFut<'f, Option<Session>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.get(id)
+    }
+
+    fn update<'a, 'b, 'f>(&'a self, s: &'b Session) -> BoxFut<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.update(s)
+    }
+
+    fn delete<'a, 'b, 'f>(&'a self, id: &'b SessionId) -> BoxFut<'f, bool>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.delete(id)
+    }
+
+    fn list<'a, 'b, 'f>(&'a self, after: Option<&'b SessionId>, limit: usize) -> BoxFut<'f, Page>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.list(after, limit)
+    }
+
+    fn count<'a, 'f>(&'a self) -> BoxFut<'f, u64>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.count()
+    }
+
+    fn store_last_event_id<'a, 'b, 'c, 'f>(
+        &'a self,
+        session: &'b SessionId,
+        stream: StreamId,
+        point: &'c ResumptionPoint,
+    ) -> BoxFut<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        self.inner.store_last_event_id(session, stream, point)
+    }
+
+    fn get_last_event_id<'a, 'b, 'f>(
+        &'a self,
+        session: &'b SessionId,
+        stream: StreamId,
+    ) -> BoxFut<'f, Option<ResumptionPoint>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        self.inner.get_last_event_id(session, stream)
+    }
+
+    fn apply_batch<'a, 'b, 'f>(&'a self, updates: &'b [Update]) -> BoxFut<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            self.inner.apply_batch(updates).await?;
+            let at = Instant::now();
+            let mut log = self.log.lock().await;
+            for u in updates {
+                if let Update::Point { session, point, .. } = u {
+                    log.push(Recorded {
+                        session: session.clone(),
+                        seq: point.client_seq,
+                        at,
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn expire_idle<'a, 'f>(&'a self, now: UnixMillis, max_idle: Duration) -> BoxFut<'f, u64>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.expire_idle(now, max_idle)
+    }
+}
