@@ -1,8 +1,59 @@
-//! The `shadowcat` binary. The proxy commands arrive with the reverse-proxy
-//! work; until then it only names itself.
+//! The `shadowcat` binary: `shadowcat reverse --upstream URL` runs the
+//! Streamable HTTP reverse proxy; `shadowcat sessions …` inspects a store.
+//!
+//! Configuration: flags, each also a `SHADOWCAT_*` variable, over an
+//! optional TOML file (`--config`), over defaults. Logs go to stderr
+//! (`RUST_LOG`, `--log-format text|json`), from the moment start-up has
+//! succeeded: a start-up error prints one line and exits 1.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("shadowcat {}: no commands yet", env!("CARGO_PKG_VERSION"));
-    std::process::exit(2);
+mod admin;
+mod cli;
+mod error;
+mod logging;
+mod run;
+mod sessions_cmd;
+mod settings;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+use crate::settings::{FileConfig, ReverseSettings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shadowcat: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shadowcat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let log_format = file.log_format(cli.log_format);
+    let store = file.store(cli.store.as_deref());
+    match cli.command {
+        Command::Reverse(args) => {
+            let settings = ReverseSettings::resolve(args, file)?;
+            run::reverse(settings, store, log_format).await
+        }
+        Command::Sessions { command } => sessions_cmd::run(command, &store, log_format).await,
+    }
 }

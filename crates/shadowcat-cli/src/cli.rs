@@ -1,0 +1,101 @@
+//! The command line: `shadowcat reverse …` and `shadowcat sessions …`.
+//! Every flag can also come from a `SHADOWCAT_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An MCP proxy whose streams survive drops and restarts.
+#[derive(Debug, Parser)]
+#[command(name = "shadowcat", version)]
+pub(crate) struct Cli {
+    /// Log format; `RUST_LOG` sets the level (default `info`).
+    #[arg(long, global = true, env = "SHADOWCAT_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// A TOML config file; flags and SHADOWCAT_* variables override it.
+    #[arg(long, global = true, env = "SHADOWCAT_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where sessions live: `file:PATH` (embedded, the default:
+    /// `file:shadowcat.redb` in the working directory), `memory`, or
+    /// `redis://HOST:PORT/DB`.
+    #[arg(long, global = true, env = "SHADOWCAT_STORE")]
+    pub(crate) store: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Serve MCP Streamable HTTP and proxy it to an upstream MCP server.
+    Reverse(ReverseArgs),
+    /// Inspect and clean a session store.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+/// `shadowcat reverse` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReverseArgs {
+    /// The upstream MCP endpoint, e.g. http://127.0.0.1:3001/mcp.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM")]
+    pub(crate) upstream: Option<String>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SHADOWCAT_BIND")]
+    pub(crate) bind: Option<SocketAddr>,
+    /// The MCP endpoint path [default: /mcp].
+    #[arg(long, env = "SHADOWCAT_PATH")]
+    pub(crate) path: Option<String>,
+    /// Admin listener for /healthz and /metrics [default: 127.0.0.1:9090].
+    #[arg(long, env = "SHADOWCAT_ADMIN_BIND")]
+    pub(crate) admin_bind: Option<SocketAddr>,
+    /// Credentials for the upstream: `env:VAR` or `file:PATH` holding a
+    /// bearer token. Client credentials are never forwarded.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER")]
+    pub(crate) upstream_bearer: Option<String>,
+    /// A browser Origin to allow (repeatable; `*` allows any). Default:
+    /// loopback origins only.
+    #[arg(
+        long = "allowed-origin",
+        env = "SHADOWCAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) allowed_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish on shutdown [default: 10].
+    #[arg(long, env = "SHADOWCAT_DRAIN_TIMEOUT_SECS")]
+    pub(crate) drain_timeout_secs: Option<u64>,
+}
+
+/// `shadowcat sessions` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// List sessions, oldest id first.
+    List {
+        /// Most sessions to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Print one session as JSON.
+    Show {
+        /// The session id (what the client holds as Mcp-Session-Id).
+        id: String,
+    },
+    /// Delete one session (the client will have to initialize again).
+    Delete {
+        /// The session id.
+        id: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,256 @@
+//! Settings: the TOML config file merged under the flags (flags and
+//! `SHADOWCAT_*` variables win), then defaults.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shadowcat_proxy::{OriginPolicy, ReverseProxyConfig};
+
+use crate::cli::{LogFormat, ReverseArgs};
+use crate::error::CliError;
+
+/// The default store: the embedded file store in the working directory.
+pub(crate) const DEFAULT_STORE: &str = "file:shadowcat.redb";
+/// The default admin listener.
+pub(crate) const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
+/// The default drain timeout on shutdown, in seconds.
+pub(crate) const DEFAULT_DRAIN_SECS: u64 = 10;
+
+/// The config file. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    upstream: Option<String>,
+    bind: Option<SocketAddr>,
+    path: Option<String>,
+    store: Option<String>,
+    admin_bind: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    upstream_bearer: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    drain_timeout_secs: Option<u64>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+/// `[limits]` in the config file; see `shadowcat_proxy::Limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    upstream_connect_timeout_ms: Option<u64>,
+    upstream_response_timeout_ms: Option<u64>,
+    max_sessions: Option<u64>,
+    max_streams_per_session: Option<u32>,
+    keepalive_interval_ms: Option<u64>,
+    max_last_event_id_len: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or the empty config when there is none.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self, CliError> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// The store spec: flag, then file, then the default.
+    pub(crate) fn store(&self, flag: Option<&str>) -> String {
+        flag.or(self.store.as_deref())
+            .unwrap_or(DEFAULT_STORE)
+            .to_owned()
+    }
+
+    /// The log format: flag, then file, then text.
+    pub(crate) fn log_format(&self, flag: Option<LogFormat>) -> LogFormat {
+        flag.or(self.log_format).unwrap_or(LogFormat::Text)
+    }
+}
+
+/// Everything `shadowcat reverse` runs with.
+#[derive(Debug)]
+pub(crate) struct ReverseSettings {
+    pub(crate) proxy: ReverseProxyConfig,
+    pub(crate) admin_bind: SocketAddr,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl ReverseSettings {
+    /// Flags over the file over defaults.
+    pub(crate) fn resolve(args: ReverseArgs, file: FileConfig) -> Result<Self, CliError> {
+        let upstream = args.upstream.or(file.upstream).ok_or_else(|| {
+            CliError::Config("no upstream: pass --upstream http://HOST:PORT/mcp".into())
+        })?;
+        let upstream: http::Uri = upstream
+            .parse()
+            .map_err(|_| CliError::Config(format!("bad upstream URL {upstream:?}: not a URL")))?;
+        shadowcat_proxy::reverse::check_upstream(&upstream)?;
+        let mut proxy = ReverseProxyConfig::new(upstream);
+        if let Some(bind) = args.bind.or(file.bind) {
+            proxy.bind = bind;
+        }
+        if let Some(path) = args.path.or(file.path) {
+            proxy.path = path;
+        }
+        let origins = if args.allowed_origins.is_empty() {
+            file.allowed_origins.unwrap_or_default()
+        } else {
+            args.allowed_origins
+        };
+        proxy.allowed_origins = OriginPolicy::from_patterns(origins);
+        if let Some(spec) = args.upstream_bearer.or(file.upstream_bearer) {
+            proxy.upstream_bearer = Some(read_secret(&spec)?);
+        }
+        let l = &mut proxy.limits;
+        let f = file.limits;
+        let ms = Duration::from_millis;
+        if let Some(v) = f.max_body_bytes {
+            l.max_body_bytes = v;
+        }
+        if let Some(v) = f.max_header_bytes {
+            l.max_header_bytes = v;
+        }
+        if let Some(v) = f.max_headers {
+            l.max_headers = v;
+        }
+        if let Some(v) = f.upstream_connect_timeout_ms {
+            l.upstream_connect_timeout = ms(v);
+        }
+        if let Some(v) = f.upstream_response_timeout_ms {
+            l.upstream_response_timeout = ms(v);
+        }
+        if let Some(v) = f.max_sessions {
+            l.max_sessions = v;
+        }
+        if let Some(v) = f.max_streams_per_session {
+            l.max_streams_per_session = v;
+        }
+        if let Some(v) = f.keepalive_interval_ms {
+            l.keepalive_interval = ms(v);
+        }
+        if let Some(v) = f.max_last_event_id_len {
+            l.max_last_event_id_len = v;
+        }
+        if let Some(v) = f.header_read_timeout_ms {
+            l.header_read_timeout = ms(v);
+        }
+        let admin_bind = args
+            .admin_bind
+            .or(file.admin_bind)
+            .unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("default admin address"));
+        let drain = args
+            .drain_timeout_secs
+            .or(file.drain_timeout_secs)
+            .unwrap_or(DEFAULT_DRAIN_SECS);
+        Ok(ReverseSettings {
+            proxy,
+            admin_bind,
+            drain_timeout: Duration::from_secs(drain),
+        })
+    }
+}
+
+/// Reads a secret named by `env:VAR` or `file:PATH`. Literal secrets are
+/// refused: they would show in the process list and shell history.
+fn read_secret(spec: &str) -> Result<String, CliError> {
+    let value = if let Some(var) = spec.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| {
+            CliError::Config(format!(
+                "--upstream-bearer names environment variable {var}, which is not set"
+            ))
+        })?
+    } else if let Some(path) = spec.strip_prefix("file:") {
+        std::fs::read_to_string(path).map_err(|e| {
+            CliError::Config(format!("cannot read the upstream bearer from {path}: {e}"))
+        })?
+    } else {
+        return Err(CliError::Config(
+            "--upstream-bearer takes env:VAR or file:PATH, never the token itself".into(),
+        ));
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(CliError::Config(
+            "the upstream bearer token is empty".into(),
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(upstream: Option<&str>) -> ReverseArgs {
+        ReverseArgs {
+            upstream: upstream.map(str::to_owned),
+            bind: None,
+            path: None,
+            admin_bind: None,
+            upstream_bearer: None,
+            allowed_origins: vec![],
+            drain_timeout_secs: None,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream = "http://127.0.0.1:1/mcp"
+            bind = "127.0.0.1:7000"
+            allowed_origins = ["https://a.example"]
+            [limits]
+            max_body_bytes = 10
+            keepalive_interval_ms = 250
+            "#,
+        )
+        .unwrap();
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.bind = Some("127.0.0.1:7001".parse().unwrap());
+        let s = ReverseSettings::resolve(a, file).unwrap();
+        assert_eq!(s.proxy.upstream, "http://127.0.0.1:2/mcp");
+        assert_eq!(s.proxy.bind.port(), 7001);
+        assert_eq!(s.proxy.limits.max_body_bytes, 10);
+        assert_eq!(
+            s.proxy.limits.keepalive_interval,
+            Duration::from_millis(250)
+        );
+        assert!(s.proxy.allowed_origins.allows(b"https://a.example"));
+        assert_eq!(s.proxy.path, "/mcp");
+        assert_eq!(s.admin_bind, DEFAULT_ADMIN_BIND.parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<FileConfig>("upstrem = \"x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[limits]\nmax_body = 1").is_err());
+        let e = ReverseSettings::resolve(args(None), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--upstream"), "{e}");
+        let e =
+            ReverseSettings::resolve(args(Some("ftp://x/mcp")), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file_only() {
+        assert!(read_secret("hunter2").is_err());
+        assert!(read_secret("env:SHADOWCAT_TEST_SURELY_UNSET_VAR").is_err());
+        let path = std::env::temp_dir().join(format!("shadowcat-secret-{}", std::process::id()));
+        std::fs::write(&path, "tok\n").unwrap();
+        assert_eq!(
+            read_secret(&format!("file:{}", path.display())).unwrap(),
+            "tok"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
