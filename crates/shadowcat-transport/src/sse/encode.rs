@@ -3,6 +3,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::decode::find_line_end;
+
 /// Input the encoder refuses because no SSE stream could carry it intact.
 /// Nothing is written when encoding fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -108,7 +110,7 @@ impl<'a> OutgoingEvent<'a> {
         }
         if let Some(mut data) = self.data {
             loop {
-                match data.iter().position(|&b| b == b'\n' || b == b'\r') {
+                match find_line_end(data) {
                     Some(end) => {
                         field(dst, b"data", &data[..end]);
                         let crlf = data[end] == b'\r' && data.get(end + 1) == Some(&b'\n');
