@@ -300,7 +300,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
                     )
                 }
                 "progress" => {
-                    let count = args["count"].as_u64().unwrap_or(3).min(10_000);
+                    let count = args["count"].as_u64().unwrap_or(3).min(1_000_000);
                     let gated = args["gated"].as_bool().unwrap_or(false);
                     progress_stream(&st, &version, id, count, gated)
                 }
