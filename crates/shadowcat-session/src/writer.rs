@@ -16,13 +16,15 @@
 //! - **Flushing.** The task flushes every [`WriterConfig::flush_interval`],
 //!   or as soon as [`WriterConfig::max_batch`] keys are pending, with one
 //!   [`SessionStore::apply_batch`] per chunk of `max_batch` updates.
-//! - **Failures.** A retryable failure sends the chunk's updates to a retry
-//!   set (exponential backoff with jitter, at most
-//!   [`WriterConfig::max_attempts`] attempts each). A newer value for the
-//!   same key always replaces one waiting to retry, so an older id never
-//!   overwrites a newer one in the store. A non-retryable `Corrupt` error is
-//!   bisected to isolate the poison update; other non-retryable errors drop
-//!   the chunk. A circuit breaker stops store calls after
+//! - **Failures.** A retryable failure (or a call longer than
+//!   [`WriterConfig::write_timeout`]) sends the chunk's updates to a retry
+//!   set, each with a due time (exponential backoff with jitter, at most
+//!   [`WriterConfig::max_attempts`] attempts each); due updates go out with
+//!   the next flush. A newer value for the same key always replaces one
+//!   waiting to retry, so an older id never overwrites a newer one in the
+//!   store. A non-retryable `Corrupt` error is bisected to isolate the
+//!   poison update (at most `2n - 1` calls for a chunk of `n`); other
+//!   non-retryable errors (`Refused`) drop the chunk. A circuit breaker stops store calls after
 //!   [`WriterConfig::breaker_threshold`] consecutive failures for
 //!   [`WriterConfig::breaker_cooldown`], then lets one trial batch through.
 //!   Every failure is logged with `tracing` and counted.

@@ -211,6 +211,15 @@ async fn idle_entries_are_freed_and_busy_ones_are_reused() {
 }
 
 #[test]
+fn handle_is_shareable() {
+    fn check<T: Clone + Send + Sync + std::fmt::Debug + 'static>() {}
+    check::<shadowcat_session::WriterHandle>();
+    fn send<T: Send + std::fmt::Debug>() {}
+    send::<BatchingWriter>();
+    send::<shadowcat_session::ShutdownReport>();
+}
+
+#[test]
 fn config_validation_names_the_bad_setting() {
     assert_eq!(WriterConfig::default().validate(), Ok(()));
     let zero = WriterConfig {
