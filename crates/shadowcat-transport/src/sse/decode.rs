@@ -13,6 +13,10 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::text::Utf8Bytes;
 
+/// Buffers that grew larger than this for one big line or event are
+/// released afterwards, so an idle stream holds little memory.
+const RETAINED_BUFFER: usize = 64 * 1024;
+
 /// The UTF-8 byte order mark, stripped once at the start of a stream.
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
@@ -177,7 +181,9 @@ enum Data {
 /// [`Decoder::finish`] readies it for a new stream.
 ///
 /// Steady state allocates nothing per event, except the event's own data
-/// buffer when its data had several lines or spanned chunks.
+/// buffer when its data had several lines or spanned chunks. Internal
+/// buffers are reused; one that grew past 64 KiB for a large line or event
+/// is released after it.
 #[derive(Debug)]
 pub struct Decoder {
     limits: DecoderLimits,
@@ -236,6 +242,14 @@ impl Decoder {
     /// The limits in force.
     pub fn limits(&self) -> &DecoderLimits {
         &self.limits
+    }
+
+    /// Heap bytes the decoder itself holds (its line and data buffers and
+    /// its chunk queue), not counting the pushed chunks it shares.
+    pub fn heap_bytes(&self) -> usize {
+        self.line.capacity()
+            + self.data_buf.capacity()
+            + self.queued.capacity() * mem::size_of::<Bytes>()
     }
 
     /// True after a [`DecodeError`], until [`Decoder::finish`].
@@ -333,8 +347,10 @@ impl Decoder {
             self.line.extend_from_slice(&chunk[..end]);
             let mut line = mem::take(&mut self.line);
             let item = self.line_done(&line, None);
-            line.clear();
-            self.line = line;
+            if line.capacity() <= RETAINED_BUFFER {
+                line.clear();
+                self.line = line;
+            }
             item
         };
         chunk.advance(end + 1);
@@ -435,7 +451,13 @@ impl Decoder {
         let data = match mem::take(&mut self.data) {
             Data::Empty => return has_own_id.then(|| SseItem::IdOnly(self.id.clone())),
             Data::Slice(data) => data,
-            Data::Owned => self.data_buf.split().freeze(),
+            Data::Owned => {
+                let data = self.data_buf.split().freeze();
+                if self.data_buf.capacity() > RETAINED_BUFFER {
+                    self.data_buf = BytesMut::new();
+                }
+                data
+            }
         };
         Some(SseItem::Event(SseEvent {
             id: self.id.clone(),
@@ -951,6 +973,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn large_buffers_are_released_after_use() {
+        let mut dec = Decoder::default();
+        let big = vec![b'x'; 200 * 1024];
+        // One big data line split over two chunks, then a two-line event.
+        dec.push(Bytes::from_static(b"data: "));
+        dec.push(Bytes::from(big.clone()));
+        dec.push(Bytes::from_static(b"\ndata: y\n\n"));
+        let Some(Ok(SseItem::Event(e))) = dec.next() else {
+            panic!("expected an event");
+        };
+        assert_eq!(e.data.len(), big.len() + 2);
+        assert!(
+            dec.heap_bytes() < 2 * RETAINED_BUFFER,
+            "{}",
+            dec.heap_bytes()
+        );
+        drop(e);
+        dec.push(Bytes::from_static(b"data: a\ndata: b\n\n"));
+        assert_eq!(dec.next(), Some(ok(ev("a\nb"))));
+        assert!(
+            dec.heap_bytes() < 2 * RETAINED_BUFFER,
+            "{}",
+            dec.heap_bytes()
+        );
     }
 
     #[test]
