@@ -3,8 +3,10 @@
 //!
 //! The SSE path is the hot path. Per upstream chunk it decodes with the
 //! transport crate's [`Decoder`], records each event id with the stream's
-//! [`EventTracker`] (dropping replayed duplicates), re-encodes into one
-//! reused buffer and hands the client one frame. It spawns nothing, takes
+//! [`EventTracker`] (dropping replayed duplicates) and re-encodes into one
+//! reused buffer; whatever the upstream has ready (up to 16 KiB) goes to
+//! the client as one frame, so a busy stream costs one write per batch, an
+//! idle one waits for nothing. It spawns nothing, takes
 //! no async lock and never waits on the store; it runs inside the client
 //! connection's own task, polled by hyper.
 //!
@@ -146,6 +148,8 @@ pub(crate) struct SseForward {
     interval: Duration,
     closing: Option<Closing>,
     done: bool,
+    upstream_ended: bool,
+    failed: Option<StreamError>,
     events: u64,
     duplicates: u64,
     _slot: Option<StreamSlot>,
@@ -165,6 +169,8 @@ impl std::fmt::Debug for SseForward {
 
 /// Initial capacity of the re-encoding buffer.
 const OUT_CAPACITY: usize = 4096;
+/// Events already received are sent together up to this many bytes.
+const COALESCE_BYTES: usize = 16 * 1024;
 
 impl SseForward {
     /// Forwards `upstream`; ids are recorded with `tracker` when given.
@@ -186,6 +192,8 @@ impl SseForward {
             interval,
             closing,
             done: false,
+            upstream_ended: false,
+            failed: None,
             events: 0,
             duplicates: 0,
             _slot: slot,
@@ -205,23 +213,21 @@ impl SseForward {
             self.done = true;
             return Poll::Ready(None);
         }
-        loop {
+        // Everything the upstream has ready goes out in one frame (one
+        // write), up to COALESCE_BYTES; nothing waits for more.
+        while !self.upstream_ended && self.failed.is_none() {
             match Pin::new(&mut self.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(chunk) = frame.into_data() else {
                         continue;
                     };
                     if let Err(e) = self.forward(chunk) {
-                        return Poll::Ready(Some(Err(self.fail(e))));
-                    }
-                    if !self.out.is_empty() {
-                        self.reset_keepalive();
-                        return Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))));
+                        self.failed = Some(e);
+                    } else if self.out.len() >= COALESCE_BYTES {
+                        break;
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(self.fail(StreamError::Upstream(e)))));
-                }
+                Poll::Ready(Some(Err(e))) => self.failed = Some(StreamError::Upstream(e)),
                 Poll::Ready(None) => {
                     if self.decoder.finish() {
                         tracing::debug!(
@@ -229,15 +235,25 @@ impl SseForward {
                             "upstream SSE stream ended mid-event; partial event dropped"
                         );
                     }
-                    self.done = true;
-                    // Complete: nothing left to resume on this stream.
-                    if let Some(sink) = &self.sink {
-                        sink.end();
-                    }
-                    return Poll::Ready(None);
+                    self.upstream_ended = true;
                 }
                 Poll::Pending => break,
             }
+        }
+        if !self.out.is_empty() {
+            self.reset_keepalive();
+            return Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))));
+        }
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(self.fail(e))));
+        }
+        if self.upstream_ended {
+            self.done = true;
+            // Complete: nothing left to resume on this stream.
+            if let Some(sink) = &self.sink {
+                sink.end();
+            }
+            return Poll::Ready(None);
         }
         ready!(self.keepalive.as_mut().poll(cx));
         self.reset_keepalive();

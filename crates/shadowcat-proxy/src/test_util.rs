@@ -121,6 +121,11 @@ impl TestUpstream {
         self.state.sessions.lock().iter().cloned().collect()
     }
 
+    /// Forgets every session, as an upstream restart would.
+    pub fn forget_sessions(&self) {
+        self.state.sessions.lock().clear();
+    }
+
     /// Every session id it ever issued starts with this.
     pub const SESSION_PREFIX: &'static str = "upstream-session-";
 

@@ -707,3 +707,22 @@ async fn resumption_points_reach_the_store_through_the_writer() {
     assert_eq!(point.client_seq, 1);
     assert!(session.stream(shadowcat_session::StreamId(0)).is_none());
 }
+
+#[tokio::test]
+async fn a_session_the_upstream_forgot_is_removed_and_404() {
+    let h = Harness::start().await;
+    let sid = h.init("2025-06-18").await;
+    h.upstream.forget_sessions();
+    let resp = h
+        .post(
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            &list(2),
+        )
+        .await;
+    let msg = assert_rpc_error(resp, StatusCode::NOT_FOUND, -32000).await;
+    assert!(msg.contains("initialize"), "{msg}");
+    assert_eq!(h.store.count().await.unwrap(), 0, "the proxy forgot it too");
+}
