@@ -22,8 +22,8 @@ pub mod redb_store;
 pub mod redis_store;
 pub mod writer;
 pub use redb_store::RedbStore;
+pub use redis_store::{RedisStore, RedisStoreConfig};
 pub use writer::{
     BatchingWriter, BreakerState, ShutdownReport, WriterConfig, WriterConfigError, WriterHandle,
     WriterStats,
 };
-pub use redis_store::{RedisStore, RedisStoreConfig};
