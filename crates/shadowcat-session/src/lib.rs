@@ -27,3 +27,5 @@ pub use writer::{
     BatchingWriter, BreakerState, ShutdownReport, WriterConfig, WriterConfigError, WriterHandle,
     WriterStats,
 };
+pub mod sweeper;
+pub use sweeper::{IdleSweeper, SweeperConfig};
