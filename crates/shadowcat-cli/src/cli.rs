@@ -67,6 +67,10 @@ pub(crate) struct ReverseArgs {
     /// Seconds in-flight requests get to finish on shutdown [default: 10].
     #[arg(long, env = "SHADOWCAT_DRAIN_TIMEOUT_SECS")]
     pub(crate) drain_timeout_secs: Option<u64>,
+    /// Seconds a session may stay unused before it is removed from the
+    /// store [default: 1800].
+    #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT_SECS")]
+    pub(crate) session_idle_timeout_secs: Option<u64>,
 }
 
 /// `shadowcat sessions` subcommands.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use shadowcat_proxy::ReverseProxy;
-use shadowcat_session::{BatchingWriter, WriterConfig};
+use shadowcat_session::{BatchingWriter, IdleSweeper, WriterConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::LogFormat;
@@ -27,6 +27,7 @@ pub(crate) async fn reverse(
     let shutdown = shutdown_signal()?;
     let store = StoreSpec::parse(&store_spec)?.open(&store_spec).await?;
     let writer = BatchingWriter::start(store.clone(), WriterConfig::default());
+    let sweeper = IdleSweeper::start(store.clone(), settings.sweeper);
     let admin_listener = admin::bind(settings.admin_bind).await?;
     let proxy = ReverseProxy::bind(settings.proxy, store, Some(writer.handle())).await?;
     logging::init(log_format);
@@ -38,6 +39,7 @@ pub(crate) async fn reverse(
         .await?;
     admin_task.abort();
     upkeep.abort();
+    sweeper.shutdown().await;
     let flushed = writer.shutdown().await;
     if flushed.is_complete() {
         tracing::info!(

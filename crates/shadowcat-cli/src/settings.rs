@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shadowcat_proxy::{OriginPolicy, ReverseProxyConfig};
+use shadowcat_session::SweeperConfig;
 
 use crate::cli::{LogFormat, ReverseArgs};
 use crate::error::CliError;
@@ -17,6 +18,8 @@ pub(crate) const DEFAULT_STORE: &str = "file:shadowcat.redb";
 pub(crate) const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 /// The default drain timeout on shutdown, in seconds.
 pub(crate) const DEFAULT_DRAIN_SECS: u64 = 10;
+/// The default idle timeout of a session, in seconds.
+pub(crate) const DEFAULT_SESSION_IDLE_SECS: u64 = 30 * 60;
 
 /// The config file. Every key is optional; unknown keys are an error.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +34,7 @@ pub(crate) struct FileConfig {
     upstream_bearer: Option<String>,
     allowed_origins: Option<Vec<String>>,
     drain_timeout_secs: Option<u64>,
+    session_idle_timeout_secs: Option<u64>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -82,6 +86,7 @@ pub(crate) struct ReverseSettings {
     pub(crate) proxy: ReverseProxyConfig,
     pub(crate) admin_bind: SocketAddr,
     pub(crate) drain_timeout: Duration,
+    pub(crate) sweeper: SweeperConfig,
 }
 
 impl ReverseSettings {
@@ -151,10 +156,25 @@ impl ReverseSettings {
             .drain_timeout_secs
             .or(file.drain_timeout_secs)
             .unwrap_or(DEFAULT_DRAIN_SECS);
+        let idle = args
+            .session_idle_timeout_secs
+            .or(file.session_idle_timeout_secs)
+            .unwrap_or(DEFAULT_SESSION_IDLE_SECS);
+        if idle == 0 {
+            return Err(CliError::Config(
+                "session idle timeout must be at least 1 second".into(),
+            ));
+        }
+        let max_idle = Duration::from_secs(idle);
         Ok(ReverseSettings {
             proxy,
             admin_bind,
             drain_timeout: Duration::from_secs(drain),
+            sweeper: SweeperConfig {
+                max_idle,
+                // Sweep a few times per timeout, at most once a minute.
+                interval: (max_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            },
         })
     }
 }
@@ -199,6 +219,7 @@ mod tests {
             upstream_bearer: None,
             allowed_origins: vec![],
             drain_timeout_secs: None,
+            session_idle_timeout_secs: None,
         }
     }
 
@@ -228,6 +249,27 @@ mod tests {
         assert!(s.proxy.allowed_origins.allows(b"https://a.example"));
         assert_eq!(s.proxy.path, "/mcp");
         assert_eq!(s.admin_bind, DEFAULT_ADMIN_BIND.parse().unwrap());
+        assert_eq!(
+            s.sweeper.max_idle,
+            Duration::from_secs(DEFAULT_SESSION_IDLE_SECS)
+        );
+    }
+
+    #[test]
+    fn session_idle_timeout_from_file_and_flag() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream = "http://127.0.0.1:1/mcp"
+            session_idle_timeout_secs = 40
+            "#,
+        )
+        .unwrap();
+        let s = ReverseSettings::resolve(args(None), file).unwrap();
+        assert_eq!(s.sweeper.max_idle, Duration::from_secs(40));
+        assert_eq!(s.sweeper.interval, Duration::from_secs(10));
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.session_idle_timeout_secs = Some(0);
+        assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
     }
 
     #[test]
