@@ -106,6 +106,71 @@ impl From<SessionId> for String {
     }
 }
 
+/// Length of a [`ResumeKey`] in bytes.
+pub const RESUME_KEY_LEN: usize = 16;
+
+/// A per-session secret the proxy seals its client event ids with (a MAC
+/// key), so any instance that loads the session can verify a client's
+/// `Last-Event-ID` and a client cannot forge another stream's or session's
+/// position. 128 bits from the OS CSPRNG; never shown to anyone.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResumeKey(pub [u8; RESUME_KEY_LEN]);
+
+impl ResumeKey {
+    /// A new key with 128 bits from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut raw = [0u8; RESUME_KEY_LEN];
+        getrandom::fill(&mut raw)?;
+        Ok(ResumeKey(raw))
+    }
+
+    /// The key as 32 lowercase hex characters (how text stores keep it).
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(2 * RESUME_KEY_LEN);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 0xf) as usize] as char);
+        }
+        s
+    }
+
+    /// Parses [`ResumeKey::to_hex`]'s form; `None` unless it is exactly 32
+    /// hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 2 * RESUME_KEY_LEN {
+            return None;
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut raw = [0u8; RESUME_KEY_LEN];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            raw[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+        }
+        Some(ResumeKey(raw))
+    }
+}
+
+impl fmt::Debug for ResumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeKey(<redacted>)")
+    }
+}
+
+impl TryFrom<String> for ResumeKey {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ResumeKey::from_hex(&s).ok_or("a resume key is 32 hex digits")
+    }
+}
+
+impl From<ResumeKey> for String {
+    fn from(k: ResumeKey) -> String {
+        k.to_hex()
+    }
+}
+
 /// Names one SSE stream within a session. The proxy numbers them; the
 /// store treats the number as opaque.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -149,6 +214,10 @@ pub struct Session {
     pub last_activity: UnixMillis,
     /// Per stream, the resumption point. Ordered by stream id.
     pub streams: SmallVec<[StreamPoint; 1]>,
+    /// The key the proxy seals client event ids with; `None` for a session
+    /// stored before keys existed (the proxy then adds one).
+    #[serde(default)]
+    pub resume_key: Option<ResumeKey>,
 }
 
 impl Session {
@@ -167,6 +236,7 @@ impl Session {
             created_at: now,
             last_activity: now,
             streams: SmallVec::new(),
+            resume_key: None,
         }
     }
 
@@ -250,5 +320,20 @@ impl Update {
             | Update::Touch { session, .. }
             | Update::EndStream { session, .. } => session,
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_key_tests {
+    use super::*;
+
+    #[test]
+    fn hex_roundtrip_and_rejects() {
+        let k = ResumeKey::generate().unwrap();
+        assert_eq!(ResumeKey::from_hex(&k.to_hex()), Some(k));
+        assert_ne!(ResumeKey::generate().unwrap(), k, "fresh keys differ");
+        assert_eq!(ResumeKey::from_hex(&"0".repeat(31)), None);
+        assert_eq!(ResumeKey::from_hex(&"g".repeat(32)), None);
+        assert!(!format!("{k:?}").contains(&k.to_hex()), "Debug redacts");
     }
 }

@@ -68,7 +68,8 @@ use redb::{
 use smallvec::SmallVec;
 
 use crate::model::{
-    ResumptionPoint, Session, SessionId, StreamId, StreamPoint, UnixMillis, Update,
+    RESUME_KEY_LEN, ResumeKey, ResumptionPoint, Session, SessionId, StreamId, StreamPoint,
+    UnixMillis, Update,
 };
 use crate::store::{Page, SessionStore, StoreError, is_idle};
 
@@ -82,8 +83,11 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FORMAT_KEY: &str = "format";
 /// The file format this code writes and reads.
 const FORMAT: u64 = 1;
-/// Version byte at the start of every encoded session record.
+/// Version byte of a session record without a resume key.
 const SESSION_RECORD_V1: u8 = 1;
+/// Version byte of a session record with a resume key: the v1 layout
+/// followed by the key's 16 bytes.
+const SESSION_RECORD_V2: u8 = 2;
 
 /// Upper bound on redb's page cache. Session data is small; the cache only
 /// grows with pages actually touched.
@@ -402,7 +406,11 @@ fn encode_session(s: &Session, out: &mut Vec<u8>) {
         out.extend_from_slice(s.as_bytes());
     }
     out.clear();
-    out.push(SESSION_RECORD_V1);
+    out.push(if s.resume_key.is_some() {
+        SESSION_RECORD_V2
+    } else {
+        SESSION_RECORD_V1
+    });
     out.extend_from_slice(&s.created_at.to_le_bytes());
     put_str(out, &s.upstream);
     put_str(out, &s.protocol_version);
@@ -412,6 +420,9 @@ fn encode_session(s: &Session, out: &mut Vec<u8>) {
             out.push(1);
             put_str(out, u);
         }
+    }
+    if let Some(key) = &s.resume_key {
+        out.extend_from_slice(&key.0);
     }
 }
 
@@ -451,11 +462,13 @@ struct SessionRecord<'a> {
     upstream: &'a str,
     protocol_version: &'a str,
     upstream_session_id: Option<&'a str>,
+    resume_key: Option<ResumeKey>,
 }
 
 fn decode_session(bytes: &[u8]) -> Option<SessionRecord<'_>> {
     let mut r = Reader(bytes);
-    if r.u8()? != SESSION_RECORD_V1 {
+    let version = r.u8()?;
+    if version != SESSION_RECORD_V1 && version != SESSION_RECORD_V2 {
         return None;
     }
     let created_at = r.u64()?;
@@ -466,11 +479,19 @@ fn decode_session(bytes: &[u8]) -> Option<SessionRecord<'_>> {
         1 => Some(r.str()?),
         _ => return None,
     };
+    let resume_key = if version == SESSION_RECORD_V2 {
+        let (key, rest) = r.0.split_first_chunk::<RESUME_KEY_LEN>()?;
+        r.0 = rest;
+        Some(ResumeKey(*key))
+    } else {
+        None
+    };
     r.0.is_empty().then_some(SessionRecord {
         created_at,
         upstream,
         protocol_version,
         upstream_session_id,
+        resume_key,
     })
 }
 
@@ -548,6 +569,7 @@ fn load_session(
         created_at: rec.created_at,
         last_activity,
         streams: load_streams(points, id)?,
+        resume_key: rec.resume_key,
     })
 }
 
@@ -894,14 +916,20 @@ mod tests {
             "2025-11-25",
         );
         let mut buf = Vec::new();
-        for usid in [None, Some(String::new()), Some("up-\u{e9}".to_string())] {
+        let keys = [None, Some(ResumeKey([7; RESUME_KEY_LEN])), None];
+        for (usid, key) in [None, Some(String::new()), Some("up-\u{e9}".to_string())]
+            .into_iter()
+            .zip(keys)
+        {
             s.upstream_session_id = usid;
+            s.resume_key = key;
             encode_session(&s, &mut buf);
             let rec = decode_session(&buf).expect("decodes");
             assert_eq!(rec.created_at, s.created_at);
             assert_eq!(rec.upstream, s.upstream);
             assert_eq!(rec.protocol_version, s.protocol_version);
             assert_eq!(rec.upstream_session_id, s.upstream_session_id.as_deref());
+            assert_eq!(rec.resume_key, s.resume_key);
             // Every strict prefix is rejected, as is a trailing byte.
             for cut in 0..buf.len() {
                 assert!(decode_session(&buf[..cut]).is_none(), "prefix {cut}");

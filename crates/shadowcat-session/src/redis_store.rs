@@ -64,7 +64,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKin
 use smallvec::SmallVec;
 
 use crate::model::{
-    ResumptionPoint, Session, SessionId, StreamId, StreamPoint, UnixMillis, Update,
+    ResumeKey, ResumptionPoint, Session, SessionId, StreamId, StreamPoint, UnixMillis, Update,
 };
 use crate::store::{Page, SessionStore, StoreError};
 
@@ -773,6 +773,9 @@ fn encode_session(s: &Session) -> Vec<(std::borrow::Cow<'static, str>, String)> 
     if let Some(usid) = &s.upstream_session_id {
         fields.push(("usid".into(), usid.clone()));
     }
+    if let Some(key) = &s.resume_key {
+        fields.push(("rk".into(), key.to_hex()));
+    }
     for p in &s.streams {
         fields.push((point_field(p.stream).into(), encode_point(&p.point)));
     }
@@ -789,6 +792,7 @@ fn decode_session(
     let mut created_at = None;
     let mut last_activity = None;
     let mut upstream_session_id = None;
+    let mut resume_key = None;
     let mut streams: SmallVec<[StreamPoint; 1]> = SmallVec::new();
     let millis = |f: &str, v: &str| {
         v.parse::<UnixMillis>()
@@ -801,6 +805,12 @@ fn decode_session(
             "ca" => created_at = Some(millis(&f, &v)?),
             "la" => last_activity = Some(millis(&f, &v)?),
             "usid" => upstream_session_id = Some(v),
+            "rk" => {
+                resume_key = Some(
+                    ResumeKey::from_hex(&v)
+                        .ok_or_else(|| corrupt(format!("{key}: field rk is not a key")))?,
+                );
+            }
             _ => {
                 let Some(n) = f.strip_prefix("p:") else {
                     // A field a newer version added: not ours to judge.
@@ -826,6 +836,7 @@ fn decode_session(
         created_at: created_at.ok_or_else(|| missing("ca"))?,
         last_activity: last_activity.ok_or_else(|| missing("la"))?,
         streams,
+        resume_key,
     })
 }
 

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shadowcat_session::{
-    ResumptionPoint, Session, SessionId, SessionStore, StoreError, StreamId, Update, now_millis,
+    ResumeKey, ResumptionPoint, Session, SessionId, SessionStore, StoreError, StreamId, Update,
+    now_millis,
 };
 
 fn session(upstream: &str) -> Session {
     let mut s = Session::new(SessionId::generate().unwrap(), upstream, "2025-11-25");
     s.upstream_session_id = Some(format!("up-{}", s.id));
+    s.resume_key = Some(ResumeKey::generate().unwrap());
     s
 }
 
@@ -51,6 +53,22 @@ async fn create_get_roundtrip(store: Arc<dyn SessionStore>) {
         .unwrap()
         .expect("created session is found");
     assert_eq!(got, s, "{}: get returns what create stored", store.kind());
+    assert!(
+        got.resume_key.is_some(),
+        "{}: the resume key is kept",
+        store.kind()
+    );
+    // A session without a key (stored before keys existed) stays keyless,
+    // and an update can add one.
+    let mut legacy = session("u");
+    legacy.resume_key = None;
+    store.create(&legacy).await.unwrap();
+    let got = store.get(&legacy.id).await.unwrap().unwrap();
+    assert_eq!(got.resume_key, None, "{}", store.kind());
+    legacy.resume_key = Some(ResumeKey([0xa5; 16]));
+    store.update(&legacy).await.unwrap();
+    let got = store.get(&legacy.id).await.unwrap().unwrap();
+    assert_eq!(got.resume_key, legacy.resume_key, "{}", store.kind());
     let other = SessionId::generate().unwrap();
     assert!(store.get(&other).await.unwrap().is_none());
 }
