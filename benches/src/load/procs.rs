@@ -1,0 +1,479 @@
+//! The processes under test: Shadowcat (the release binary), nginx as a
+//! plain SSE reverse proxy and redis-server, started as children on
+//! loopback; their CPU and RSS from /proc, Shadowcat's counters from its
+//! admin `/metrics`.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// What went wrong starting or reading a process.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProcError {
+    /// The program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// Which program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It did not become ready in time.
+    #[error("{what} was not ready within {within:?}")]
+    NotReady {
+        /// Which process.
+        what: &'static str,
+        /// How long we waited.
+        within: Duration,
+    },
+    /// It exited early.
+    #[error("{what} exited early ({status}); see {log}")]
+    Exited {
+        /// Which process.
+        what: &'static str,
+        /// How.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: String,
+    },
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProcError + '_ {
+    move |source| ProcError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A free loopback port (bound, read, released).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// CPU seconds (user + system) of `pid` from /proc/PID/stat.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+/// Resident set size of `pid` in KiB (VmRSS from /proc/PID/status).
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+/// Number of threads of `pid`.
+pub(crate) fn threads(pid: u32) -> Option<u64> {
+    status_field(pid, "Threads:")
+}
+
+fn status_field(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The children of `pid` (from /proc/*/stat).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// A child process under test; stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    what: &'static str,
+    child: Child,
+    /// Every process whose CPU and memory count (nginx: master and workers).
+    pids: Vec<u32>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self, ProcError> {
+        let out = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let err = out.try_clone().map_err(io_err(&log))?;
+        let program = format!("{:?}", cmd.get_program());
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| ProcError::Spawn { program, source })?;
+        let pids = vec![child.id()];
+        Ok(Proc {
+            what,
+            child,
+            pids,
+            log,
+        })
+    }
+
+    fn check_alive(&mut self) -> Result<(), ProcError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(ProcError::Exited {
+                what: self.what,
+                status,
+                log: self.log.display().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until `addr` accepts connections (bounded).
+    async fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), ProcError> {
+        let within = Duration::from_secs(20);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            // Polling a port: no signal exists for another process binding.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(ProcError::NotReady {
+            what: self.what,
+            within,
+        })
+    }
+
+    /// CPU seconds of every counted process.
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        self.pids.iter().map(|&p| cpu_seconds(p)).sum()
+    }
+
+    /// RSS in KiB of every counted process.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        self.pids.iter().map(|&p| rss_kib(p)).sum()
+    }
+
+    /// Threads of every counted process.
+    pub(crate) fn threads(&self) -> Option<u64> {
+        self.pids.iter().map(|&p| threads(p)).sum()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Shadowcat under test.
+#[derive(Debug)]
+pub(crate) struct Shadowcat {
+    /// The process.
+    pub(crate) proc: Proc,
+    /// Its proxy listener.
+    pub(crate) addr: SocketAddr,
+    /// Its admin listener.
+    pub(crate) admin: SocketAddr,
+}
+
+impl Shadowcat {
+    /// Starts `bin reverse` in front of `upstream` with `store` (a
+    /// `--store` spec), logging at warn to `dir/shadowcat-NAME.log`.
+    pub(crate) async fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        upstream: SocketAddr,
+        store: &str,
+    ) -> Result<Self, ProcError> {
+        let addr: SocketAddr = (
+            std::net::Ipv4Addr::LOCALHOST,
+            free_port().map_err(io_err(dir))?,
+        )
+            .into();
+        let admin: SocketAddr = (
+            std::net::Ipv4Addr::LOCALHOST,
+            free_port().map_err(io_err(dir))?,
+        )
+            .into();
+        let config = dir.join(format!("shadowcat-{name}.toml"));
+        // Room for the idle scenario's one session per stream.
+        std::fs::write(&config, "[limits]\nmax_sessions = 100000\n").map_err(io_err(&config))?;
+        let mut cmd = Command::new(bin);
+        cmd.env("RUST_LOG", "warn")
+            .arg("--config")
+            .arg(&config)
+            .arg("--store")
+            .arg(store)
+            .arg("reverse")
+            .arg("--upstream")
+            .arg(format!("http://{upstream}/mcp"))
+            .arg("--bind")
+            .arg(addr.to_string())
+            .arg("--admin-bind")
+            .arg(admin.to_string())
+            .current_dir(dir);
+        let mut proc = Proc::spawn("shadowcat", cmd, dir.join(format!("shadowcat-{name}.log")))?;
+        proc.wait_listening(addr).await?;
+        proc.wait_listening(admin).await?;
+        Ok(Shadowcat { proc, addr, admin })
+    }
+
+    /// Its `/metrics` text.
+    pub(crate) async fn metrics(&self) -> Option<String> {
+        scrape(self.admin).await
+    }
+}
+
+/// GET `/metrics` from `addr`; `None` when unreachable.
+async fn scrape(addr: SocketAddr) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/metrics")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// The sum of every sample of metric `name` (any labels) in Prometheus text.
+pub(crate) fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// nginx as a plain SSE reverse proxy.
+#[derive(Debug)]
+pub(crate) struct Nginx {
+    /// The master and its workers.
+    pub(crate) proc: Proc,
+    /// Its listener.
+    pub(crate) addr: SocketAddr,
+}
+
+/// nginx worker processes: one per core, as Shadowcat's runtime has one
+/// worker thread per core.
+pub(crate) const NGINX_WORKERS: usize = 2;
+
+impl Nginx {
+    /// Writes `dir/nginx/nginx.conf` and starts `bin` with it.
+    pub(crate) async fn start(
+        bin: &Path,
+        dir: &Path,
+        upstream: SocketAddr,
+        max_fds: u64,
+    ) -> Result<Self, ProcError> {
+        let root = dir.join("nginx");
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let addr: SocketAddr = (
+            std::net::Ipv4Addr::LOCALHOST,
+            free_port().map_err(io_err(dir))?,
+        )
+            .into();
+        let conf = root.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&root, addr, upstream, max_fds)).map_err(io_err(&conf))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p").arg(&root).arg("-c").arg(&conf);
+        let mut proc = Proc::spawn("nginx", cmd, root.join("stderr.log"))?;
+        proc.wait_listening(addr).await?;
+        // Workers start right after the master binds; count them all.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let master = proc.child.id();
+        loop {
+            let workers = children_of(master);
+            if workers.len() >= NGINX_WORKERS || Instant::now() > deadline {
+                proc.pids = std::iter::once(master).chain(workers).collect();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Nginx { proc, addr })
+    }
+}
+
+/// The nginx configuration: SSE-friendly (no buffering, HTTP/1.1 keep-alive
+/// to the upstream), loopback only, no logs on the request path.
+pub(crate) fn nginx_conf(
+    root: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    max_fds: u64,
+) -> String {
+    let r = root.display();
+    let mut c = String::new();
+    let _ = write!(
+        c,
+        "daemon off;
+master_process on;
+worker_processes {NGINX_WORKERS};
+worker_rlimit_nofile {max_fds};
+pid {r}/nginx.pid;
+error_log {r}/error.log warn;
+events {{
+    worker_connections {max_fds};
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {r}/client_body;
+    proxy_temp_path {r}/proxy;
+    fastcgi_temp_path {r}/fastcgi;
+    uwsgi_temp_path {r}/uwsgi;
+    scgi_temp_path {r}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream mcp {{
+        server {upstream};
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+"
+    );
+    c
+}
+
+/// redis-server on a free loopback port, no persistence.
+#[derive(Debug)]
+pub(crate) struct Redis {
+    _proc: Proc,
+    /// Its address.
+    pub(crate) addr: SocketAddr,
+}
+
+impl Redis {
+    /// Starts `bin` (redis-server).
+    pub(crate) async fn start(bin: &Path, dir: &Path) -> Result<Self, ProcError> {
+        let port = free_port().map_err(io_err(dir))?;
+        let addr: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, port).into();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir);
+        let mut proc = Proc::spawn("redis-server", cmd, dir.join("redis.log"))?;
+        proc.wait_listening(addr).await?;
+        Ok(Redis { _proc: proc, addr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_over_labels() {
+        let text = "# TYPE shadowcat_writer_batches counter\nshadowcat_writer_batches{store=\"redb\"} 12\nshadowcat_writer_batches_other 5\nshadowcat_writer_written{store=\"redb\"} 40\nshadowcat_writer_written{store=\"x\"} 2\n";
+        assert_eq!(metric_sum(text, "shadowcat_writer_batches"), Some(12.0));
+        assert_eq!(metric_sum(text, "shadowcat_writer_written"), Some(42.0));
+        assert_eq!(metric_sum(text, "shadowcat_missing"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
+        assert!(rss_kib(me).is_some_and(|k| k > 0));
+        assert!(threads(me).is_some_and(|t| t >= 1));
+    }
+
+    #[test]
+    fn nginx_conf_is_sse_friendly() {
+        let c = nginx_conf(
+            Path::new("/tmp/x"),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            4096,
+        );
+        for needle in [
+            "proxy_buffering off;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "listen 127.0.0.1:1;",
+            "server 127.0.0.1:2;",
+        ] {
+            assert!(c.contains(needle), "{needle}");
+        }
+    }
+}
