@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod interop;
 #[cfg(test)]
 mod tidy;
 
@@ -16,10 +17,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("gates") => gates(),
+        Some("interop") => interop::run(),
         Some("help") | None => {
             eprintln!("usage: cargo xtask <ci|gates>");
             eprintln!("  ci     fmt check, clippy -D warnings, all tests, tidy, bench gates");
             eprintln!("  gates  only the deterministic bench gates");
+            eprintln!("  interop  real MCP clients and servers through shadowcat (node, python3)");
             Ok(())
         }
         Some(other) => Err(format!(
@@ -84,6 +87,8 @@ fn ci() -> Result<(), String> {
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-targets", "--locked"]);
     step("tests", test)?;
+
+    interop::run()?;
 
     // Doc tests are not covered by --all-targets.
     let mut doc = cargo();

@@ -1,0 +1,209 @@
+// TypeScript SDK client checks for the interop suite. Each check exits 0
+// when every assertion held, else prints why and exits 1.
+//
+// usage: node ts/client.mjs CHECK URL
+//   sdk-server   against ts/server.mjs: initialize, tools/list, tools/call
+//                with progress, resources, prompts, DELETE
+//   resume       against ts/server.mjs: a tools/call whose SSE stream the
+//                client cuts mid-stream; the SDK resumes with Last-Event-ID
+//                and every progress notification arrives exactly once
+//   everything   against server-everything: initialize, tools/list, echo,
+//                a long-running tool with progress, resources, prompts
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+
+const [check, url] = process.argv.slice(2);
+
+function assert(cond, what) {
+  if (!cond) throw new Error(`assertion failed: ${what}`);
+}
+
+function text(result) {
+  return result.content?.find((c) => c.type === 'text')?.text;
+}
+
+async function connect(options = {}) {
+  const client = new Client({ name: 'shadowcat-interop-client', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(url), options);
+  await client.connect(transport);
+  assert(typeof transport.sessionId === 'string' && transport.sessionId.length > 0, 'the server set a session id');
+  return { client, transport };
+}
+
+/** Calls `name` with a progress token; returns the result and the progress values seen. */
+async function callWithProgress(client, name, args, extra = {}) {
+  const progress = [];
+  const result = await client.callTool({ name, arguments: args }, CallToolResultSchema, {
+    onprogress: (p) => progress.push(p.progress),
+    timeout: 20_000,
+    ...extra,
+  });
+  return { result, progress };
+}
+
+/** A session id the proxy no longer knows must get 404 (spec: re-initialize). */
+async function expectGone(sessionId) {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      'mcp-session-id': sessionId,
+      'mcp-protocol-version': '2025-06-18',
+    },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 99, method: 'tools/list' }),
+  });
+  await res.body?.cancel();
+  assert(res.status === 404, `a deleted session gets 404, got ${res.status}`);
+}
+
+async function sdkServer() {
+  const { client, transport } = await connect();
+  const version = client.getServerVersion();
+  assert(version?.name === 'shadowcat-interop-server', `server name, got ${JSON.stringify(version)}`);
+
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name).sort();
+  assert(JSON.stringify(names) === '["count","echo"]', `tools/list, got ${names}`);
+
+  const echoed = await client.callTool({ name: 'echo', arguments: { text: 'héllo ✓' } });
+  assert(text(echoed) === 'héllo ✓', `echo, got ${JSON.stringify(echoed)}`);
+
+  const steps = 7;
+  const { result, progress } = await callWithProgress(client, 'count', { steps, delayMs: 5 });
+  assert(text(result) === `counted to ${steps}`, `count result, got ${JSON.stringify(result)}`);
+  assert(JSON.stringify(progress) === JSON.stringify([1, 2, 3, 4, 5, 6, 7]), `progress 1..${steps} in order, got ${progress}`);
+
+  const { resources } = await client.listResources();
+  assert(resources.length === 1 && resources[0].uri === 'interop://greeting', `resources/list, got ${JSON.stringify(resources)}`);
+  const read = await client.readResource({ uri: 'interop://greeting' });
+  assert(read.contents[0]?.text === 'hello from the interop server', `resources/read, got ${JSON.stringify(read)}`);
+
+  const { prompts } = await client.listPrompts();
+  assert(prompts.length === 1 && prompts[0].name === 'greet', `prompts/list, got ${JSON.stringify(prompts)}`);
+  const prompt = await client.getPrompt({ name: 'greet', arguments: { name: 'Ada' } });
+  assert(prompt.messages[0]?.content?.text === 'Say hello to Ada.', `prompts/get, got ${JSON.stringify(prompt)}`);
+
+  const sessionId = transport.sessionId;
+  await transport.terminateSession();
+  assert(transport.sessionId === undefined, 'DELETE cleared the session id');
+  await client.close();
+  await expectGone(sessionId);
+  console.log(`sdk-server: ${tools.length} tools, ${progress.length} progress, DELETE then 404`);
+}
+
+/**
+ * A fetch that cuts the first tools/call response stream after `cutAfter`
+ * SSE events: the body errors and the connection is aborted, as a dropped
+ * network would. Later requests go through untouched.
+ */
+function cuttingFetch(cutAfter, state) {
+  return async (input, init) => {
+    const isCall = init?.method === 'POST' && typeof init.body === 'string' && init.body.includes('"tools/call"');
+    if (!isCall || state.cut) return fetch(input, init);
+    state.cut = true;
+    const abort = new AbortController();
+    const res = await fetch(input, { ...init, signal: abort.signal });
+    if (!res.body || !res.headers.get('content-type')?.includes('text/event-stream')) {
+      throw new Error(`expected an SSE stream for tools/call, got ${res.status} ${res.headers.get('content-type')}`);
+    }
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let seen = 0;
+    let buffered = '';
+    const body = new ReadableStream({
+      async pull(controller) {
+        const { value, done } = await reader.read();
+        if (done) return controller.close();
+        buffered += decoder.decode(value, { stream: true });
+        // Pass through whole events only, so the cut lands between events.
+        let end;
+        while ((end = buffered.indexOf('\n\n')) !== -1) {
+          const event = buffered.slice(0, end + 2);
+          buffered = buffered.slice(end + 2);
+          controller.enqueue(new TextEncoder().encode(event));
+          if (/^data:/m.test(event)) seen += 1;
+          if (seen >= cutAfter) {
+            state.cutAt = seen;
+            abort.abort();
+            controller.error(new TypeError('connection cut by the interop test'));
+            return;
+          }
+        }
+      },
+      cancel() {
+        abort.abort();
+      },
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+async function resume() {
+  const state = { cut: false, cutAt: 0 };
+  const tokens = [];
+  const { client, transport } = await connect({
+    fetch: cuttingFetch(3, state),
+    reconnectionOptions: { initialReconnectionDelay: 50, maxReconnectionDelay: 200, reconnectionDelayGrowFactor: 1.5, maxRetries: 5 },
+  });
+  const steps = 12;
+  const { result, progress } = await callWithProgress(
+    client,
+    'count',
+    { steps, delayMs: 25 },
+    { onresumptiontoken: (t) => tokens.push(t) },
+  );
+  assert(state.cut && state.cutAt === 3, `the stream was cut after 3 events (cut at ${state.cutAt})`);
+  assert(text(result) === `counted to ${steps}`, `count result after the cut, got ${JSON.stringify(result)}`);
+  const expected = Array.from({ length: steps }, (_, i) => i + 1);
+  assert(JSON.stringify(progress) === JSON.stringify(expected), `progress 1..${steps} exactly once, in order, got ${progress}`);
+  assert(new Set(tokens).size === tokens.length, `event ids never repeat, got ${tokens}`);
+  await transport.terminateSession();
+  await client.close();
+  console.log(`resume: cut after ${state.cutAt} events, ${progress.length} progress, ${tokens.length} event ids`);
+}
+
+async function everything() {
+  const { client, transport } = await connect();
+  const { tools } = await client.listTools();
+  const names = new Set(tools.map((t) => t.name));
+  for (const name of ['echo', 'trigger-long-running-operation', 'get-sum']) assert(names.has(name), `tools/list has ${name}`);
+
+  const echoed = await client.callTool({ name: 'echo', arguments: { message: 'through shadowcat' } });
+  assert(text(echoed)?.includes('through shadowcat'), `echo, got ${JSON.stringify(echoed)}`);
+  const sum = await client.callTool({ name: 'get-sum', arguments: { a: 40, b: 2 } });
+  assert(text(sum)?.includes('42'), `get-sum, got ${JSON.stringify(sum)}`);
+
+  const steps = 5;
+  const { result, progress } = await callWithProgress(client, 'trigger-long-running-operation', { duration: 0.25, steps });
+  assert(text(result)?.includes(`Steps: ${steps}`), `long-running result, got ${JSON.stringify(result)}`);
+  assert(JSON.stringify(progress) === '[1,2,3,4,5]', `progress 1..${steps}, got ${progress}`);
+
+  const { resources } = await client.listResources();
+  assert(resources.length > 0, 'resources/list is not empty');
+  const read = await client.readResource({ uri: resources[0].uri });
+  assert(read.contents.length > 0, `resources/read ${resources[0].uri}`);
+
+  const prompt = await client.getPrompt({ name: 'simple-prompt' });
+  assert(prompt.messages.length > 0, 'prompts/get simple-prompt');
+
+  const sessionId = transport.sessionId;
+  await transport.terminateSession();
+  await client.close();
+  await expectGone(sessionId);
+  console.log(`everything: ${tools.length} tools, ${resources.length} resources, ${progress.length} progress`);
+}
+
+const checks = { 'sdk-server': sdkServer, resume, everything };
+if (!checks[check] || !url) {
+  console.error(`usage: node ts/client.mjs <${Object.keys(checks).join('|')}> URL`);
+  process.exit(2);
+}
+try {
+  await checks[check]();
+  process.exit(0);
+} catch (e) {
+  console.error(`${check}: ${e?.stack ?? e}`);
+  process.exit(1);
+}

@@ -1,0 +1,129 @@
+// A stateful MCP server on the TypeScript SDK (Streamable HTTP, with the
+// SDK's InMemoryEventStore so streams are resumable), for the interop suite.
+//
+// usage: node ts/server.mjs PORT
+// Listens on 127.0.0.1:PORT/mcp and prints `listening PORT` once ready.
+import { createServer } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
+import { z } from 'zod';
+
+const port = Number(process.argv[2]);
+if (!Number.isInteger(port) || port <= 0) {
+  console.error('usage: node ts/server.mjs PORT');
+  process.exit(2);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function buildServer() {
+  const server = new McpServer(
+    { name: 'shadowcat-interop-server', version: '1.0.0' },
+    { capabilities: { logging: {} } },
+  );
+
+  server.registerTool(
+    'echo',
+    { description: 'Echoes its input', inputSchema: { text: z.string() } },
+    async ({ text }) => ({ content: [{ type: 'text', text }] }),
+  );
+
+  // Sends `steps` progress notifications `delayMs` apart, then the result.
+  // The SDK's InMemoryEventStore orders ids by millisecond timestamp, so
+  // events are spaced out to keep replay order exact.
+  server.registerTool(
+    'count',
+    {
+      description: 'Counts to `steps`, one progress notification per step',
+      inputSchema: { steps: z.number().int().min(1).max(1000), delayMs: z.number().int().min(2).max(1000) },
+    },
+    async ({ steps, delayMs }, extra) => {
+      const progressToken = extra._meta?.progressToken;
+      for (let i = 1; i <= steps; i++) {
+        await sleep(delayMs);
+        if (progressToken !== undefined) {
+          await extra.sendNotification({
+            method: 'notifications/progress',
+            params: { progressToken, progress: i, total: steps, message: `step ${i}` },
+          });
+        }
+      }
+      return { content: [{ type: 'text', text: `counted to ${steps}` }] };
+    },
+  );
+
+  server.registerResource(
+    'greeting',
+    'interop://greeting',
+    { mimeType: 'text/plain', description: 'A fixed text' },
+    async (uri) => ({ contents: [{ uri: uri.href, mimeType: 'text/plain', text: 'hello from the interop server' }] }),
+  );
+
+  server.registerPrompt(
+    'greet',
+    { description: 'Greets someone', argsSchema: { name: z.string() } },
+    ({ name }) => ({ messages: [{ role: 'user', content: { type: 'text', text: `Say hello to ${name}.` } }] }),
+  );
+
+  return server;
+}
+
+/** Session id -> transport. */
+const transports = new Map();
+
+function reply(res, status, message) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
+}
+
+async function readJson(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const text = Buffer.concat(chunks).toString('utf8');
+  return text.length === 0 ? undefined : JSON.parse(text);
+}
+
+const http = createServer(async (req, res) => {
+  try {
+    if (new URL(req.url, 'http://127.0.0.1').pathname !== '/mcp') return reply(res, 404, 'not found');
+    const sessionId = req.headers['mcp-session-id'];
+    const existing = typeof sessionId === 'string' ? transports.get(sessionId) : undefined;
+    if (req.method === 'POST') {
+      const body = await readJson(req);
+      if (existing) return await existing.handleRequest(req, res, body);
+      if (sessionId !== undefined) return reply(res, 404, 'session not found');
+      if (body?.method !== 'initialize') return reply(res, 400, 'no session id and not an initialize request');
+      const transport = new StreamableHTTPServerTransport({
+        sessionIdGenerator: () => randomUUID(),
+        eventStore: new InMemoryEventStore(),
+        onsessioninitialized: (id) => transports.set(id, transport),
+        onsessionclosed: (id) => transports.delete(id),
+      });
+      transport.onclose = () => {
+        if (transport.sessionId) transports.delete(transport.sessionId);
+      };
+      await buildServer().connect(transport);
+      return await transport.handleRequest(req, res, body);
+    }
+    if (req.method === 'GET' || req.method === 'DELETE') {
+      if (!existing) return reply(res, sessionId === undefined ? 400 : 404, 'session not found');
+      return await existing.handleRequest(req, res);
+    }
+    res.writeHead(405, { allow: 'GET, POST, DELETE' }).end();
+  } catch (e) {
+    console.error('request failed:', e);
+    if (!res.headersSent) reply(res, 500, 'internal error');
+    else res.end();
+  }
+});
+
+http.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    http.close();
+    process.exit(0);
+  });
+}

@@ -1,0 +1,1149 @@
+//! `cargo xtask interop`: the ecosystem's own MCP clients and servers run
+//! through a real `shadowcat` binary, everything on loopback.
+//!
+//! Set-up: `npm ci` into `interop/node_modules` (pinned by the committed
+//! lockfile), a venv in `interop/.venv` with the pinned Python SDK, and
+//! `cargo build -p shadowcat-cli`. Each installation is redone only when its
+//! pin file changed. Then every scenario in [`SCENARIOS`] runs with its own
+//! deadline, its own free ports and its own children; each prints one line
+//! (name, PASS/FAIL/SKIP, duration) and the suite ends with `N passed, M
+//! failed`. Children are killed when their scenario ends, however it ends;
+//! they stay in our process group, so a Ctrl-C reaches them too. Logs go to
+//! `target/interop/<scenario>/`.
+//!
+//! Adding a scenario: write `fn(&mut Ctx) -> Result<String, String>` (the
+//! `Ok` text is a short summary for its line) and add a row to
+//! [`SCENARIOS`]. `Ctx` starts servers (`ts_server`, `everything_http`),
+//! a Shadowcat in front of any upstream (`shadowcat(&["--upstream", url])`;
+//! the stdio bridge will be `&["--upstream-cmd", "--", ...]`) and runs
+//! clients (`node`, `python`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{cargo, root};
+
+/// Longest one scenario may take, children included.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest a set-up step (npm ci, pip install, cargo build) may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a wait checks a child process or a port again.
+const POLL: Duration = Duration::from_millis(20);
+/// Bytes of a child's log shown when it fails.
+const LOG_TAIL: usize = 1500;
+
+/// The pre-release of the conformance suite is checked against this spec
+/// revision's frozen requirements.
+const NEXT_REQUIREMENTS: &str = "2025-11-25";
+
+/// Which external runtimes a scenario needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Node,
+    NodeAndPython,
+}
+
+/// One line of the suite.
+#[derive(Debug)]
+struct Scenario {
+    name: &'static str,
+    needs: Needs,
+    run: fn(&mut Ctx) -> Result<String, String>,
+}
+
+/// Every scenario, in run order.
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "ts-sdk",
+        needs: Needs::Node,
+        run: ts_sdk,
+    },
+    Scenario {
+        name: "ts-sdk-resume",
+        needs: Needs::Node,
+        run: ts_sdk_resume,
+    },
+    Scenario {
+        name: "everything-http",
+        needs: Needs::Node,
+        run: everything_http,
+    },
+    Scenario {
+        name: "conformance-stable",
+        needs: Needs::Node,
+        run: conformance_stable,
+    },
+    Scenario {
+        name: "conformance-next",
+        needs: Needs::Node,
+        run: conformance_next,
+    },
+    Scenario {
+        name: "inspector-cli",
+        needs: Needs::Node,
+        run: inspector_cli,
+    },
+    Scenario {
+        name: "python-sdk",
+        needs: Needs::NodeAndPython,
+        run: python_sdk,
+    },
+];
+
+/// `cargo xtask interop`.
+pub(crate) fn run() -> Result<(), String> {
+    let start = Instant::now();
+    let in_ci = in_ci();
+    let node = tool_version("node") && tool_version("npm");
+    let python = tool_version("python3");
+    if !node {
+        missing("node and npm", "every interop scenario", in_ci)?;
+        eprintln!("0 passed, 0 failed, {} skipped", SCENARIOS.len());
+        return Ok(());
+    }
+    if !python {
+        missing("python3", "the Python SDK scenarios", in_ci)?;
+    }
+
+    let paths = Paths::new();
+    npm_install(&paths)?;
+    if python {
+        python_venv(&paths)?;
+    }
+    build_shadowcat()?;
+
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for scenario in SCENARIOS {
+        if scenario.needs == Needs::NodeAndPython && !python {
+            eprintln!("{:<20} SKIP      -  python3 not found", scenario.name);
+            skipped += 1;
+            continue;
+        }
+        let began = Instant::now();
+        let outcome = run_scenario(&paths, scenario);
+        let secs = began.elapsed().as_secs_f64();
+        match outcome {
+            Ok(summary) => {
+                passed += 1;
+                eprintln!("{:<20} PASS {secs:>6.1}s  {summary}", scenario.name);
+            }
+            Err(why) => {
+                failed += 1;
+                eprintln!("{:<20} FAIL {secs:>6.1}s", scenario.name);
+                for line in why.lines() {
+                    eprintln!("    {line}");
+                }
+                eprintln!("    logs: {}", paths.scenario_dir(scenario.name).display());
+            }
+        }
+    }
+    eprintln!(
+        "interop: {:.1}s in all, logs in {}",
+        start.elapsed().as_secs_f64(),
+        paths.logs.display()
+    );
+    if skipped > 0 {
+        eprintln!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        eprintln!("{passed} passed, {failed} failed");
+    }
+    if failed > 0 {
+        Err(format!("{failed} interop scenario(s) failed"))
+    } else {
+        Ok(())
+    }
+}
+
+fn run_scenario(paths: &Paths, scenario: &Scenario) -> Result<String, String> {
+    let dir = paths.scenario_dir(scenario.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut ctx = Ctx {
+        paths: paths.clone(),
+        dir,
+        deadline: Instant::now() + SCENARIO_TIMEOUT,
+        children: Vec::new(),
+    };
+    (scenario.run)(&mut ctx)
+    // `ctx` drops here: every child of the scenario is killed.
+}
+
+/// `CI` set to anything but empty, `0` or `false`.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A required runtime is missing: an error in CI, a loud skip elsewhere.
+fn missing(what: &str, skipped: &str, in_ci: bool) -> Result<(), String> {
+    if in_ci {
+        return Err(format!(
+            "{what} not found on PATH: the interop suite needs them in CI (install them, or see interop/README.md)"
+        ));
+    }
+    let bar = "!".repeat(72);
+    eprintln!(
+        "{bar}\n!! interop: {what} not found on PATH: SKIPPING {skipped}.\n!! This is not a pass. CI (CI=true) fails here instead.\n{bar}"
+    );
+    Ok(())
+}
+
+/// Whether `tool --version` runs; prints the version when it does.
+fn tool_version(tool: &str) -> bool {
+    match Command::new(tool).arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout);
+            let version = if version.trim().is_empty() {
+                String::from_utf8_lossy(&out.stderr).into_owned()
+            } else {
+                version.into_owned()
+            };
+            eprintln!("interop: {tool} {}", version.trim());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Where everything lives.
+#[derive(Debug, Clone)]
+struct Paths {
+    interop: PathBuf,
+    node_modules: PathBuf,
+    venv_python: PathBuf,
+    shadowcat: PathBuf,
+    logs: PathBuf,
+}
+
+impl Paths {
+    fn new() -> Self {
+        let root = root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_absolute() { t } else { root.join(t) })
+            .unwrap_or_else(|| root.join("target"));
+        let interop = root.join("interop");
+        Paths {
+            node_modules: interop.join("node_modules"),
+            venv_python: interop.join(".venv").join("bin").join("python"),
+            shadowcat: target.join("debug").join("shadowcat"),
+            logs: target.join("interop"),
+            interop,
+        }
+    }
+
+    fn scenario_dir(&self, name: &str) -> PathBuf {
+        self.logs.join(name)
+    }
+
+    fn module(&self, rel: &str) -> String {
+        self.node_modules.join(rel).display().to_string()
+    }
+
+    fn file(&self, rel: &str) -> String {
+        self.interop.join(rel).display().to_string()
+    }
+}
+
+/// `npm ci` from the committed lockfile, unless `node_modules` already
+/// holds exactly that lockfile's install.
+fn npm_install(paths: &Paths) -> Result<(), String> {
+    let lock = paths.interop.join("package-lock.json");
+    let stamp = paths.node_modules.join(".interop-installed-lock");
+    if same_contents(&lock, &stamp) {
+        return Ok(());
+    }
+    let mut npm = Command::new("npm");
+    npm.current_dir(&paths.interop)
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+    setup_step("npm ci (interop/node_modules)", npm, &paths.logs)?;
+    fs::copy(&lock, &stamp).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(())
+}
+
+/// A venv in `interop/.venv` with `interop/py/requirements.txt`, unless it
+/// already has exactly those.
+fn python_venv(paths: &Paths) -> Result<(), String> {
+    let requirements = paths.interop.join("py").join("requirements.txt");
+    let venv = paths.interop.join(".venv");
+    let stamp = venv.join(".interop-installed-requirements");
+    if paths.venv_python.exists() && same_contents(&requirements, &stamp) {
+        return Ok(());
+    }
+    if !paths.venv_python.exists() {
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        setup_step("python3 -m venv interop/.venv", create, &paths.logs)?;
+    }
+    let mut pip = Command::new(&paths.venv_python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        "--only-binary=:all:",
+        "-r",
+    ])
+    .arg(&requirements);
+    setup_step("pip install (interop/.venv)", pip, &paths.logs)?;
+    fs::copy(&requirements, &stamp)
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(())
+}
+
+fn build_shadowcat() -> Result<(), String> {
+    let mut build = cargo();
+    build.args(["build", "--locked", "--package", "shadowcat-cli"]);
+    crate::step("build shadowcat", build)
+}
+
+fn same_contents(a: &Path, b: &Path) -> bool {
+    match (fs::read(a), fs::read(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Runs a set-up command with its output in a log file, bounded in time.
+fn setup_step(name: &str, mut cmd: Command, logs: &Path) -> Result<(), String> {
+    eprintln!("==> {name}");
+    let start = Instant::now();
+    fs::create_dir_all(logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let log = logs.join("setup.log");
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("{name}: could not start: {e}"))?;
+    let mut proc = Proc {
+        name: name.to_string(),
+        child,
+    };
+    let status = proc.wait_until(start + SETUP_TIMEOUT)?;
+    eprintln!("<== {name}: {:.1}s", start.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status}):\n{}", tail(&log)))
+    }
+}
+
+/// A child process that is killed when dropped.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Waits for the child to exit; kills it at `deadline`.
+    fn wait_until(&mut self, deadline: Instant) -> Result<ExitStatus, String> {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{}: wait failed: {e}", self.name)),
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!("{}: timed out, killed", self.name));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn kill(&mut self) {
+        if self.exited().is_none() {
+            // Already gone between the check and the kill is fine.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One scenario's world: its deadline, log folder and children.
+#[derive(Debug)]
+struct Ctx {
+    paths: Paths,
+    dir: PathBuf,
+    deadline: Instant,
+    children: Vec<Proc>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Clients and Shadowcat before the servers behind them.
+        while let Some(mut child) = self.children.pop() {
+            child.kill();
+        }
+    }
+}
+
+impl Ctx {
+    fn out_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.out"))
+    }
+
+    fn err_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.err"))
+    }
+
+    /// The tails of a child's stdout and stderr.
+    fn tails(&self, name: &str) -> String {
+        let mut text = String::new();
+        for (label, path) in [
+            ("stdout", self.out_path(name)),
+            ("stderr", self.err_path(name)),
+        ] {
+            let t = tail(&path);
+            if !t.is_empty() {
+                let _ = writeln!(text, "--- {name} {label}:\n{t}");
+            }
+        }
+        text.trim_end().to_string()
+    }
+
+    /// Starts a child with stdout in `<name>.out` and stderr in
+    /// `<name>.err`; it runs until the scenario ends.
+    fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<usize, String> {
+        let create = |path: PathBuf| {
+            File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(create(self.out_path(name))?))
+            .stderr(Stdio::from(create(self.err_path(name))?))
+            .env("NO_COLOR", "1");
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("{name}: could not start {cmd:?}: {e}"))?;
+        self.children.push(Proc {
+            name: name.to_string(),
+            child,
+        });
+        Ok(self.children.len() - 1)
+    }
+
+    /// Runs a child to completion (bounded by the scenario's deadline);
+    /// returns its stdout, or an error with the tails of its output.
+    fn run(&mut self, name: &str, cmd: Command) -> Result<String, String> {
+        let index = self.spawn(name, cmd)?;
+        let deadline = self.deadline;
+        let waited = self.children[index].wait_until(deadline);
+        match waited {
+            Ok(status) if status.success() => {
+                Ok(fs::read_to_string(self.out_path(name)).unwrap_or_default())
+            }
+            Ok(status) => Err(format!(
+                "{name} exited with {status}:\n{}",
+                self.tails(name)
+            )),
+            Err(e) => Err(format!("{e}:\n{}", self.tails(name))),
+        }
+    }
+
+    /// Waits until `port` accepts connections, or the child exits, or the
+    /// deadline passes.
+    fn wait_port(&mut self, index: usize, port: u16) -> Result<(), String> {
+        let ready_by = self.deadline;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.children[index].exited() {
+                let name = self.children[index].name.clone();
+                return Err(format!(
+                    "{name} exited with {status} before listening on {port}:\n{}",
+                    self.tails(&name)
+                ));
+            }
+            if Instant::now() >= ready_by {
+                let name = &self.children[index].name;
+                return Err(format!("{name} did not listen on {port} in time"));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn node(&self) -> Command {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&self.paths.interop);
+        cmd
+    }
+
+    /// The TypeScript SDK server (`interop/ts/server.mjs`); returns its URL.
+    fn ts_server(&mut self) -> Result<String, String> {
+        let port = free_port()?;
+        let mut cmd = self.node();
+        cmd.arg(self.paths.file("ts/server.mjs"))
+            .arg(port.to_string());
+        let index = self.spawn("ts-server", cmd)?;
+        self.wait_port(index, port)?;
+        Ok(format!("http://127.0.0.1:{port}/mcp"))
+    }
+
+    /// server-everything over Streamable HTTP, pinned to 127.0.0.1 by the
+    /// loopback preload; returns its URL.
+    fn everything_http(&mut self) -> Result<String, String> {
+        let port = free_port()?;
+        let mut cmd = self.node();
+        cmd.arg("--import")
+            .arg(self.paths.file("preload/loopback.mjs"))
+            .arg(
+                self.paths
+                    .module("@modelcontextprotocol/server-everything/dist/index.js"),
+            )
+            .arg("streamableHttp")
+            .env("PORT", port.to_string());
+        let index = self.spawn("server-everything", cmd)?;
+        self.wait_port(index, port)?;
+        Ok(format!("http://127.0.0.1:{port}/mcp"))
+    }
+
+    /// A Shadowcat (memory store) in front of `upstream` (e.g.
+    /// `["--upstream", url]`); returns its URL once `/healthz` answers.
+    fn shadowcat(&mut self, upstream: &[&str]) -> Result<String, String> {
+        let port = free_port()?;
+        let admin = free_port()?;
+        let mut cmd = Command::new(&self.paths.shadowcat);
+        cmd.current_dir(&self.dir)
+            .args(["--store", "memory", "reverse"])
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-bind")
+            .arg(format!("127.0.0.1:{admin}"))
+            .args(upstream)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let index = self.spawn("shadowcat", cmd)?;
+        // The admin listener serves only once the proxy is bound.
+        self.wait_port(index, admin)?;
+        let health = http_get(admin, "/healthz")?;
+        if !health.starts_with("HTTP/1.1 200") {
+            return Err(format!("shadowcat /healthz: {health}"));
+        }
+        Ok(format!("http://127.0.0.1:{port}/mcp"))
+    }
+
+    /// `node interop/ts/client.mjs CHECK URL`; returns its last line.
+    fn ts_client(&mut self, check: &str, url: &str) -> Result<String, String> {
+        let mut cmd = self.node();
+        cmd.arg(self.paths.file("ts/client.mjs")).args([check, url]);
+        let out = self.run(&format!("ts-client-{check}"), cmd)?;
+        Ok(last_line(&out))
+    }
+}
+
+/// A free loopback port (the OS picks it; the listener is dropped at once).
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// A minimal HTTP/1.1 GET on loopback; returns the whole response.
+fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    Ok(response)
+}
+
+/// The last `LOG_TAIL` bytes of a log, at a line start where possible.
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    if text.len() <= LOG_TAIL {
+        return text.trim_end().to_string();
+    }
+    let mut start = text.len() - LOG_TAIL;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = &text[start..];
+    let cut = cut.find('\n').map_or(cut, |i| &cut[i + 1..]);
+    format!("…\n{}", cut.trim_end())
+}
+
+fn last_line(out: &str) -> String {
+    out.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+// ---- scenarios ------------------------------------------------------------
+
+/// TS SDK client ↔ TS SDK server (stateful, InMemoryEventStore) through
+/// Shadowcat: initialize, tools/list, tools/call with progress, resources,
+/// prompts, DELETE (then the old session id gets 404).
+fn ts_sdk(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server()?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    ctx.ts_client("sdk-server", &proxy)
+}
+
+/// The same client with the SDK's own reconnection: the client cuts its
+/// connection to Shadowcat mid-stream (after 3 events of a tools/call), the
+/// SDK resumes with GET + Last-Event-ID, and every progress notification
+/// arrives exactly once, in order.
+fn ts_sdk_resume(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server()?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    ctx.ts_client("resume", &proxy)
+}
+
+/// server-everything over Streamable HTTP behind Shadowcat.
+fn everything_http(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.everything_http()?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    ctx.ts_client("everything", &proxy)
+}
+
+/// The MCP Inspector's CLI mode through Shadowcat: tools/list and a
+/// tools/call.
+fn inspector_cli(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server()?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    let launcher = ctx
+        .paths
+        .module("@modelcontextprotocol/inspector/clients/launcher/build/index.js");
+
+    let mut list = ctx.node();
+    list.arg(&launcher).args([
+        "--cli",
+        &proxy,
+        "--transport",
+        "http",
+        "--method",
+        "tools/list",
+    ]);
+    let listed = json_output(&ctx.run("inspector-tools-list", list)?)?;
+    let mut names: Vec<&str> = listed["tools"]
+        .as_array()
+        .ok_or("tools/list: no `tools` array")?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    if names != ["count", "echo"] {
+        return Err(format!("tools/list: expected [count, echo], got {names:?}"));
+    }
+
+    let mut call = ctx.node();
+    call.arg(&launcher).args([
+        "--cli",
+        &proxy,
+        "--transport",
+        "http",
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "echo",
+        "--tool-arg",
+        "text=inspected through shadowcat",
+    ]);
+    let called = json_output(&ctx.run("inspector-tools-call", call)?)?;
+    let text = called["content"][0]["text"].as_str().unwrap_or_default();
+    if text != "inspected through shadowcat" {
+        return Err(format!("tools/call echo: got {called}"));
+    }
+    Ok(format!(
+        "tools/list ({} tools) and tools/call echo",
+        names.len()
+    ))
+}
+
+/// The Python SDK client through Shadowcat: initialize (auto mode, which
+/// probes 2026-07-28 first, and legacy), tools/list, tools/call, progress.
+fn python_sdk(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server()?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    let mut cmd = Command::new(&ctx.paths.venv_python);
+    cmd.current_dir(&ctx.paths.interop)
+        .arg(ctx.paths.file("py/client.py"))
+        .arg(&proxy);
+    let out = ctx.run("python-client", cmd)?;
+    Ok(last_line(&out))
+}
+
+/// The JSON document a CLI printed on stdout (log lines may precede it).
+fn json_output(out: &str) -> Result<Value, String> {
+    let start = out
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| out.starts_with('{').then_some(0))
+        .ok_or_else(|| format!("no JSON in output:\n{out}"))?;
+    let end = out.rfind('}').map_or(out.len(), |i| i + 1);
+    serde_json::from_str(&out[start..end]).map_err(|e| format!("bad JSON ({e}) in output:\n{out}"))
+}
+
+// ---- conformance ----------------------------------------------------------
+
+/// A release of the conformance suite.
+#[derive(Debug, Clone, Copy)]
+struct Release {
+    /// Key in `interop/conformance/direct-failures.json`.
+    key: &'static str,
+    /// The CLI's entry point under node_modules.
+    entry: &'static str,
+    /// Extra arguments to `server`.
+    args: &'static [&'static str],
+}
+
+const STABLE: Release = Release {
+    key: "stable",
+    entry: "@modelcontextprotocol/conformance/dist/index.js",
+    args: &[],
+};
+
+const NEXT: Release = Release {
+    key: "next",
+    entry: "conformance-next/dist/index.js",
+    args: &["--requirements", NEXT_REQUIREMENTS],
+};
+
+fn conformance_stable(ctx: &mut Ctx) -> Result<String, String> {
+    conformance(ctx, STABLE)
+}
+
+fn conformance_next(ctx: &mut Ctx) -> Result<String, String> {
+    conformance(ctx, NEXT)
+}
+
+/// One conformance check's outcome.
+#[derive(Debug, Clone)]
+struct Check {
+    id: String,
+    status: String,
+    message: String,
+}
+
+/// Scenario name -> its checks.
+type Results = BTreeMap<String, Vec<Check>>;
+
+fn failed(checks: &[Check]) -> Option<&Check> {
+    checks.iter().find(|c| c.status == "FAILURE")
+}
+
+/// Runs the suite's server scenarios against server-everything directly,
+/// then through Shadowcat, and compares.
+fn conformance(ctx: &mut Ctx, release: Release) -> Result<String, String> {
+    let listed = expected_failures(&ctx.paths, release.key)?;
+    let upstream = ctx.everything_http()?;
+    let direct = run_conformance(ctx, release, "direct", &upstream)?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    let through = run_conformance(ctx, release, "shadowcat", &proxy)?;
+    let report = compare(&direct, &through, &listed);
+    let notes = ctx.dir.join("notes.txt");
+    fs::write(&notes, report.notes.join("\n"))
+        .map_err(|e| format!("cannot write {}: {e}", notes.display()))?;
+    if report.errors.is_empty() {
+        Ok(report.summary)
+    } else {
+        Err(format!("{}\n{}", report.summary, report.errors.join("\n")))
+    }
+}
+
+/// `interop/conformance/direct-failures.json`'s entries for one release.
+fn expected_failures(paths: &Paths, key: &str) -> Result<BTreeMap<String, String>, String> {
+    let file = paths
+        .interop
+        .join("conformance")
+        .join("direct-failures.json");
+    let text =
+        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let entries = doc[key]
+        .as_object()
+        .ok_or_else(|| format!("{}: no `{key}` object", file.display()))?;
+    entries
+        .iter()
+        .map(|(name, reason)| match reason.as_str() {
+            Some(r) if !r.trim().is_empty() => Ok((name.clone(), r.to_string())),
+            _ => Err(format!("{}: `{key}.{name}` needs a reason", file.display())),
+        })
+        .collect()
+}
+
+/// Runs `conformance server` against `url`; reads every scenario's
+/// `checks.json`. The CLI's exit status only says whether something
+/// failed, so the results are what counts; an empty result is an error.
+fn run_conformance(
+    ctx: &mut Ctx,
+    release: Release,
+    label: &str,
+    url: &str,
+) -> Result<Results, String> {
+    let out_dir = ctx.dir.join(format!("results-{label}"));
+    let mut cmd = ctx.node();
+    cmd.arg("--import")
+        .arg(ctx.paths.file("preload/globsync.mjs"))
+        .arg(ctx.paths.module(release.entry))
+        .args(["server", "--url", url])
+        .args(release.args)
+        .arg("--output-dir")
+        .arg(&out_dir);
+    let name = format!("conformance-{label}");
+    let index = ctx.spawn(&name, cmd)?;
+    let deadline = ctx.deadline;
+    ctx.children[index].wait_until(deadline)?;
+    let results = read_results(&out_dir)?;
+    if results.is_empty() {
+        return Err(format!("{name} produced no results:\n{}", ctx.tails(&name)));
+    }
+    Ok(results)
+}
+
+/// Reads `<dir>/server-<scenario>-<timestamp>/checks.json`.
+fn read_results(dir: &Path) -> Result<Results, String> {
+    let mut results = Results::new();
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let folder = entry.file_name().to_string_lossy().into_owned();
+        let name = scenario_of(&folder)
+            .ok_or_else(|| format!("unexpected result folder {folder}"))?
+            .to_string();
+        let file = entry.path().join("checks.json");
+        let text = fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let doc: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let checks = doc
+            .as_array()
+            .ok_or_else(|| format!("{}: not an array", file.display()))?
+            .iter()
+            .map(|c| Check {
+                id: c["id"].as_str().unwrap_or("?").to_string(),
+                status: c["status"].as_str().unwrap_or("?").to_string(),
+                message: c["errorMessage"].as_str().unwrap_or("").to_string(),
+            })
+            .collect();
+        if results.insert(name.clone(), checks).is_some() {
+            return Err(format!("scenario {name} has two result folders"));
+        }
+    }
+    Ok(results)
+}
+
+/// `server-tools-list-2026-11-27T14-11-26-166Z` -> `tools-list`.
+fn scenario_of(folder: &str) -> Option<&str> {
+    const STAMP: usize = "-2026-11-27T14-11-26-166Z".len();
+    let rest = folder.strip_prefix("server-")?;
+    let cut = rest.len().checked_sub(STAMP)?;
+    (rest.ends_with('Z') && rest[cut..].starts_with('-')).then(|| &rest[..cut])
+}
+
+/// The outcome of comparing direct and through-Shadowcat results.
+#[derive(Debug, Default)]
+struct Comparison {
+    summary: String,
+    errors: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn compare(direct: &Results, through: &Results, listed: &BTreeMap<String, String>) -> Comparison {
+    let mut out = Comparison::default();
+    let mut passed_direct = 0;
+    let mut passed_through = 0;
+    for (name, checks) in direct {
+        let direct_failure = failed(checks);
+        if direct_failure.is_none() {
+            passed_direct += 1;
+        }
+        match (direct_failure, listed.get(name)) {
+            (Some(f), None) => out.errors.push(format!(
+                "{name}: fails directly and is not in direct-failures.json: {}: {}",
+                f.id, f.message
+            )),
+            (None, Some(_)) => out.errors.push(format!(
+                "{name}: passes directly now; remove it from direct-failures.json"
+            )),
+            (Some(_), Some(reason)) => {
+                out.notes
+                    .push(format!("{name}: fails directly as listed: {reason}"));
+            }
+            (None, None) => {}
+        }
+        let Some(proxied) = through.get(name) else {
+            out.errors
+                .push(format!("{name}: ran directly but not through Shadowcat"));
+            continue;
+        };
+        match (direct_failure, failed(proxied)) {
+            (None, Some(f)) => out.errors.push(format!(
+                "{name}: passes directly, fails through Shadowcat: {}: {}",
+                f.id, f.message
+            )),
+            (Some(_), None) => out
+                .notes
+                .push(format!("{name}: fails directly, passes through Shadowcat")),
+            _ => {}
+        }
+        if failed(proxied).is_none() {
+            passed_through += 1;
+        }
+        // Check by check: nothing that succeeds directly may fail through
+        // Shadowcat, even inside a scenario that fails either way.
+        for check in checks.iter().filter(|c| c.status == "SUCCESS") {
+            match proxied.iter().find(|c| c.id == check.id) {
+                Some(p) if p.status == "FAILURE" => out.errors.push(format!(
+                    "{name}/{}: succeeds directly, fails through Shadowcat: {}",
+                    check.id, p.message
+                )),
+                Some(p) if p.status != "SUCCESS" => out.notes.push(format!(
+                    "{name}/{}: SUCCESS directly, {} through Shadowcat: {}",
+                    check.id, p.status, p.message
+                )),
+                Some(_) => {}
+                None => out.notes.push(format!(
+                    "{name}/{}: succeeds directly, not reported through Shadowcat",
+                    check.id
+                )),
+            }
+        }
+    }
+    for name in listed.keys().filter(|n| !direct.contains_key(*n)) {
+        out.errors.push(format!(
+            "{name}: in direct-failures.json but the suite did not run it"
+        ));
+    }
+    for name in through.keys().filter(|n| !direct.contains_key(*n)) {
+        out.notes
+            .push(format!("{name}: ran through Shadowcat only"));
+    }
+    let downgraded = out
+        .notes
+        .iter()
+        .filter(|n| n.contains("SUCCESS directly"))
+        .count();
+    let mut summary = format!(
+        "{} scenarios: {passed_direct} pass directly, {passed_through} through Shadowcat, {} fail directly as listed",
+        direct.len(),
+        listed.len()
+    );
+    if downgraded > 0 {
+        let _ = write!(
+            summary,
+            "; {downgraded} check(s) SUCCESS directly but WARNING through Shadowcat (notes.txt)"
+        );
+    }
+    out.summary = summary;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(id: &str, status: &str) -> Check {
+        Check {
+            id: id.into(),
+            status: status.into(),
+            message: format!("{id} {status}"),
+        }
+    }
+
+    fn results(rows: &[(&str, &[(&str, &str)])]) -> Results {
+        rows.iter()
+            .map(|(name, checks)| {
+                let checks = checks.iter().map(|(id, s)| check(id, s)).collect();
+                (name.to_string(), checks)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn result_folders_name_their_scenario() {
+        assert_eq!(
+            scenario_of("server-tools-list-2026-11-27T14-11-26-166Z"),
+            Some("tools-list")
+        );
+        assert_eq!(
+            scenario_of("server-server-sse-polling-2026-11-27T14-11-26-166Z"),
+            Some("server-sse-polling")
+        );
+        assert_eq!(scenario_of("tools-list-2026-11-27T14-11-26-166Z"), None);
+        assert_eq!(scenario_of("server-x"), None);
+    }
+
+    #[test]
+    fn same_results_pass() {
+        let r = results(&[("ping", &[("ping", "SUCCESS")]), ("a", &[("a", "FAILURE")])]);
+        let listed = BTreeMap::from([("a".to_string(), "no fixture".to_string())]);
+        let c = compare(&r, &r, &listed);
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert!(
+            c.summary
+                .starts_with("2 scenarios: 1 pass directly, 1 through Shadowcat")
+        );
+    }
+
+    #[test]
+    fn a_regression_through_shadowcat_fails() {
+        let direct = results(&[("ping", &[("ping", "SUCCESS")])]);
+        let through = results(&[("ping", &[("ping", "FAILURE")])]);
+        let c = compare(&direct, &through, &BTreeMap::new());
+        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
+        assert!(c.errors[0].contains("passes directly, fails through Shadowcat"));
+    }
+
+    #[test]
+    fn a_check_regression_inside_a_failing_scenario_fails() {
+        let direct = results(&[("poll", &[("priming", "SUCCESS"), ("call", "FAILURE")])]);
+        let through = results(&[("poll", &[("priming", "FAILURE"), ("call", "FAILURE")])]);
+        let listed = BTreeMap::from([("poll".to_string(), "no fixture".to_string())]);
+        let c = compare(&direct, &through, &listed);
+        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+        assert!(c.errors[0].starts_with("poll/priming"));
+    }
+
+    #[test]
+    fn a_downgrade_to_warning_is_noted_not_failed() {
+        let direct = results(&[("poll", &[("priming", "SUCCESS")])]);
+        let through = results(&[("poll", &[("priming", "WARNING")])]);
+        let c = compare(&direct, &through, &BTreeMap::new());
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert!(
+            c.summary
+                .contains("1 check(s) SUCCESS directly but WARNING")
+        );
+    }
+
+    #[test]
+    fn the_list_must_stay_true() {
+        let direct = results(&[("a", &[("a", "FAILURE")]), ("b", &[("b", "SUCCESS")])]);
+        let listed = BTreeMap::from([
+            ("b".to_string(), "stale".to_string()),
+            ("gone".to_string(), "not run".to_string()),
+        ]);
+        let c = compare(&direct, &direct, &listed);
+        let errors = c.errors.join("\n");
+        assert!(
+            errors.contains("a: fails directly and is not in"),
+            "{errors}"
+        );
+        assert!(errors.contains("b: passes directly now"), "{errors}");
+        assert!(
+            errors.contains("gone: in direct-failures.json but the suite did not run it"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn json_output_skips_leading_log_lines() {
+        let out = "warning: deprecated\n{\n  \"tools\": []\n}\n";
+        assert_eq!(json_output(out).unwrap()["tools"], Value::Array(vec![]));
+        assert!(json_output("no json here").is_err());
+    }
+
+    fn sleeper() -> Command {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        cmd
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A reaped child has no /proc entry (a zombie would show state Z).
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_child_past_its_deadline_is_killed() {
+        let mut proc = Proc {
+            name: "sleeper".into(),
+            child: sleeper().spawn().unwrap(),
+        };
+        let pid = proc.child.id();
+        let start = Instant::now();
+        let err = proc
+            .wait_until(Instant::now() + Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(!alive(pid), "the child was killed and reaped");
+    }
+
+    #[test]
+    fn a_scenario_ending_kills_its_children() {
+        let dir = std::env::temp_dir().join(format!("interop-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut ctx = Ctx {
+            paths: Paths::new(),
+            dir: dir.clone(),
+            deadline: Instant::now() + Duration::from_secs(30),
+            children: Vec::new(),
+        };
+        ctx.spawn("one", sleeper()).unwrap();
+        ctx.spawn("two", sleeper()).unwrap();
+        let pids: Vec<u32> = ctx.children.iter().map(|p| p.child.id()).collect();
+        assert!(pids.iter().all(|&p| alive(p)));
+        drop(ctx);
+        assert!(
+            pids.iter().all(|&p| !alive(p)),
+            "children outlived their scenario"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_direct_failures_list_parses_with_reasons() {
+        let paths = Paths::new();
+        for key in ["stable", "next"] {
+            let listed = expected_failures(&paths, key).unwrap();
+            assert!(!listed.is_empty(), "{key} has entries");
+        }
+    }
+}
