@@ -1,21 +1,22 @@
 //! `BatchingWriter` costs: `submit` for a key already pending (the steady
 //! state) and for a new key (first event of a session), and — with
 //! `--bench` only — submit→durable latency p50/p99 against a `MemoryStore`
-//! at 100 sessions × 100 events/s, default config, real time.
+//! and a `RedbStore` file at 100 sessions × 100 events/s, default config,
+//! real time.
 //!
 //! `cargo bench -p benches --bench writer -- --warm-up-time 1 --measurement-time 3`
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
+use parking_lot::Mutex;
 use shadowcat_session::{
-    BatchingWriter, MemoryStore, Page, ResumptionPoint, Session, SessionId, SessionStore,
-    StoreError, StreamId, UnixMillis, Update, WriterConfig,
+    BatchingWriter, MemoryStore, Page, RedbStore, ResumptionPoint, Session, SessionId,
+    SessionStore, StoreError, StreamId, UnixMillis, Update, WriterConfig,
 };
 
 /// Event ids cycled through: realistic upstream ids of two lengths.
@@ -89,7 +90,14 @@ criterion_group!(benches, submit);
 
 fn main() {
     if std::env::args().any(|a| a == "--bench") {
-        durable_latency();
+        durable_latency(Arc::new(MemoryStore::new()), "memory store");
+        let path = std::env::temp_dir().join(format!(
+            "shadowcat-writer-bench-{}.redb",
+            std::process::id()
+        ));
+        let redb = RedbStore::open(&path).expect("open a redb file in the temp dir");
+        durable_latency(Arc::new(redb), "redb file store (durable commits)");
+        let _ = std::fs::remove_file(&path);
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
@@ -103,13 +111,13 @@ const RUN: Duration = Duration::from_secs(5);
 /// Submits at 100 sessions × 100 events/s for [`RUN`] and reports how long
 /// each event waited until a write holding it (or a newer id of its
 /// stream) had returned from the store.
-fn durable_latency() {
+fn durable_latency(inner: Arc<dyn SessionStore>, label: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_time()
         .build()
         .expect("runtime");
-    let store = Arc::new(RecordingStore::default());
+    let store = Arc::new(RecordingStore::new(inner));
     let ids: Vec<SessionId> = rt.block_on(async {
         let mut ids = Vec::with_capacity(SESSIONS);
         for _ in 0..SESSIONS {
@@ -174,7 +182,7 @@ fn durable_latency() {
     let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
     eprintln!(
         "writer submit->durable ({SESSIONS} sessions x {EVENTS_PER_SECOND} ev/s, {RUN:?}, \
-         memory store, default config): p50 {:?}, p99 {:?}, max {:?}, {} events, {} round trips",
+         {label}, default config): p50 {:?}, p99 {:?}, max {:?}, {} events, {} round trips",
         pct(50),
         pct(99),
         lat[lat.len() - 1],
@@ -191,139 +199,92 @@ struct Recorded {
     at: Instant,
 }
 
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// A `MemoryStore` that records when each point write returned. The trait
-/// methods are written in `async_trait`'s expanded form, to avoid a
-/// dependency just for this.
-#[derive(Debug, Default)]
+/// A store that records when each point write returned, wrapped around a
+/// real store.
+#[derive(Debug)]
 struct RecordingStore {
-    inner: MemoryStore,
-    // Async mutex: the benches crate has no parking_lot, and std's Mutex
-    // is disallowed; this runs once per batch, off any hot path.
-    log: tokio::sync::Mutex<Vec<Recorded>>,
+    inner: Arc<dyn SessionStore>,
+    // A sync mutex, taken once per batch after the write returned.
+    log: Mutex<Vec<Recorded>>,
 }
 
 impl RecordingStore {
+    fn new(inner: Arc<dyn SessionStore>) -> Self {
+        RecordingStore {
+            inner,
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
     fn recorded(&self) -> Vec<Recorded> {
-        self.log.try_lock().expect("writer stopped").clone()
+        self.log.lock().clone()
     }
 }
 
+#[async_trait]
 impl SessionStore for RecordingStore {
     fn kind(&self) -> &'static str {
-        "memory"
+        self.inner.kind()
     }
 
-    fn create<'a, 'b, 'f>(&'a self, s: &'b Session) -> BoxFut<'f, ()>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.create(s)
+    async fn create(&self, s: &Session) -> Result<(), StoreError> {
+        self.inner.create(s).await
     }
 
-    fn get<'a, 'b, 'f>(&'a self, id: &'b SessionId) -> BoxFut<'f, Option<Session>>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.get(id)
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        self.inner.get(id).await
     }
 
-    fn update<'a, 'b, 'f>(&'a self, s: &'b Session) -> BoxFut<'f, ()>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.update(s)
+    async fn update(&self, s: &Session) -> Result<(), StoreError> {
+        self.inner.update(s).await
     }
 
-    fn delete<'a, 'b, 'f>(&'a self, id: &'b SessionId) -> BoxFut<'f, bool>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.delete(id)
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
     }
 
-    fn list<'a, 'b, 'f>(&'a self, after: Option<&'b SessionId>, limit: usize) -> BoxFut<'f, Page>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.list(after, limit)
+    async fn list(&self, after: Option<&SessionId>, limit: usize) -> Result<Page, StoreError> {
+        self.inner.list(after, limit).await
     }
 
-    fn count<'a, 'f>(&'a self) -> BoxFut<'f, u64>
-    where
-        'a: 'f,
-        Self: 'f,
-    {
-        self.inner.count()
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.inner.count().await
     }
 
-    fn store_last_event_id<'a, 'b, 'c, 'f>(
-        &'a self,
-        session: &'b SessionId,
+    async fn store_last_event_id(
+        &self,
+        session: &SessionId,
         stream: StreamId,
-        point: &'c ResumptionPoint,
-    ) -> BoxFut<'f, ()>
-    where
-        'a: 'f,
-        'b: 'f,
-        'c: 'f,
-        Self: 'f,
-    {
-        self.inner.store_last_event_id(session, stream, point)
+        point: &ResumptionPoint,
+    ) -> Result<(), StoreError> {
+        self.inner.store_last_event_id(session, stream, point).await
     }
 
-    fn get_last_event_id<'a, 'b, 'f>(
-        &'a self,
-        session: &'b SessionId,
+    async fn get_last_event_id(
+        &self,
+        session: &SessionId,
         stream: StreamId,
-    ) -> BoxFut<'f, Option<ResumptionPoint>>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        self.inner.get_last_event_id(session, stream)
+    ) -> Result<Option<ResumptionPoint>, StoreError> {
+        self.inner.get_last_event_id(session, stream).await
     }
 
-    fn apply_batch<'a, 'b, 'f>(&'a self, updates: &'b [Update]) -> BoxFut<'f, ()>
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        Box::pin(async move {
-            self.inner.apply_batch(updates).await?;
-            let at = Instant::now();
-            let mut log = self.log.lock().await;
-            for u in updates {
-                if let Update::Point { session, point, .. } = u {
-                    log.push(Recorded {
-                        session: session.clone(),
-                        seq: point.client_seq,
-                        at,
-                    });
-                }
+    async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
+        self.inner.apply_batch(updates).await?;
+        let at = Instant::now();
+        let mut log = self.log.lock();
+        for u in updates {
+            if let Update::Point { session, point, .. } = u {
+                log.push(Recorded {
+                    session: session.clone(),
+                    seq: point.client_seq,
+                    at,
+                });
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
-    fn expire_idle<'a, 'f>(&'a self, now: UnixMillis, max_idle: Duration) -> BoxFut<'f, u64>
-    where
-        'a: 'f,
-        Self: 'f,
-    {
-        self.inner.expire_idle(now, max_idle)
+    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
+        self.inner.expire_idle(now, max_idle).await
     }
 }
