@@ -1,7 +1,9 @@
 //! Response bodies toward the client: a fixed body, an upstream body
-//! streamed through untouched, or an SSE stream forwarded event by event.
+//! streamed through untouched, a session's resumable stream
+//! ([`crate::stream`]) or, without a session (2026-07-28), an SSE stream
+//! forwarded event by event.
 //!
-//! The SSE path is the hot path. Per upstream chunk it decodes with the
+//! The sessionless SSE path ([`SseForward`]) is a hot path. Per upstream chunk it decodes with the
 //! transport crate's [`Decoder`], records each event id with the stream's
 //! [`EventTracker`] (dropping replayed duplicates) and re-encodes into one
 //! reused buffer; whatever the upstream has ready (up to 16 KiB) goes to
@@ -30,6 +32,7 @@ use shadowcat_transport::{EventTracker, Recorded};
 use tokio::time::{Instant, Sleep};
 
 use crate::sink::WriterSink;
+use crate::stream::StreamBody;
 
 /// The error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +46,7 @@ enum Inner {
     Full(Option<Bytes>),
     Upstream(Incoming),
     Sse(Box<SseForward>),
+    Stream(Box<StreamBody>),
 }
 
 impl ProxyBody {
@@ -65,6 +69,11 @@ impl ProxyBody {
     pub(crate) fn sse(forward: SseForward) -> Self {
         ProxyBody(Inner::Sse(Box::new(forward)))
     }
+
+    /// A client's view of a resumable session stream.
+    pub(crate) fn stream(body: StreamBody) -> Self {
+        ProxyBody(Inner::Stream(Box::new(body)))
+    }
 }
 
 impl Body for ProxyBody {
@@ -81,6 +90,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             Inner::Sse(fwd) => fwd.poll_next(cx),
+            Inner::Stream(s) => s.poll_next(cx),
         }
     }
 
@@ -89,6 +99,7 @@ impl Body for ProxyBody {
             Inner::Full(b) => b.is_none(),
             Inner::Upstream(body) => body.is_end_stream(),
             Inner::Sse(fwd) => fwd.done,
+            Inner::Stream(s) => s.is_done(),
         }
     }
 
@@ -97,7 +108,7 @@ impl Body for ProxyBody {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
             Inner::Upstream(body) => body.size_hint(),
-            Inner::Sse(_) => SizeHint::default(),
+            Inner::Sse(_) | Inner::Stream(_) => SizeHint::default(),
         }
     }
 }

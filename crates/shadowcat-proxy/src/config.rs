@@ -4,6 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shadowcat_transport::ReconnectConfig;
+
+use crate::replay::ReplayLimits;
+
 /// Everything the reverse proxy needs to know to run.
 ///
 /// Build one with [`ReverseProxyConfig::new`] and adjust fields; every
@@ -94,6 +98,16 @@ pub struct Limits {
     /// How long a client has to send its request head; then the connection
     /// is closed. Default 30 s.
     pub header_read_timeout: Duration,
+    /// Per stream, how many sent events (and bytes) are kept for clients
+    /// that reconnect with `Last-Event-ID`. Default 4,096 events, 1 MiB.
+    pub replay: ReplayLimits,
+    /// How long a stream whose client went away is kept (its upstream read
+    /// on into the replay buffer) for the client to come back. Default
+    /// 60 s.
+    pub detached_linger: Duration,
+    /// How the proxy reconnects an upstream stream that dropped. Default:
+    /// the transport crate's defaults (200 ms base, 30 s cap, 10 attempts).
+    pub reconnect: ReconnectConfig,
 }
 
 impl Default for Limits {
@@ -109,6 +123,9 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(15),
             max_last_event_id_len: 256,
             header_read_timeout: Duration::from_secs(30),
+            replay: ReplayLimits::default(),
+            detached_linger: Duration::from_secs(60),
+            reconnect: ReconnectConfig::default(),
         }
     }
 }

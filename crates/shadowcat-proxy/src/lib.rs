@@ -9,17 +9,23 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod event_id;
 pub mod jsonrpc;
 pub mod protocol;
+pub mod replay;
 pub mod reverse;
 mod sessions;
 pub mod sink;
+mod siphash;
+mod stream;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
 pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
 pub use error::{ProxyError, Rejection};
+pub use event_id::{ClientEventId, IdError};
 pub use protocol::ProtocolVersion;
+pub use replay::{ReplayBuffer, ReplayLimits};
 pub use reverse::{ReverseProxy, ServeReport};
 pub use sink::WriterSink;

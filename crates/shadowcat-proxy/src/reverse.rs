@@ -17,17 +17,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle, now_millis};
-use shadowcat_transport::{EventIdSink, EventTracker};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{Closing, ProxyBody, SseForward, StreamSlot};
 use crate::config::ReverseProxyConfig;
 use crate::error::{ProxyError, Rejection};
+use crate::event_id::{ClientEventId, StreamSealer};
 use crate::jsonrpc::{self, Body as RpcBody};
 use crate::protocol::ProtocolVersion;
 use crate::sessions::{SessionEntry, Sessions};
 use crate::sink::WriterSink;
+use crate::stream::{
+    Pump, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared, UpstreamClient,
+};
 
 /// `Mcp-Session-Id`.
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -45,12 +48,12 @@ pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffe
 /// Request headers forwarded upstream (besides the mapped session id and
 /// the configured credentials). Everything else, the client's
 /// `Authorization`, `Cookie`, `Proxy-Authorization` and `X-Forwarded-*`
-/// included, stays here.
-const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
+/// included, stays here. `Last-Event-ID` never passes: the client holds
+/// the proxy's ids; the proxy sends the upstream's own when it resumes.
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::ACCEPT,
     header::CONTENT_TYPE,
     MCP_PROTOCOL_VERSION,
-    LAST_EVENT_ID,
     MCP_METHOD,
     MCP_NAME,
 ];
@@ -61,8 +64,6 @@ const MCP_PARAM_PREFIX: &str = "mcp-param-";
 /// is replaced by the proxy's; everything else stays upstream.
 const FORWARDED_RESPONSE_HEADERS: [HeaderName; 3] =
     [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
-
-type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A bound, ready-to-serve reverse proxy.
 ///
@@ -100,6 +101,7 @@ struct Shared {
     bearer: Option<HeaderValue>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
+    env: Arc<StreamEnv>,
 }
 
 /// Checks the upstream URL: `http`, with a host.
@@ -178,6 +180,18 @@ impl ReverseProxy {
             .build(connector);
         let (closing_tx, closing) = watch::channel(false);
         let sessions = Sessions::new(store, config.upstream.to_string());
+        let client: UpstreamClient = client;
+        let env = Arc::new(StreamEnv {
+            client: client.clone(),
+            uri: config.upstream.clone(),
+            bearer: bearer.clone(),
+            response_timeout: config.limits.upstream_response_timeout,
+            reconnect: config.limits.reconnect,
+            replay: config.limits.replay,
+            linger: config.limits.detached_linger,
+            keepalive: config.limits.keepalive_interval,
+            closing: closing.clone(),
+        });
         Ok(ReverseProxy {
             listener,
             local_addr,
@@ -188,6 +202,7 @@ impl ReverseProxy {
                 bearer,
                 writer,
                 closing,
+                env,
             }),
             closing_tx,
         })
@@ -319,7 +334,7 @@ fn media_type_is(headers: &HeaderMap, name: &HeaderName, want: &str) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
 }
 
-fn is_sse(headers: &HeaderMap) -> bool {
+pub(crate) fn is_sse(headers: &HeaderMap) -> bool {
     media_type_is(headers, &header::CONTENT_TYPE, "text/event-stream")
 }
 
@@ -549,30 +564,33 @@ impl Shared {
     fn relay(
         &self,
         resp: Response<Incoming>,
-        session: Option<&SessionEntry>,
+        session: Option<(&SessionEntry, StreamKind)>,
         slot: Option<StreamSlot>,
         label: &'static str,
     ) -> Response<ProxyBody> {
         let (parts, body) = resp.into_parts();
         let sse = is_sse(&parts.headers);
+        let session = match session {
+            Some((s, kind)) if sse => {
+                let stream = self.open_stream(body, s, slot, kind, None);
+                let mut out = self.stream_response(stream, s, Some(parts.status));
+                for v in parts.headers.get_all(header::RETRY_AFTER) {
+                    out.headers_mut().append(header::RETRY_AFTER, v.clone());
+                }
+                return out;
+            }
+            Some((s, _)) => Some(s),
+            None => None,
+        };
         let body = if sse {
-            let mut sink = None;
-            let tracker = session.map(|s| {
-                let stream = s.next_stream();
-                tracing::debug!(session = %s.id, stream = stream.0, label, "SSE stream opened");
-                sink = self
-                    .writer
-                    .as_ref()
-                    .map(|w| Arc::new(WriterSink::new(w.clone(), s.id.clone(), stream)));
-                EventTracker::new(sink.clone().map(|k| k as Arc<dyn EventIdSink>))
-            });
+            // No session (2026-07-28): no ids to resume by; forwarded as is.
             ProxyBody::sse(SseForward::new(
                 body,
-                tracker,
+                None,
                 self.config.limits.keepalive_interval,
                 Some(self.closing()),
                 slot,
-                sink,
+                None,
                 label,
             ))
         } else {
@@ -717,7 +735,12 @@ impl Shared {
         };
         let up = self.upstream_request(Method::POST, headers, Some(&session), bytes);
         let resp = self.send(up).await?;
-        self.after_upstream(resp, &session, slot, "post").await
+        let kind = StreamKind::Request(match msg {
+            RpcBody::Single(m) => m.id.clone(),
+            RpcBody::Batch(_) => None,
+        });
+        self.after_upstream(resp, &session, slot, kind, "post")
+            .await
     }
 
     /// Common handling of an upstream answer in a session: a 404 means the
@@ -727,6 +750,7 @@ impl Shared {
         resp: Response<Incoming>,
         session: &SessionEntry,
         slot: Option<StreamSlot>,
+        kind: StreamKind,
         label: &'static str,
     ) -> Result<Response<ProxyBody>, Rejection> {
         if resp.status() == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
@@ -738,7 +762,7 @@ impl Shared {
                 "the session expired upstream; initialize a new one (without Mcp-Session-Id)",
             ));
         }
-        Ok(self.relay(resp, Some(session), slot, label))
+        Ok(self.relay(resp, Some((session, kind)), slot, label))
     }
 
     async fn forget(&self, session: &SessionEntry) {
@@ -775,11 +799,16 @@ impl Shared {
                 return Err(unavailable(&e));
             }
         }
+        let init_id = match jsonrpc::parse_body(&bytes) {
+            Ok(RpcBody::Single(m)) => m.id,
+            _ => None,
+        };
         let up = self.upstream_request(Method::POST, headers, None, bytes);
         let resp = self.send(up).await?;
         if !resp.status().is_success() {
             return Ok(self.relay(resp, None, None, "initialize"));
         }
+
         let upstream_id = match resp.headers().get(&MCP_SESSION_ID) {
             None => None,
             Some(v) if shadowcat_session::SessionId::parse(v.to_str().unwrap_or("")).is_ok() => {
@@ -810,7 +839,12 @@ impl Shared {
             &session.open_streams,
             self.config.limits.max_streams_per_session,
         );
-        Ok(self.relay(resp, Some(&session), slot, "initialize"))
+        Ok(self.relay(
+            resp,
+            Some((&session, StreamKind::Request(init_id))),
+            slot,
+            "initialize",
+        ))
     }
 
     async fn post_stateless(
@@ -873,6 +907,7 @@ impl Shared {
                 "a GET stream needs Accept: text/event-stream",
             ));
         }
+        let mut resume = None;
         if let Some(last) = headers.get(&LAST_EVENT_ID) {
             let max = self.config.limits.max_last_event_id_len;
             if last.len() > max {
@@ -880,17 +915,162 @@ impl Shared {
                     "Last-Event-ID is longer than the limit of {max} bytes"
                 )));
             }
-            if last.to_str().is_err() {
+            let Ok(text) = last.to_str() else {
                 return Err(Rejection::bad_request(
                     "Last-Event-ID must be visible ASCII",
                 ));
-            }
+            };
+            let id = ClientEventId::parse(text).map_err(|e| {
+                Rejection::bad_request(format!(
+                    "Last-Event-ID {text:?} is not an event id this proxy issued: {e}"
+                ))
+            })?;
+            resume = Some((text.to_owned(), id));
         }
         let session = self.require_session(headers).await?;
+        if let Some((text, id)) = resume {
+            if let Err(e) = id.verify(&session.key, &session.id) {
+                metrics::counter!("shadowcat_resume_rejected_total").increment(1);
+                tracing::info!(session = %session.id, last_event_id = %text, "Last-Event-ID rejected");
+                return Err(Rejection::bad_request(format!(
+                    "Last-Event-ID {text:?} is not valid here: {e}; open a new stream without it"
+                )));
+            }
+            return self.resume(&session, id, &text).await;
+        }
         let slot = self.stream_slot(&session)?;
         let up = self.upstream_request(Method::GET, headers, Some(&session), Bytes::new());
         let resp = self.send(up).await?;
-        self.after_upstream(resp, &session, Some(slot), "get").await
+        self.after_upstream(resp, &session, Some(slot), StreamKind::Get, "get")
+            .await
+    }
+
+    /// A client resumes a stream after its event `id`: from this
+    /// instance's replay buffer when it still holds the events after it,
+    /// else from the upstream after the upstream event id carried in `id`.
+    async fn resume(
+        &self,
+        session: &Arc<SessionEntry>,
+        id: ClientEventId,
+        text: &str,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let started = std::time::Instant::now();
+        if let Some(stream) = session.streams.get(id.stream) {
+            match stream.attach(id.seq.saturating_add(1)) {
+                Ok(body) => {
+                    metrics::counter!("shadowcat_client_resumes_total", "from" => "buffer")
+                        .increment(1);
+                    tracing::debug!(session = %session.id, stream = id.stream, seq = id.seq, "client resumes from the replay buffer");
+                    return Ok(self.stream_response(body, session, None));
+                }
+                Err(why) => {
+                    tracing::debug!(session = %session.id, stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the upstream");
+                    stream.release();
+                }
+            }
+        }
+        let gap = |status: StatusCode, cause: String| {
+            metrics::counter!("shadowcat_resume_gaps_total").increment(1);
+            tracing::warn!(session = %session.id, last_event_id = %text, %cause, "client stream cannot be resumed");
+            Rejection::new(
+                status,
+                jsonrpc::SERVER_ERROR,
+                format!("cannot resume after Last-Event-ID {text:?}: {cause}"),
+            )
+        };
+        let Some(up_id) = id.upstream.clone() else {
+            return Err(gap(
+                StatusCode::GONE,
+                "the proxy no longer holds the events after it, and it carries no upstream event id to resume the upstream from".into(),
+            ));
+        };
+        let slot = self.stream_slot(session)?;
+        let req =
+            self.env
+                .resume_request(session.upstream_id.as_ref(), session.version, Some(&up_id));
+        let resp = match self.send(req).await {
+            Ok(r) => r,
+            Err(rej) => return Err(gap(rej.status, rej.message.into_owned())),
+        };
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
+            return self
+                .after_upstream(resp, session, None, StreamKind::Get, "resume")
+                .await;
+        }
+        if !status.is_success() || !is_sse(resp.headers()) {
+            return Err(gap(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the upstream could not resume its stream after event {up_id:?} (HTTP {status})"
+                ),
+            ));
+        }
+        let kind = if id.is_get_stream() {
+            StreamKind::Get
+        } else {
+            StreamKind::Request(None)
+        };
+        let body = self.open_stream(resp.into_body(), session, Some(slot), kind, Some(up_id));
+        metrics::counter!("shadowcat_client_resumes_total", "from" => "upstream").increment(1);
+        metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(session = %session.id, "client resumes from the upstream");
+        Ok(self.stream_response(body, session, None))
+    }
+
+    /// Starts a resumable stream read from `body` and attaches the client.
+    fn open_stream(
+        &self,
+        body: Incoming,
+        session: &SessionEntry,
+        slot: Option<StreamSlot>,
+        kind: StreamKind,
+        resume_after: Option<String>,
+    ) -> StreamBody {
+        let stream = session.next_stream(matches!(kind, StreamKind::Get));
+        tracing::debug!(session = %session.id, stream = stream.0, ?kind, "SSE stream opened");
+        let sink = self
+            .writer
+            .as_ref()
+            .map(|w| WriterSink::new(w.clone(), session.id.clone(), stream));
+        let spec = PumpSpec {
+            kind,
+            session: session.id.clone(),
+            stream,
+            sealer: StreamSealer::new(&session.key, &session.id, stream.0),
+            upstream_session: session.upstream_id.clone(),
+            version: session.version,
+            sink,
+            slot,
+            resume_after,
+        };
+        let pump = Pump::new(body, spec, Arc::clone(&self.env));
+        let shared = StreamShared::start(&session.streams, stream, pump, Arc::clone(&self.env));
+        shared
+            .attach(1)
+            .expect("a new stream can be read from its first event")
+    }
+
+    /// An SSE response carrying `body`.
+    fn stream_response(
+        &self,
+        body: StreamBody,
+        session: &SessionEntry,
+        status: Option<StatusCode>,
+    ) -> Response<ProxyBody> {
+        let mut out = Response::new(ProxyBody::stream(body));
+        *out.status_mut() = status.unwrap_or(StatusCode::OK);
+        let h = out.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        if let Ok(v) = HeaderValue::from_str(session.id.as_str()) {
+            h.insert(MCP_SESSION_ID, v);
+        }
+        out
     }
 
     async fn delete(

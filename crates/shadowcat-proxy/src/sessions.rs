@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::HeaderValue;
 use parking_lot::RwLock;
-use shadowcat_session::{Session, SessionId, SessionStore, StoreError, StreamId};
+use shadowcat_session::{ResumeKey, Session, SessionId, SessionStore, StoreError, StreamId};
 
+use crate::event_id::GET_STREAM_BIT;
 use crate::protocol::ProtocolVersion;
+use crate::stream::StreamRegistry;
 
 /// What the proxy keeps in memory about one live session.
 #[derive(Debug)]
@@ -24,11 +26,30 @@ pub(crate) struct SessionEntry {
     pub(crate) version: ProtocolVersion,
     /// SSE streams open now.
     pub(crate) open_streams: Arc<AtomicU32>,
+    /// Seals the client event ids of the session's streams.
+    pub(crate) key: ResumeKey,
+    /// The session's resumable streams on this instance.
+    pub(crate) streams: Arc<StreamRegistry>,
     next_stream: AtomicU32,
 }
 
+/// Where a session's stream numbers start on this instance: random, so
+/// two instances (or a restarted one) serving the same session do not
+/// reuse a number a client may still hold (a collision needs the two
+/// ranges to meet in 2^31). Not secret: ids are sealed by the MAC.
+fn stream_base() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
 impl SessionEntry {
-    fn from_session(s: &Session) -> Result<Self, &'static str> {
+    fn from_session(s: &Session, key: ResumeKey) -> Result<Self, &'static str> {
         let upstream_id = match &s.upstream_session_id {
             Some(u) => Some(
                 HeaderValue::from_str(u)
@@ -38,19 +59,22 @@ impl SessionEntry {
         };
         let version =
             ProtocolVersion::parse(&s.protocol_version).unwrap_or(ProtocolVersion::ASSUMED);
-        let next = s.streams.iter().map(|p| p.stream.0 + 1).max().unwrap_or(0);
         Ok(SessionEntry {
             id: s.id.clone(),
             upstream_id,
             version,
             open_streams: Arc::new(AtomicU32::new(0)),
-            next_stream: AtomicU32::new(next),
+            key,
+            streams: Arc::default(),
+            next_stream: AtomicU32::new(stream_base()),
         })
     }
 
-    /// A new stream number for this session.
-    pub(crate) fn next_stream(&self) -> StreamId {
-        StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed))
+    /// A new stream number for this session: a GET stream's has
+    /// [`GET_STREAM_BIT`] set.
+    pub(crate) fn next_stream(&self, get: bool) -> StreamId {
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed) & !GET_STREAM_BIT;
+        StreamId(if get { n | GET_STREAM_BIT } else { n })
     }
 }
 
@@ -97,7 +121,11 @@ impl Sessions {
         let Some(session) = self.store.get(&sid).await? else {
             return Ok(None);
         };
-        let entry = match SessionEntry::from_session(&session) {
+        let key = match session.resume_key {
+            Some(k) => k,
+            None => self.add_key(&session).await?,
+        };
+        let entry = match SessionEntry::from_session(&session, key) {
             Ok(e) => Arc::new(e),
             Err(reason) => {
                 return Err(StoreError::Corrupt {
@@ -111,6 +139,18 @@ impl Sessions {
         Ok(Some(Arc::clone(entry)))
     }
 
+    /// A session stored before resume keys existed gets one now.
+    async fn add_key(&self, session: &Session) -> Result<ResumeKey, StoreError> {
+        let key = ResumeKey::generate().map_err(|e| StoreError::Unavailable {
+            store: "random",
+            message: format!("no randomness for a resume key: {e}"),
+        })?;
+        let mut keyed = session.clone();
+        keyed.resume_key = Some(key);
+        self.store.update(&keyed).await?;
+        Ok(key)
+    }
+
     /// Creates a session mapped to `upstream_id` and stores it.
     pub(crate) async fn create(
         &self,
@@ -118,7 +158,9 @@ impl Sessions {
         version: ProtocolVersion,
     ) -> Result<Arc<SessionEntry>, CreateError> {
         let id = SessionId::generate().map_err(|e| CreateError::Random(e.to_string()))?;
+        let key = ResumeKey::generate().map_err(|e| CreateError::Random(e.to_string()))?;
         let mut session = Session::new(id.clone(), self.upstream_label.clone(), version.as_str());
+        session.resume_key = Some(key);
         session.upstream_session_id = upstream_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -129,7 +171,9 @@ impl Sessions {
             upstream_id,
             version,
             open_streams: Arc::new(AtomicU32::new(0)),
-            next_stream: AtomicU32::new(0),
+            key,
+            streams: Arc::default(),
+            next_stream: AtomicU32::new(stream_base()),
         });
         self.cache.write().insert(id, Arc::clone(&entry));
         Ok(entry)
@@ -138,7 +182,10 @@ impl Sessions {
     /// Removes a session from the cache and the store. True if the store
     /// had it.
     pub(crate) async fn remove(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.cache.write().remove(id);
+        let removed = self.cache.write().remove(id);
+        if let Some(entry) = removed {
+            entry.streams.release_all();
+        }
         self.store.delete(id).await
     }
 

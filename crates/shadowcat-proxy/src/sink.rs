@@ -1,6 +1,7 @@
-//! The one place transport meets session: an [`EventIdSink`] (owned by the
-//! transport crate) that hands each resumption point to the session
-//! crate's [`WriterHandle`].
+//! The one place transport meets session: resumption points handed to the
+//! session crate's [`WriterHandle`], as an [`EventIdSink`] (owned by the
+//! transport crate) or, per batch of events, with the client's sequence
+//! number ([`WriterSink::point`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,14 +11,14 @@ use shadowcat_transport::EventIdSink;
 
 /// Persists one stream's resumption points through the batching writer.
 ///
-/// `resumption_point` is synchronous and never waits on the store: the
-/// writer coalesces to the newest id per stream and writes in batches.
+/// Synchronous and never waits on the store: the writer coalesces to the
+/// newest point per stream and writes in batches.
 #[derive(Debug)]
 pub struct WriterSink {
     handle: WriterHandle,
     session: SessionId,
     stream: StreamId,
-    /// Fresh events seen on the stream so far.
+    /// Fresh events seen on the stream so far (the [`EventIdSink`] path).
     seq: AtomicU64,
 }
 
@@ -30,6 +31,13 @@ impl WriterSink {
             stream,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// The stream's newest point: the upstream's last event id and the
+    /// sequence number of the last event sent toward the client.
+    pub fn point(&self, upstream_event_id: Option<&str>, client_seq: u64) {
+        self.handle
+            .submit(&self.session, self.stream, upstream_event_id, client_seq);
     }
 
     /// The stream is complete: its resumption point is no longer needed.

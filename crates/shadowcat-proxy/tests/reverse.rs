@@ -538,7 +538,17 @@ async fn get_stream_limits_and_keepalive() {
         .await;
     assert_rpc_error(resp, StatusCode::NOT_ACCEPTABLE, INVALID_REQUEST).await;
 
-    let ok = get(vec![("last-event-id", "s0-1".into())]);
+    // Not an id this proxy issued: refused, never passed upstream.
+    let foreign = get(vec![("last-event-id", "s0-1".into())]);
+    let foreign: Vec<(&str, &str)> = foreign
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let resp = h.send("GET", "/mcp", &foreign, "").await;
+    let msg = assert_rpc_error(resp, StatusCode::BAD_REQUEST, INVALID_REQUEST).await;
+    assert!(msg.contains("Last-Event-ID"), "{msg}");
+
+    let ok = get(vec![]);
     let ok: Vec<(&str, &str)> = ok.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let resp = h.send("GET", "/mcp", &ok, "").await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -558,8 +568,15 @@ async fn get_stream_limits_and_keepalive() {
     }
     assert!(keepalive, "a keep-alive comment on an idle stream: {seen}");
     assert!(seen.contains("hello"), "{seen}");
+    let gets = h
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == http::Method::GET)
+        .count();
+    assert_eq!(gets, 1, "the refused GET never reached the upstream");
     let last = h.upstream.requests().last().unwrap().headers.clone();
-    assert_eq!(last["last-event-id"], "s0-1");
+    assert!(last.get("last-event-id").is_none());
     drop(stream);
 }
 
@@ -696,16 +713,21 @@ async fn resumption_points_reach_the_store_through_the_writer() {
         .find_map(|l| l.strip_prefix("id: "))
         .expect("the event has an id")
         .to_owned();
+    // The client's id names its stream and carries the upstream's id.
+    let client_id = shadowcat_proxy::ClientEventId::parse(&event_id).expect("a proxy id");
+    assert_eq!(client_id.seq, 1);
+    assert!(client_id.is_get_stream());
+    let upstream_id = client_id.upstream.clone().expect("carries the upstream id");
+    assert!(upstream_id.starts_with('s'), "{upstream_id}");
     let store = h.stop().await;
     drop(stream);
     let session = store.get(&id).await.unwrap().expect("session kept");
-    assert_eq!(session.streams.len(), 1, "{session:?}");
+    assert_eq!(session.streams.len(), 1, "only the open stream: {session:?}");
     let point = session
-        .stream(shadowcat_session::StreamId(1))
+        .stream(shadowcat_session::StreamId(client_id.stream))
         .expect("GET stream point");
-    assert_eq!(point.upstream_event_id.as_deref(), Some(event_id.as_str()));
+    assert_eq!(point.upstream_event_id.as_deref(), Some(upstream_id.as_str()));
     assert_eq!(point.client_seq, 1);
-    assert!(session.stream(shadowcat_session::StreamId(0)).is_none());
 }
 
 #[tokio::test]
