@@ -5,7 +5,11 @@
 //! Architecture invariant: this crate knows nothing about sessions or
 //! persistence. It reports resumption-point changes through [`EventIdSink`],
 //! a trait it owns; whoever persists them implements it elsewhere.
-#![forbid(unsafe_code)]
+//!
+//! Unsafe code is denied, with one exception: `stdio`'s two OS calls
+//! (the parent-death signal set between fork and exec, and signalling a
+//! child's process group), each with its SAFETY note.
+#![deny(unsafe_code)]
 
 pub mod reconnect;
 pub mod sse;
@@ -19,4 +23,13 @@ pub use tracker::{EventId, Recorded, TrackerConfig, TrackerConfigError, TrackerS
 pub use sse::{
     DecodeError, Decoder, DecoderLimits, EncodeError, OutgoingEvent, SseEvent, SseItem, Utf8Bytes,
     encode_comment,
+};
+
+#[cfg(unix)]
+pub mod stdio;
+
+#[cfg(unix)]
+pub use stdio::{
+    ChildCommand, LineError, LineReader, LineWriter, StderrLevel, StdioChild, StdioConfig,
+    StdioError,
 };
