@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 mod interop;
+mod load;
 #[cfg(test)]
 mod tidy;
 
@@ -18,11 +19,13 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("gates") => gates(),
         Some("interop") => interop::run(),
+        Some("load") => load::run(&args[1..]),
         Some("help") | None => {
             eprintln!("usage: cargo xtask <ci|gates>");
             eprintln!("  ci     fmt check, clippy -D warnings, all tests, tidy, bench gates");
             eprintln!("  gates  only the deterministic bench gates");
             eprintln!("  interop  real MCP clients and servers through shadowcat (node, python3)");
+            eprintln!("  load [--quick] [--install]  load harness: direct vs shadowcat vs nginx");
             Ok(())
         }
         Some(other) => Err(format!(

@@ -327,6 +327,7 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
             let load = StreamLoad {
                 sessions: plan.stream_sessions,
                 rate,
+                batch: 1,
                 warm_ms,
                 window_ms,
             };
@@ -344,22 +345,30 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     }
     if wants("max") {
         let targets = env.targets("max", true).await;
-        let load = StreamLoad {
-            sessions: plan.max_sessions,
-            rate: 0,
-            warm_ms,
-            window_ms,
-        };
-        let r = rounds(&targets, plan.rounds, async |t| {
-            scenario::stream_once(t, load).await
-        })
-        .await;
-        points.push(point(
-            "max",
-            format!("{} sessions, unpaced", load.sessions),
-            serde_json::to_value(load).unwrap_or_default(),
-            r,
-        ));
+        // One event per upstream write (each notification flushed on its
+        // own, as MCP servers do), then 16 per write.
+        for batch in [1, 16] {
+            let load = StreamLoad {
+                sessions: plan.max_sessions,
+                rate: 0,
+                batch,
+                warm_ms,
+                window_ms,
+            };
+            let r = rounds(&targets, plan.rounds, async |t| {
+                scenario::stream_once(t, load).await
+            })
+            .await;
+            points.push(point(
+                "max",
+                format!(
+                    "{} sessions, unpaced, {batch} event(s) per upstream write",
+                    load.sessions
+                ),
+                serde_json::to_value(load).unwrap_or_default(),
+                r,
+            ));
+        }
     }
     if wants("requests") {
         let targets = env.targets("requests", true).await;
@@ -401,6 +410,7 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
         let load = StreamLoad {
             sessions: plan.stream_sessions,
             rate: plan.headline_rate,
+            batch: 1,
             warm_ms,
             window_ms,
         };

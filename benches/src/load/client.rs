@@ -142,10 +142,11 @@ impl Conn {
     pub(crate) async fn stream(
         &mut self,
         rate: u64,
+        batch: usize,
         ms: u64,
     ) -> Result<Response<Incoming>, ClientError> {
         let body = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"stream","arguments":{{"rate":{rate},"ms":{ms}}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"stream","arguments":{{"rate":{rate},"batch":{batch},"ms":{ms}}}}}}}"#
         );
         let resp = self.post(Bytes::from(body)).await?;
         if resp.status() != StatusCode::OK {

@@ -3,6 +3,7 @@
 //! loopback; their CPU and RSS from /proc, Shadowcat's counters from its
 //! admin `/metrics`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,40 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / clock_ticks())
+}
+
+/// Nanoseconds on CPU of every thread of `pid`, by thread id, from
+/// /proc/PID/task/TID/schedstat (exact, unlike the 10 ms ticks of
+/// /proc/PID/stat).
+pub(crate) fn thread_cpu_ns(pid: u32, into: &mut HashMap<u32, u64>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ns = std::fs::read_to_string(entry.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            into.insert(tid, ns);
+        }
+    }
+}
+
+/// CPU seconds spent between two [`thread_cpu_ns`] readings: threads born
+/// in between count whole; threads that died in between are lost (the
+/// only ones that do are idle blocking-pool threads).
+pub(crate) fn cpu_between(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> f64 {
+    b.iter()
+        .map(|(tid, ns)| ns.saturating_sub(a.get(tid).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        / 1e9
 }
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
@@ -179,6 +214,15 @@ impl Proc {
     /// CPU seconds of every counted process.
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
         self.pids.iter().map(|&p| cpu_seconds(p)).sum()
+    }
+
+    /// CPU nanoseconds of every thread of every counted process.
+    pub(crate) fn thread_cpu(&self) -> HashMap<u32, u64> {
+        let mut m = HashMap::new();
+        for &p in &self.pids {
+            thread_cpu_ns(p, &mut m);
+        }
+        m
     }
 
     /// RSS in KiB of every counted process.
@@ -456,6 +500,17 @@ mod tests {
         assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
         assert!(rss_kib(me).is_some_and(|k| k > 0));
         assert!(threads(me).is_some_and(|t| t >= 1));
+        let mut a = HashMap::new();
+        thread_cpu_ns(me, &mut a);
+        assert!(!a.is_empty());
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let mut b = HashMap::new();
+        thread_cpu_ns(me, &mut b);
+        assert!(cpu_between(&a, &b) >= 0.01, "spun 20 ms on CPU");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`Sample`] for one target; the measured window starts after a warm-up,
 //! and the proxy's CPU, RSS and counters are read at both ends of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +80,8 @@ impl Sample {
 #[derive(Debug, Default)]
 struct Snap {
     cpu: Option<f64>,
-    harness_cpu: Option<f64>,
+    threads: Option<HashMap<u32, u64>>,
+    harness: HashMap<u32, u64>,
     metrics: Option<String>,
 }
 
@@ -98,17 +99,25 @@ impl Target {
             Via::Shadowcat(s) => s.metrics().await,
             _ => None,
         };
+        let mut harness = HashMap::new();
+        procs::thread_cpu_ns(std::process::id(), &mut harness);
         Snap {
             cpu: self.proc().and_then(Proc::cpu_seconds),
-            harness_cpu: procs::cpu_seconds(std::process::id()),
+            threads: self.proc().map(Proc::thread_cpu),
+            harness,
             metrics,
         }
     }
 
     /// Fills the proxy figures over a window from `a` to `b`.
     fn window_figures(&self, s: &mut Sample, a: &Snap, b: &Snap, seconds: f64) {
-        let cpu = a.cpu.zip(b.cpu).map(|(a, b)| b - a);
+        let cpu = a
+            .threads
+            .as_ref()
+            .zip(b.threads.as_ref())
+            .map(|(a, b)| procs::cpu_between(a, b));
         s.set("proxy_cpu_s", cpu);
+        s.set("proxy_cpu_ticks_s", a.cpu.zip(b.cpu).map(|(a, b)| b - a));
         s.set("proxy_cpu_percent", cpu.map(|c| 100.0 * c / seconds));
         if let Some(events) = s.get("events").filter(|e| *e > 0.0) {
             s.set("proxy_cpu_us_per_event", cpu.map(|c| c * 1e6 / events));
@@ -118,7 +127,7 @@ impl Target {
         }
         s.set(
             "harness_cpu_s",
-            a.harness_cpu.zip(b.harness_cpu).map(|(a, b)| b - a),
+            Some(procs::cpu_between(&a.harness, &b.harness)),
         );
         if let Some(p) = self.proc() {
             s.set("rss_kib", p.rss_kib().map(|v| v as f64));
@@ -201,6 +210,8 @@ pub(crate) struct StreamLoad {
     pub(crate) sessions: usize,
     /// Events per second per stream; 0 means as fast as possible.
     pub(crate) rate: u64,
+    /// Events per upstream write when unpaced.
+    pub(crate) batch: usize,
     /// Warm-up before the window, ms.
     pub(crate) warm_ms: u64,
     /// The measured window, ms.
@@ -237,7 +248,7 @@ pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
                 }),
                 ..StreamOut::default()
             };
-            let resp = match conn.stream(load.rate, ms).await {
+            let resp = match conn.stream(load.rate, load.batch, ms).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "stream request failed");

@@ -4,9 +4,9 @@
 //!
 //! - `initialize` answers with an `Mcp-Session-Id`;
 //! - `tools/call` `echo` answers JSON;
-//! - `tools/call` `stream` `{rate, ms}` answers an SSE stream of `rate`
-//!   events per second (0: as fast as the connection takes them) for `ms`
-//!   milliseconds, then the result;
+//! - `tools/call` `stream` `{rate, ms, batch}` answers an SSE stream of
+//!   `rate` events per second (0: as fast as the connection takes them,
+//!   `batch` events per write) for `ms` milliseconds, then the result;
 //! - GET opens an idle stream: one `ready` event, then nothing until the
 //!   hold time ends or the other side goes.
 //!
@@ -145,8 +145,15 @@ struct Arguments {
     #[serde(default)]
     ms: u64,
     #[serde(default)]
+    batch: usize,
+    #[serde(default)]
     text: Option<String>,
 }
+
+/// Room for one event.
+const EVENT_CAPACITY: usize = 192;
+/// Most events per write an unpaced stream may ask for.
+const MAX_BATCH: usize = 256;
 
 /// Longest stream the upstream serves, whatever a request asks.
 const MAX_STREAM: Duration = Duration::from_secs(600);
@@ -213,7 +220,11 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<UpBody> {
                     let stream = st.next_stream.fetch_add(1, Ordering::Relaxed);
                     let length = Duration::from_millis(args.ms).min(MAX_STREAM);
                     sse(UpBody::Events(EventStream::new(
-                        stream, args.rate, length, &id,
+                        stream,
+                        args.rate,
+                        args.batch.clamp(1, MAX_BATCH),
+                        length,
+                        &id,
                     )))
                 }
                 _ => json(StatusCode::OK, error_body(&id, "unknown tool")),
@@ -277,6 +288,7 @@ struct EventStream {
     stream: u64,
     seq: u64,
     rate: u64,
+    batch: usize,
     start: Instant,
     end: Instant,
     timer: Pin<Box<Sleep>>,
@@ -284,7 +296,7 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(stream: u64, rate: u64, length: Duration, id: &str) -> Self {
+    fn new(stream: u64, rate: u64, batch: usize, length: Duration, id: &str) -> Self {
         let start = Instant::now();
         let result = Bytes::from(format!(
             "id: {stream}-end\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"done\"}}]}}}}\n\n"
@@ -293,6 +305,7 @@ impl EventStream {
             stream,
             seq: 0,
             rate,
+            batch,
             start,
             end: start + length,
             timer: Box::pin(tokio::time::sleep_until(start.into())),
@@ -300,18 +313,16 @@ impl EventStream {
         }
     }
 
-    fn event(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(192);
+    fn event(&self, b: &mut BytesMut) {
         b.put_slice(EVENT_PART1);
-        put_u64(&mut b, self.stream);
+        put_u64(b, self.stream);
         b.put_u8(b'-');
-        put_u64(&mut b, self.seq);
+        put_u64(b, self.seq);
         b.put_slice(EVENT_PART2);
-        put_u64(&mut b, self.seq);
+        put_u64(b, self.seq);
         b.put_slice(EVENT_PART3);
-        put_u64(&mut b, now_ns());
+        put_u64(b, now_ns());
         b.put_slice(EVENT_PART4);
-        b.freeze()
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -335,8 +346,20 @@ impl EventStream {
                     continue;
                 }
             }
-            self.seq += 1;
-            return Poll::Ready(Some(self.event()));
+            if self.rate > 0 {
+                self.seq += 1;
+                let mut b = BytesMut::with_capacity(EVENT_CAPACITY);
+                self.event(&mut b);
+                return Poll::Ready(Some(b.freeze()));
+            }
+            // Unpaced: `batch` events per write (a busy server with a
+            // buffered writer sends several at once).
+            let mut b = BytesMut::with_capacity(EVENT_CAPACITY * self.batch);
+            for _ in 0..self.batch {
+                self.seq += 1;
+                self.event(&mut b);
+            }
+            return Poll::Ready(Some(b.freeze()));
         }
     }
 }
