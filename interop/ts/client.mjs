@@ -100,6 +100,8 @@ async function sdkServer() {
  */
 function cuttingFetch(cutAfter, state) {
   return async (input, init) => {
+    const lastEventId = new Headers(init?.headers).get('last-event-id');
+    if (init?.method === 'GET' && lastEventId) state.resumedFrom.push(lastEventId);
     const isCall = init?.method === 'POST' && typeof init.body === 'string' && init.body.includes('"tools/call"');
     if (!isCall || state.cut) return fetch(input, init);
     state.cut = true;
@@ -124,6 +126,8 @@ function cuttingFetch(cutAfter, state) {
           buffered = buffered.slice(end + 2);
           controller.enqueue(new TextEncoder().encode(event));
           if (/^data:/m.test(event)) seen += 1;
+          const id = /^id: ?(.*)$/m.exec(event)?.[1];
+          if (id) state.lastIdBeforeCut = id;
           if (seen >= cutAfter) {
             state.cutAt = seen;
             abort.abort();
@@ -141,7 +145,7 @@ function cuttingFetch(cutAfter, state) {
 }
 
 async function resume() {
-  const state = { cut: false, cutAt: 0 };
+  const state = { cut: false, cutAt: 0, lastIdBeforeCut: undefined, resumedFrom: [] };
   const tokens = [];
   const { client, transport } = await connect({
     fetch: cuttingFetch(3, state),
@@ -155,13 +159,19 @@ async function resume() {
     { onresumptiontoken: (t) => tokens.push(t) },
   );
   assert(state.cut && state.cutAt === 3, `the stream was cut after 3 events (cut at ${state.cutAt})`);
+  assert(
+    state.resumedFrom[0] !== undefined && state.resumedFrom[0] === state.lastIdBeforeCut,
+    `resumed with GET + Last-Event-ID of the last event before the cut (${state.lastIdBeforeCut}), got ${state.resumedFrom}`,
+  );
   assert(text(result) === `counted to ${steps}`, `count result after the cut, got ${JSON.stringify(result)}`);
   const expected = Array.from({ length: steps }, (_, i) => i + 1);
   assert(JSON.stringify(progress) === JSON.stringify(expected), `progress 1..${steps} exactly once, in order, got ${progress}`);
   assert(new Set(tokens).size === tokens.length, `event ids never repeat, got ${tokens}`);
   await transport.terminateSession();
   await client.close();
-  console.log(`resume: cut after ${state.cutAt} events, ${progress.length} progress, ${tokens.length} event ids`);
+  console.log(
+    `resume: cut after ${state.cutAt} events, resumed ${state.resumedFrom.length}x with Last-Event-ID, ${progress.length} progress, ${tokens.length} event ids`,
+  );
 }
 
 async function everything() {
