@@ -33,7 +33,7 @@ async def run(url: str, mode: str) -> str:
     async with Client(url, mode=mode, read_timeout_seconds=20) as client:
         tools = await client.list_tools()
         names = sorted(t.name for t in tools.tools)
-        check(names == ["count", "echo"], f"{mode}: tools/list, got {names}")
+        check(names == ["ask", "count", "echo"], f"{mode}: tools/list, got {names}")
 
         echoed = await client.call_tool("echo", {"text": "from python ✓"})
         check(first_text(echoed) == "from python ✓", f"{mode}: echo, got {echoed}")

@@ -3,7 +3,8 @@
 //
 // usage: node ts/client.mjs CHECK URL
 //   sdk-server   against ts/server.mjs: initialize, tools/list, tools/call
-//                with progress, resources, prompts, DELETE
+//                with progress, a tool call that logs, samples and elicits
+//                (the client answers by POST), resources, prompts, DELETE
 //   resume       against ts/server.mjs: a tools/call whose SSE stream the
 //                client cuts mid-stream; the SDK resumes with Last-Event-ID
 //                and every progress notification arrives exactly once
@@ -11,7 +12,12 @@
 //                a long-running tool with progress, resources, prompts
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolResultSchema,
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  LoggingMessageNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 
 const [check, url] = process.argv.slice(2);
 
@@ -24,7 +30,18 @@ function text(result) {
 }
 
 async function connect(options = {}) {
-  const client = new Client({ name: 'shadowcat-interop-client', version: '1.0.0' });
+  const client = new Client(
+    { name: 'shadowcat-interop-client', version: '1.0.0' },
+    { capabilities: { sampling: {}, elicitation: { form: {} } } },
+  );
+  client.logs = [];
+  client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => client.logs.push(n.params.data));
+  client.setRequestHandler(CreateMessageRequestSchema, async (req) => ({
+    model: 'interop-model',
+    role: 'assistant',
+    content: { type: 'text', text: `sampled "${req.params.messages[0]?.content?.text}"` },
+  }));
+  client.setRequestHandler(ElicitRequestSchema, async () => ({ action: 'accept', content: { name: 'Ada' } }));
   const transport = new StreamableHTTPClientTransport(new URL(url), options);
   await client.connect(transport);
   assert(typeof transport.sessionId === 'string' && transport.sessionId.length > 0, 'the server set a session id');
@@ -65,7 +82,7 @@ async function sdkServer() {
 
   const { tools } = await client.listTools();
   const names = tools.map((t) => t.name).sort();
-  assert(JSON.stringify(names) === '["count","echo"]', `tools/list, got ${names}`);
+  assert(JSON.stringify(names) === '["ask","count","echo"]', `tools/list, got ${names}`);
 
   const echoed = await client.callTool({ name: 'echo', arguments: { text: 'héllo ✓' } });
   assert(text(echoed) === 'héllo ✓', `echo, got ${JSON.stringify(echoed)}`);
@@ -74,6 +91,10 @@ async function sdkServer() {
   const { result, progress } = await callWithProgress(client, 'count', { steps, delayMs: 5 });
   assert(text(result) === `counted to ${steps}`, `count result, got ${JSON.stringify(result)}`);
   assert(JSON.stringify(progress) === JSON.stringify([1, 2, 3, 4, 5, 6, 7]), `progress 1..${steps} in order, got ${progress}`);
+
+  const asked = await client.callTool({ name: 'ask', arguments: { question: 'why?' } });
+  assert(text(asked) === 'sampled "why?" / accept Ada', `ask (sampling + elicitation answered), got ${JSON.stringify(asked)}`);
+  assert(JSON.stringify(client.logs) === '["asking: why?"]', `one log message on the call's stream, got ${JSON.stringify(client.logs)}`);
 
   const { resources } = await client.listResources();
   assert(resources.length === 1 && resources[0].uri === 'interop://greeting', `resources/list, got ${JSON.stringify(resources)}`);
@@ -90,7 +111,7 @@ async function sdkServer() {
   assert(transport.sessionId === undefined, 'DELETE cleared the session id');
   await client.close();
   await expectGone(sessionId);
-  console.log(`sdk-server: ${tools.length} tools, ${progress.length} progress, DELETE then 404`);
+  console.log(`sdk-server: ${tools.length} tools, ${progress.length} progress, sampling + elicitation + log, DELETE then 404`);
 }
 
 /**

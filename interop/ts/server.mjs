@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
+import { CreateMessageResultSchema, ElicitResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
 const port = Number(process.argv[2]);
@@ -51,6 +52,39 @@ function buildServer() {
         }
       }
       return { content: [{ type: 'text', text: `counted to ${steps}` }] };
+    },
+  );
+
+  // Server-to-client traffic on the request's stream: a log message, a
+  // sampling request and an elicitation request, whose answers the client
+  // POSTs back through the proxy.
+  server.registerTool(
+    'ask',
+    { description: 'Logs, samples and elicits, then reports the answers', inputSchema: { question: z.string() } },
+    async ({ question }, extra) => {
+      await extra.sendNotification({
+        method: 'notifications/message',
+        params: { level: 'info', logger: 'ask', data: `asking: ${question}` },
+      });
+      const sampled = await extra.sendRequest(
+        {
+          method: 'sampling/createMessage',
+          params: { messages: [{ role: 'user', content: { type: 'text', text: question } }], maxTokens: 16 },
+        },
+        CreateMessageResultSchema,
+      );
+      const elicited = await extra.sendRequest(
+        {
+          method: 'elicitation/create',
+          params: {
+            message: 'Who is asking?',
+            requestedSchema: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] },
+          },
+        },
+        ElicitResultSchema,
+      );
+      const answer = sampled.content.type === 'text' ? sampled.content.text : sampled.content.type;
+      return { content: [{ type: 'text', text: `${answer} / ${elicited.action} ${elicited.content?.name}` }] };
     },
   );
 

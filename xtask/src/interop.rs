@@ -670,8 +670,10 @@ fn inspector_cli(ctx: &mut Ctx) -> Result<String, String> {
         .filter_map(|t| t["name"].as_str())
         .collect();
     names.sort_unstable();
-    if names != ["count", "echo"] {
-        return Err(format!("tools/list: expected [count, echo], got {names:?}"));
+    if names != ["ask", "count", "echo"] {
+        return Err(format!(
+            "tools/list: expected [ask, count, echo], got {names:?}"
+        ));
     }
 
     let mut call = ctx.node();
