@@ -1,6 +1,8 @@
-//! The command line: `shadowcat reverse …` and `shadowcat sessions …`.
+//! The command line: `shadowcat reverse …`, `shadowcat forward stdio …` and
+//! `shadowcat sessions …`.
 //! Every flag can also come from a `SHADOWCAT_*` environment variable.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -30,6 +32,11 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Serve MCP Streamable HTTP and proxy it to an upstream MCP server.
     Reverse(ReverseArgs),
+    /// Forward proxies for clients that launch their server as a program.
+    Forward {
+        #[command(subcommand)]
+        command: ForwardCommand,
+    },
     /// Inspect and clean a session store.
     Sessions {
         #[command(subcommand)]
@@ -71,6 +78,31 @@ pub(crate) struct ReverseArgs {
     /// store [default: 1800].
     #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT_SECS")]
     pub(crate) session_idle_timeout_secs: Option<u64>,
+}
+
+/// `shadowcat forward` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ForwardCommand {
+    /// Speak stdio to the client and run `-- <program> [args…]` as the
+    /// server, relaying messages both ways unchanged (`RUST_LOG=debug`
+    /// logs each one). Exits with the program's exit code.
+    Stdio(ForwardStdioArgs),
+}
+
+/// `shadowcat forward stdio` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ForwardStdioArgs {
+    /// The longest message (line) accepted from either side, in bytes
+    /// [default: 8 MiB].
+    #[arg(long, env = "SHADOWCAT_MAX_LINE_BYTES")]
+    pub(crate) max_line_bytes: Option<usize>,
+    /// Seconds the program may take to exit once the client has closed
+    /// stdin, before it is stopped (SIGTERM, then SIGKILL) [default: 5].
+    #[arg(long, env = "SHADOWCAT_EXIT_GRACE_SECS")]
+    pub(crate) exit_grace_secs: Option<u64>,
+    /// The stdio MCP server to run, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "PROGRAM")]
+    pub(crate) program: Vec<OsString>,
 }
 
 /// `shadowcat sessions` subcommands.

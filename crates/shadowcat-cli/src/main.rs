@@ -1,5 +1,6 @@
 //! The `shadowcat` binary: `shadowcat reverse --upstream URL` runs the
-//! Streamable HTTP reverse proxy; `shadowcat sessions …` inspects a store.
+//! Streamable HTTP reverse proxy; `shadowcat forward stdio -- PROGRAM`
+//! relays stdio to a program; `shadowcat sessions …` inspects a store.
 //!
 //! Configuration: flags, each also a `SHADOWCAT_*` variable, over an
 //! optional TOML file (`--config`), over defaults. Logs go to stderr
@@ -10,6 +11,7 @@
 mod admin;
 mod cli;
 mod error;
+mod forward_cmd;
 mod logging;
 mod run;
 mod sessions_cmd;
@@ -54,6 +56,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let settings = ReverseSettings::resolve(args, file)?;
             run::reverse(settings, store, log_format).await
         }
+        Command::Forward { command } => forward_cmd::run(command, log_format).await,
         Command::Sessions { command } => sessions_cmd::run(command, &store, log_format).await,
     }
 }

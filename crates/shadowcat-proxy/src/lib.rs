@@ -9,6 +9,7 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod event_id;
 pub mod jsonrpc;
 pub mod protocol;
