@@ -9,8 +9,8 @@
 pub mod body;
 pub mod config;
 pub mod error;
-pub mod forward;
 pub mod event_id;
+pub mod forward;
 pub mod jsonrpc;
 pub mod protocol;
 pub mod replay;
