@@ -44,6 +44,9 @@ const LOG_TAIL: usize = 1500;
 /// revision's frozen requirements.
 const NEXT_REQUIREMENTS: &str = "2025-11-25";
 
+/// Oldest Node the pinned packages run on (with the `fs.globSync` preload).
+const MIN_NODE: u32 = 20;
+
 /// Which external runtimes a scenario needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Needs {
@@ -102,10 +105,15 @@ const SCENARIOS: &[Scenario] = &[
 pub(crate) fn run() -> Result<(), String> {
     let start = Instant::now();
     let in_ci = in_ci();
-    let node = tool_version("node") && tool_version("npm");
-    let python = tool_version("python3");
+    let node = tool_version("node").is_some_and(|v| node_major(&v) >= Some(MIN_NODE))
+        && tool_version("npm").is_some();
+    let python = tool_version("python3").is_some();
     if !node {
-        missing("node and npm", "every interop scenario", in_ci)?;
+        missing(
+            &format!("node {MIN_NODE} or newer with npm"),
+            "every interop scenario",
+            in_ci,
+        )?;
         eprintln!("0 passed, 0 failed, {} skipped", SCENARIOS.len());
         return Ok(());
     }
@@ -197,21 +205,23 @@ fn missing(what: &str, skipped: &str, in_ci: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `tool --version` runs; prints the version when it does.
-fn tool_version(tool: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            let version = String::from_utf8_lossy(&out.stdout);
-            let version = if version.trim().is_empty() {
-                String::from_utf8_lossy(&out.stderr).into_owned()
-            } else {
-                version.into_owned()
-            };
-            eprintln!("interop: {tool} {}", version.trim());
-            true
-        }
-        _ => false,
+/// `tool --version`, printed, if the tool runs.
+fn tool_version(tool: &str) -> Option<String> {
+    let out = Command::new(tool).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
     }
+    let mut version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if version.is_empty() {
+        version = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    eprintln!("interop: {tool} {version}");
+    Some(version)
+}
+
+/// `v20.20.2` -> 20.
+fn node_major(version: &str) -> Option<u32> {
+    version.strip_prefix('v')?.split('.').next()?.parse().ok()
 }
 
 /// Where everything lives.
@@ -476,15 +486,16 @@ impl Ctx {
     fn wait_port(&mut self, index: usize, port: u16) -> Result<(), String> {
         let ready_by = self.deadline;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
+            // Exited first: a port answering after our child died is not ours.
             if let Some(status) = self.children[index].exited() {
                 let name = self.children[index].name.clone();
                 return Err(format!(
                     "{name} exited with {status} before listening on {port}:\n{}",
                     self.tails(&name)
                 ));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
             }
             if Instant::now() >= ready_by {
                 let name = &self.children[index].name;
@@ -1075,6 +1086,13 @@ mod tests {
             errors.contains("gone: in direct-failures.json but the suite did not run it"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn node_versions_parse() {
+        assert_eq!(node_major("v20.20.2"), Some(20));
+        assert_eq!(node_major("v18.19.0"), Some(18));
+        assert_eq!(node_major("20.1.0"), None);
     }
 
     #[test]
