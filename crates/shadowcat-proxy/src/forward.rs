@@ -178,7 +178,13 @@ where
                 }
                 RelayEnd::ClientClosed | RelayEnd::Shutdown => child.kill().await?,
             };
-            child.stderr_done().await;
+            // Bounded: a daemon that left the group may hold stderr open.
+            if tokio::time::timeout(config.child.kill_grace, child.stderr_done())
+                .await
+                .is_err()
+            {
+                tracing::debug!(pid = child.pid(), "stdio server stderr still open");
+            }
             tracing::info!(pid = child.pid(), %status, to_server, to_client, ?end, "stdio relay ended");
             Ok(RelayReport {
                 status,

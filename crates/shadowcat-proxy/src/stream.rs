@@ -584,6 +584,9 @@ struct StreamState {
     generation: u64,
     next_subscriber: u64,
     waiters: Vec<(u64, Waker)>,
+    /// A complete stream with no client is dropped after this (checked when
+    /// the session opens another stream).
+    keep_until: Option<Instant>,
 }
 
 impl StreamState {
@@ -666,6 +669,7 @@ impl StreamShared {
                 generation: 0,
                 next_subscriber: 0,
                 waiters: Vec::new(),
+                keep_until: None,
             }),
             registry: Arc::downgrade(registry),
             env,
@@ -685,6 +689,7 @@ impl StreamShared {
         }
         st.attached += 1;
         st.generation += 1;
+        st.keep_until = None;
         let me = st.next_subscriber;
         st.next_subscriber += 1;
         // A detached reader stops; another client's body re-polls.
@@ -730,6 +735,10 @@ impl StreamShared {
         loop {
             let mut st = self.state.lock();
             if st.attached > 0 || st.generation != generation {
+                // The upstream may hold this task's waker: whoever waits
+                // reads it from now on.
+                st.waiters.retain(|(id, _)| *id != DRAIN_WAITER);
+                st.wake_others(DRAIN_WAITER);
                 return Poll::Ready(true);
             }
             if st.end.is_some() {
@@ -778,8 +787,8 @@ impl StreamShared {
 
     /// The last client went: read on while detached, release after the
     /// linger time unless a client came back.
-    fn detached(self: Arc<Self>, generation: u64, release_now: bool) {
-        if release_now || *self.env.closing.borrow() {
+    fn detached(self: Arc<Self>, generation: u64) {
+        if *self.env.closing.borrow() {
             self.release();
             return;
         }
@@ -965,10 +974,16 @@ impl Drop for StreamBody {
             st.wake_others(self.me);
             (st.attached == 0, st.generation, st.end.is_some())
         };
-        if last {
-            // Delivered to the end: nothing left to resume.
-            let release_now = self.finished && complete;
-            Arc::clone(&self.stream).detached(generation, release_now);
+        if !last {
+            return;
+        }
+        if self.finished && complete {
+            // Everything went out; the client may still have missed the
+            // tail (written is not received). Kept for the linger time,
+            // without a task: the session's next stream sweeps it.
+            self.stream.state.lock().keep_until = Some(Instant::now() + self.stream.env.linger);
+        } else {
+            Arc::clone(&self.stream).detached(generation);
         }
     }
 }
@@ -984,8 +999,25 @@ impl StreamRegistry {
         self.streams.lock().get(&id).cloned()
     }
 
+    /// Adds a stream; drops complete streams kept past their time.
     fn insert(&self, stream: Arc<StreamShared>) {
-        self.streams.lock().insert(stream.id.0, stream);
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut map = self.streams.lock();
+        map.retain(|_, s| {
+            let st = s.state.lock();
+            let keep = st.attached > 0 || st.keep_until.is_none_or(|t| t > now);
+            drop(st);
+            if !keep {
+                expired.push(Arc::clone(s));
+            }
+            keep
+        });
+        map.insert(stream.id.0, stream);
+        drop(map);
+        for s in expired {
+            s.release();
+        }
     }
 
     fn remove(&self, stream: &StreamShared) {

@@ -9,15 +9,24 @@
 //!
 //! Tools:
 //! - `echo` `{text}`: a JSON response with the text.
-//! - `progress` `{count, gated}`: an SSE stream of `count` progress
-//!   notifications, each with an id, then the result. With `gated`, it
-//!   stops after the first notification until [`TestUpstream::release`].
+//! - `progress` `{count, gated, cuts, poll}`: an SSE stream of `count`
+//!   progress notifications, each with an id, then the result. With
+//!   `gated`, it stops after the first notification until
+//!   [`TestUpstream::release`]. Otherwise the stream is kept in a per-stream
+//!   event store: a GET with `Last-Event-ID` replays the events after it
+//!   (unless [`TestUpstream::set_event_store`] turned the store off: then
+//!   405). `cuts` lists event numbers after which the connection carrying
+//!   them is cut (once each; on a resumed connection alternately an aborted
+//!   connection and a clean end after half an event, on a first one always
+//!   the latter: an abort may lose unflushed data). `poll` is SSE polling: the first connection
+//!   sends the priming event and `retry:` and closes, each resume at most
+//!   `poll` events.
 //! - `forever`: an SSE stream of notifications every 10 ms (at most 3,000)
 //!   that never sends a result; [`TestUpstream::wait_cancelled`] tells when
 //!   the proxy dropped it.
 //! - `slow` `{ms}`: answers after `ms` milliseconds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,7 +67,64 @@ struct State {
     cancelled: AtomicU64,
     cancelled_signal: Notify,
     first_sent: Notify,
+    logs: Mutex<HashMap<String, Arc<StreamLog>>>,
+    no_event_store: std::sync::atomic::AtomicBool,
+    cuts_done: AtomicU64,
+    resumes: AtomicU64,
+    all_sent: Notify,
 }
+
+/// One `progress` stream's events, replayable from any point.
+#[derive(Debug)]
+struct StreamLog {
+    name: String,
+    id: Value,
+    count: u64,
+    priming: bool,
+    poll: Option<u64>,
+    cuts: Mutex<BTreeSet<u64>>,
+    /// Highest event number handed to a connection.
+    sent: AtomicU64,
+}
+
+impl StreamLog {
+    /// The number of the final event (the result).
+    fn last(&self) -> u64 {
+        self.count + 1
+    }
+
+    fn first(&self) -> u64 {
+        u64::from(!self.priming)
+    }
+
+    /// Event `i`: 0 the priming event, 1..=count notifications, then the
+    /// result.
+    fn event(&self, i: u64) -> Bytes {
+        let id = format!("{}-{i}", self.name);
+        if i == 0 {
+            return Bytes::from(format!("id: {id}\ndata:\n\n"));
+        }
+        if i > self.count {
+            let result = json!({"jsonrpc":"2.0","id":self.id,"result":{"content":[{"type":"text","text":"done"}]}});
+            return sse_event(&id, &result);
+        }
+        let note = json!({"jsonrpc":"2.0","method":"notifications/progress",
+            "params":{"progressToken":"p","progress":i,"total":self.count}});
+        sse_event(&id, &note)
+    }
+}
+
+/// A connection cut on purpose.
+#[derive(Debug)]
+struct Cut;
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection cut by the test upstream")
+    }
+}
+
+impl std::error::Error for Cut {}
 
 /// A running test upstream; stops when dropped.
 #[derive(Debug)]
@@ -137,6 +203,43 @@ impl TestUpstream {
     /// Waits until a gated `progress` stream has sent its first event.
     pub async fn first_event_sent(&self) {
         self.state.first_sent.notified().await;
+    }
+
+    /// Turns the event store off (GET with `Last-Event-ID` then gets 405)
+    /// or back on.
+    pub fn set_event_store(&self, on: bool) {
+        self.state.no_event_store.store(!on, Ordering::SeqCst);
+    }
+
+    /// How many connections the upstream cut on purpose so far.
+    pub fn cuts_done(&self) -> u64 {
+        self.state.cuts_done.load(Ordering::SeqCst)
+    }
+
+    /// How many GETs with `Last-Event-ID` it served from its event store.
+    pub fn resumes(&self) -> u64 {
+        self.state.resumes.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` until every event of every `progress` stream
+    /// started so far was handed to a connection; true if so.
+    pub async fn wait_all_sent(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.all_sent.notified();
+            let done = self
+                .state
+                .logs
+                .lock()
+                .values()
+                .all(|l| l.sent.load(Ordering::SeqCst) >= l.last());
+            if done {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// How many `forever` streams were dropped by the other side.
@@ -224,7 +327,16 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
         Method::POST => {}
         Method::GET if !stateless => {
             return match session {
-                Some(s) if st.sessions.lock().contains(&s) => get_stream(&st, &version),
+                Some(s) if st.sessions.lock().contains(&s) => {
+                    match parts
+                        .headers
+                        .get("last-event-id")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        Some(last) => resume(&st, last, &version),
+                        None => get_stream(&st, &version),
+                    }
+                }
                 Some(_) => error(StatusCode::NOT_FOUND, -32001, "session not found"),
                 None => error(StatusCode::BAD_REQUEST, -32600, "missing session"),
             };
@@ -307,7 +419,27 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
                 "progress" => {
                     let count = args["count"].as_u64().unwrap_or(3).min(1_000_000);
                     let gated = args["gated"].as_bool().unwrap_or(false);
-                    progress_stream(&st, &version, id, count, gated)
+                    if gated {
+                        progress_stream(&st, &version, id, count, gated)
+                    } else {
+                        let log = Arc::new(StreamLog {
+                            name: stream_name(&st),
+                            id,
+                            count,
+                            priming: version == "2025-11-25",
+                            poll: args["poll"].as_u64(),
+                            cuts: Mutex::new(
+                                args["cuts"]
+                                    .as_array()
+                                    .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                                    .unwrap_or_default(),
+                            ),
+                            sent: AtomicU64::new(0),
+                        });
+                        st.logs.lock().insert(log.name.clone(), Arc::clone(&log));
+                        let first = log.first();
+                        serve_log(&st, log, first, true)
+                    }
                 }
                 "forever" => forever_stream(&st, &version),
                 _ => json_response(
@@ -378,6 +510,97 @@ fn progress_stream(
     sse_response(rx)
 }
 
+/// GET with `Last-Event-ID` `sN-i`: the events of stream `sN` after `i`.
+fn resume(st: &Arc<State>, last: &str, version: &str) -> Response<UpBody> {
+    if st.no_event_store.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            -32601,
+            "this server keeps no event store; it cannot resume streams",
+        );
+    }
+    let parsed = last
+        .rsplit_once('-')
+        .and_then(|(name, i)| Some((name, i.parse::<u64>().ok()?)));
+    let Some((name, i)) = parsed else {
+        return error(StatusCode::BAD_REQUEST, -32600, "unknown Last-Event-ID");
+    };
+    let log = st.logs.lock().get(name).cloned();
+    match log {
+        Some(log) if i <= log.last() => {
+            st.resumes.fetch_add(1, Ordering::SeqCst);
+            serve_log(st, log, i + 1, false)
+        }
+        // Not a stored stream (a GET stream): a fresh one.
+        _ => get_stream(st, version),
+    }
+}
+
+/// Sends `log`'s events from `from` on, honouring its cuts and polling.
+fn serve_log(st: &Arc<State>, log: Arc<StreamLog>, from: u64, first: bool) -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Cut>>(16);
+    let st = Arc::clone(st);
+    tokio::spawn(async move {
+        let mut i = from;
+        // In polling mode the first connection carries only the priming
+        // event; later ones at most `poll` events.
+        let mut budget = match log.poll {
+            Some(_) if first => 1,
+            Some(n) => n.max(1),
+            None => u64::MAX,
+        };
+        if log.poll.is_some()
+            && tx
+                .send(Ok(Bytes::from_static(b"retry: 5\n\n")))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        while i <= log.last() && budget > 0 {
+            let mut chunk = Vec::new();
+            let mut cut = None;
+            while i <= log.last() && budget > 0 && chunk.len() < 8192 {
+                chunk.extend_from_slice(&log.event(i));
+                budget -= 1;
+                let was_cut = log.cuts.lock().remove(&i);
+                log.sent.fetch_max(i, Ordering::SeqCst);
+                i += 1;
+                if was_cut {
+                    cut = Some(i - 1);
+                    break;
+                }
+            }
+            if log.sent.load(Ordering::SeqCst) >= log.last() {
+                st.all_sent.notify_waiters();
+            }
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            if let Some(at) = cut {
+                st.cuts_done.fetch_add(1, Ordering::SeqCst);
+                // An aborted connection may lose what was not flushed yet:
+                // only a resumed connection (the other side holds an id
+                // from before it) is aborted; a first one ends cleanly.
+                if at % 2 == 0 && !first {
+                    let _ = tx.send(Err(Cut)).await;
+                } else if i <= log.last() {
+                    // Half of the next event, then a clean end.
+                    let next = log.event(i);
+                    let _ = tx.send(Ok(next.slice(..next.len() / 2))).await;
+                }
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(UpBody::Log(rx));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 fn forever_stream(st: &Arc<State>, version: &str) -> Response<UpBody> {
     let (tx, rx) = mpsc::channel(4);
     let st = Arc::clone(st);
@@ -442,6 +665,7 @@ fn get_stream(st: &Arc<State>, version: &str) -> Response<UpBody> {
 enum UpBody {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Bytes>),
+    Log(mpsc::Receiver<Result<Bytes, Cut>>),
 }
 
 impl UpBody {
@@ -452,7 +676,7 @@ impl UpBody {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = Cut;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -461,6 +685,7 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             UpBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            UpBody::Log(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
 }

@@ -722,11 +722,18 @@ async fn resumption_points_reach_the_store_through_the_writer() {
     let store = h.stop().await;
     drop(stream);
     let session = store.get(&id).await.unwrap().expect("session kept");
-    assert_eq!(session.streams.len(), 1, "only the open stream: {session:?}");
+    assert_eq!(
+        session.streams.len(),
+        1,
+        "only the open stream: {session:?}"
+    );
     let point = session
         .stream(shadowcat_session::StreamId(client_id.stream))
         .expect("GET stream point");
-    assert_eq!(point.upstream_event_id.as_deref(), Some(upstream_id.as_str()));
+    assert_eq!(
+        point.upstream_event_id.as_deref(),
+        Some(upstream_id.as_str())
+    );
     assert_eq!(point.client_seq, 1);
 }
 

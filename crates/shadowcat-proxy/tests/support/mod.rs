@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod sse;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +111,24 @@ impl Harness {
             .await
             .expect("proxy answers in time")
             .expect("proxy answers")
+    }
+
+    /// GET in `sid` with `Last-Event-ID` `last` (when given).
+    pub(crate) async fn resume(
+        &self,
+        sid: &str,
+        version: &str,
+        last: Option<&str>,
+    ) -> Response<Incoming> {
+        let mut headers = vec![
+            ("accept", "text/event-stream"),
+            ("mcp-session-id", sid),
+            ("mcp-protocol-version", version),
+        ];
+        if let Some(last) = last {
+            headers.push(("last-event-id", last));
+        }
+        self.send("GET", "/mcp", &headers, "").await
     }
 
     pub(crate) async fn post(&self, headers: &[(&str, &str)], body: &Value) -> Response<Incoming> {
