@@ -1,0 +1,133 @@
+//! When a stream cannot be resumed the client gets a clear end, and the
+//! proxy counts it: an upstream without an event store, behind a replay
+//! buffer that no longer reaches back (`shadowcat_resume_gaps_total`), and
+//! behind an upstream cut (`shadowcat_upstream_reconnect_failures_total`).
+//! A counting recorder is installed for this test binary.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use parking_lot::Mutex;
+use serde_json::json;
+use shadowcat_proxy::replay::ReplayLimits;
+use support::sse::{SseClient, Tally};
+use support::{Harness, assert_rpc_error, call};
+
+static COUNTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+
+fn counts() -> &'static Mutex<HashMap<String, u64>> {
+    COUNTS.get_or_init(|| {
+        let _ = metrics::set_global_recorder(Counting);
+        Mutex::new(HashMap::new())
+    })
+}
+
+fn count(name: &str) -> u64 {
+    counts().lock().get(name).copied().unwrap_or(0)
+}
+
+#[derive(Debug)]
+struct Counting;
+
+#[derive(Debug)]
+struct Named(String);
+
+impl CounterFn for Named {
+    fn increment(&self, value: u64) {
+        *counts().lock().entry(self.0.clone()).or_default() += value;
+    }
+
+    fn absolute(&self, value: u64) {
+        counts().lock().insert(self.0.clone(), value);
+    }
+}
+
+impl Recorder for Counting {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(Arc::new(Named(key.name().to_owned())))
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_without_event_store_gives_clear_errors_and_is_counted() {
+    let _ = counts();
+    let h = Harness::start_with(|c| {
+        c.limits.reconnect.base = Duration::from_millis(1);
+        c.limits.reconnect.cap = Duration::from_millis(5);
+        c.limits.reconnect.max_attempts = 3;
+        c.limits.replay = ReplayLimits {
+            max_events: 16,
+            max_bytes: 1 << 20,
+        };
+    })
+    .await;
+    let version = "2025-06-18";
+    let sid = h.init(version).await;
+    let hs = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", version),
+    ];
+    h.upstream.set_event_store(false);
+
+    // A resume the buffer cannot serve, and the upstream cannot either.
+    let resp = h
+        .post(&hs, &call(4, "progress", json!({"count": 200})))
+        .await;
+    let mut tally = Tally::new();
+    let mut client = SseClient::new(resp.into_body());
+    assert!(!tally.read(&mut client, 10).await);
+    let old = tally.last_id.clone().unwrap();
+    assert!(tally.read(&mut client, u64::MAX).await);
+    tally.assert_exactly_once(200);
+    let gaps = count("shadowcat_resume_gaps_total");
+    let resp = h.resume(&sid, version, Some(&old)).await;
+    let msg = assert_rpc_error(resp, StatusCode::BAD_GATEWAY, -32000).await;
+    assert!(msg.contains("could not resume"), "{msg}");
+    assert_eq!(count("shadowcat_resume_gaps_total"), gaps + 1);
+
+    // An upstream cut on a request stream: the pending request gets a
+    // JSON-RPC error naming the cause, then the stream ends.
+    let failures = count("shadowcat_upstream_reconnect_failures_total");
+    let resp = h
+        .post(
+            &hs,
+            &call(9, "progress", json!({"count": 100, "cuts": [40]})),
+        )
+        .await;
+    let mut tally = Tally::new();
+    assert!(
+        tally
+            .read(&mut SseClient::new(resp.into_body()), u64::MAX)
+            .await
+    );
+    assert_eq!((tally.delivered, tally.lost, tally.duplicated), (40, 0, 0));
+    assert_eq!(tally.results, 0);
+    assert_eq!(tally.errors.len(), 1, "{tally:?}");
+    let err = &tally.errors[0];
+    assert_eq!(err["id"], 9);
+    let cause = err["error"]["message"].as_str().unwrap();
+    assert!(cause.contains("405"), "{cause}");
+    assert_eq!(
+        count("shadowcat_upstream_reconnect_failures_total"),
+        failures + 1
+    );
+}
