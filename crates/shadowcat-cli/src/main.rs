@@ -28,10 +28,13 @@ use crate::settings::{FileConfig, ReverseSettings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One relay task needs no second thread: a current-thread runtime
+    // saves a cross-thread wake-up per message.
+    let mut builder = match cli.command {
+        Command::Forward { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shadowcat: cannot start the async runtime: {e}");
