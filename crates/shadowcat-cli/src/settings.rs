@@ -53,6 +53,10 @@ struct FileLimits {
     keepalive_interval_ms: Option<u64>,
     max_last_event_id_len: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    replay_max_events: Option<usize>,
+    replay_max_bytes: Option<usize>,
+    detached_linger_ms: Option<u64>,
+    reconnect_max_attempts: Option<u32>,
 }
 
 impl FileConfig {
@@ -148,6 +152,18 @@ impl ReverseSettings {
         if let Some(v) = f.header_read_timeout_ms {
             l.header_read_timeout = ms(v);
         }
+        if let Some(v) = f.replay_max_events {
+            l.replay.max_events = v;
+        }
+        if let Some(v) = f.replay_max_bytes {
+            l.replay.max_bytes = v;
+        }
+        if let Some(v) = f.detached_linger_ms {
+            l.detached_linger = ms(v);
+        }
+        if let Some(v) = f.reconnect_max_attempts {
+            l.reconnect.max_attempts = v;
+        }
         let admin_bind = args
             .admin_bind
             .or(file.admin_bind)
@@ -233,6 +249,10 @@ mod tests {
             [limits]
             max_body_bytes = 10
             keepalive_interval_ms = 250
+            replay_max_events = 99
+            replay_max_bytes = 4096
+            detached_linger_ms = 1500
+            reconnect_max_attempts = 4
             "#,
         )
         .unwrap();
@@ -242,6 +262,10 @@ mod tests {
         assert_eq!(s.proxy.upstream, "http://127.0.0.1:2/mcp");
         assert_eq!(s.proxy.bind.port(), 7001);
         assert_eq!(s.proxy.limits.max_body_bytes, 10);
+        assert_eq!(s.proxy.limits.replay.max_events, 99);
+        assert_eq!(s.proxy.limits.replay.max_bytes, 4096);
+        assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
+        assert_eq!(s.proxy.limits.reconnect.max_attempts, 4);
         assert_eq!(
             s.proxy.limits.keepalive_interval,
             Duration::from_millis(250)
