@@ -78,6 +78,18 @@ pub(crate) struct ReverseArgs {
     /// store [default: 1800].
     #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT_SECS")]
     pub(crate) session_idle_timeout_secs: Option<u64>,
+    /// Serve the stdio MCP server given after `--` (one child per session)
+    /// instead of an HTTP upstream.
+    #[arg(long = "upstream-cmd", conflicts_with = "upstream")]
+    pub(crate) upstream_cmd: bool,
+    /// Most stdio servers (sessions) at once with --upstream-cmd
+    /// [default: 64].
+    #[arg(long, env = "SHADOWCAT_MAX_CHILDREN")]
+    pub(crate) max_children: Option<usize>,
+    /// The stdio server and its arguments, after `--` (with
+    /// --upstream-cmd).
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub(crate) program: Vec<OsString>,
 }
 
 /// `shadowcat forward` subcommands.

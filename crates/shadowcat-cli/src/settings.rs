@@ -6,7 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shadowcat_proxy::{OriginPolicy, ReverseProxyConfig};
+use std::ffi::OsString;
+
+use shadowcat_proxy::forward::ChildCommand;
+use shadowcat_proxy::{OriginPolicy, ReverseProxyConfig, StdioUpstream};
 use shadowcat_session::SweeperConfig;
 
 use crate::cli::{LogFormat, ReverseArgs};
@@ -35,6 +38,12 @@ pub(crate) struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     drain_timeout_secs: Option<u64>,
     session_idle_timeout_secs: Option<u64>,
+    /// A stdio MCP server to serve: program and arguments.
+    upstream_cmd: Option<Vec<String>>,
+    /// Extra environment of the stdio server.
+    upstream_env: Option<std::collections::BTreeMap<String, String>>,
+    /// Working directory of the stdio server.
+    upstream_cwd: Option<std::path::PathBuf>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -57,6 +66,8 @@ struct FileLimits {
     replay_max_bytes: Option<usize>,
     detached_linger_ms: Option<u64>,
     reconnect_max_attempts: Option<u32>,
+    max_children: Option<usize>,
+    max_child_line_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -96,14 +107,56 @@ pub(crate) struct ReverseSettings {
 impl ReverseSettings {
     /// Flags over the file over defaults.
     pub(crate) fn resolve(args: ReverseArgs, file: FileConfig) -> Result<Self, CliError> {
-        let upstream = args.upstream.or(file.upstream).ok_or_else(|| {
-            CliError::Config("no upstream: pass --upstream http://HOST:PORT/mcp".into())
-        })?;
-        let upstream: http::Uri = upstream
-            .parse()
-            .map_err(|_| CliError::Config(format!("bad upstream URL {upstream:?}: not a URL")))?;
-        shadowcat_proxy::reverse::check_upstream(&upstream)?;
-        let mut proxy = ReverseProxyConfig::new(upstream);
+        if args.upstream_cmd == args.program.is_empty() {
+            return Err(CliError::Config(
+                "--upstream-cmd takes the program after `--`: --upstream-cmd -- PROGRAM [ARGS…]"
+                    .into(),
+            ));
+        }
+        let cmd: Option<Vec<OsString>> = if args.upstream_cmd {
+            Some(args.program)
+        } else if args.upstream.is_some() {
+            None
+        } else {
+            file.upstream_cmd
+                .map(|v| v.into_iter().map(OsString::from).collect())
+        };
+        let mut proxy = match cmd {
+            Some(words) => {
+                let mut words = words.into_iter();
+                let program = words.next().ok_or_else(|| {
+                    CliError::Config("upstream_cmd needs at least the program".into())
+                })?;
+                let mut command = ChildCommand::new(program).args(words);
+                for (k, v) in file.upstream_env.unwrap_or_default() {
+                    command = command.env(k, v);
+                }
+                if let Some(dir) = file.upstream_cwd {
+                    command = command.current_dir(dir);
+                }
+                let mut up = StdioUpstream::new(command);
+                if let Some(n) = args.max_children.or(file.limits.max_children) {
+                    up.max_children = n;
+                }
+                if let Some(n) = file.limits.max_child_line_bytes {
+                    up.child.max_line_len = n;
+                }
+                ReverseProxyConfig::stdio(up)
+            }
+            None => {
+                let upstream = args.upstream.or(file.upstream).ok_or_else(|| {
+                    CliError::Config(
+                        "no upstream: pass --upstream http://HOST:PORT/mcp or --upstream-cmd -- PROGRAM"
+                            .into(),
+                    )
+                })?;
+                let upstream: http::Uri = upstream.parse().map_err(|_| {
+                    CliError::Config(format!("bad upstream URL {upstream:?}: not a URL"))
+                })?;
+                shadowcat_proxy::reverse::check_upstream(&upstream)?;
+                ReverseProxyConfig::new(upstream)
+            }
+        };
         if let Some(bind) = args.bind.or(file.bind) {
             proxy.bind = bind;
         }
@@ -182,6 +235,11 @@ impl ReverseSettings {
             ));
         }
         let max_idle = Duration::from_secs(idle);
+        if let Some(up) = &mut proxy.upstream_cmd {
+            up.idle_timeout = max_idle;
+            up.check_interval =
+                (max_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        }
         Ok(ReverseSettings {
             proxy,
             admin_bind,
@@ -236,6 +294,9 @@ mod tests {
             allowed_origins: vec![],
             drain_timeout_secs: None,
             session_idle_timeout_secs: None,
+            upstream_cmd: false,
+            max_children: None,
+            program: vec![],
         }
     }
 
@@ -293,6 +354,34 @@ mod tests {
         assert_eq!(s.sweeper.interval, Duration::from_secs(10));
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.session_idle_timeout_secs = Some(0);
+        assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn upstream_cmd_from_flags_and_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream_cmd = ["node", "server.js"]
+            upstream_env = { A = "1" }
+            upstream_cwd = "/tmp"
+            [limits]
+            max_children = 3
+            "#,
+        )
+        .unwrap();
+        let s = ReverseSettings::resolve(args(None), file).unwrap();
+        let up = s.proxy.upstream_cmd.unwrap();
+        assert_eq!(up.command.program, "node");
+        assert_eq!(up.command.args, ["server.js"]);
+        assert_eq!(up.command.env, [("A".into(), "1".into())]);
+        assert_eq!(up.max_children, 3);
+        let mut a = args(None);
+        a.upstream_cmd = true;
+        a.program = vec!["prog".into(), "x".into()];
+        let s = ReverseSettings::resolve(a, FileConfig::default()).unwrap();
+        assert_eq!(s.proxy.upstream_cmd.unwrap().label(), "stdio:prog x");
+        let mut a = args(None);
+        a.upstream_cmd = true;
         assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
     }
 

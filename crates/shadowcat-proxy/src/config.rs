@@ -7,6 +7,7 @@ use std::time::Duration;
 use shadowcat_transport::ReconnectConfig;
 
 use crate::replay::ReplayLimits;
+use crate::stdio_upstream::StdioUpstream;
 
 /// Everything the reverse proxy needs to know to run.
 ///
@@ -29,6 +30,9 @@ pub struct ReverseProxyConfig {
     pub upstream_bearer: Option<String>,
     /// Every limit the proxy enforces.
     pub limits: Limits,
+    /// Serve a stdio MCP server (one child per session) instead of the
+    /// HTTP `upstream`, which is then unused. Default none.
+    pub upstream_cmd: Option<StdioUpstream>,
 }
 
 impl std::fmt::Debug for ReverseProxyConfig {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for ReverseProxyConfig {
                 &self.upstream_bearer.as_ref().map(|_| "<redacted>"),
             )
             .field("limits", &self.limits)
+            .field("upstream_cmd", &self.upstream_cmd)
             .finish()
     }
 }
@@ -62,7 +67,16 @@ impl ReverseProxyConfig {
             allowed_origins: OriginPolicy::default(),
             upstream_bearer: None,
             limits: Limits::default(),
+            upstream_cmd: None,
         }
+    }
+
+    /// A config serving the stdio MCP server `cmd`, every other field at
+    /// its default.
+    pub fn stdio(cmd: StdioUpstream) -> Self {
+        let mut c = Self::new(http::Uri::from_static("http://127.0.0.1/"));
+        c.upstream_cmd = Some(cmd);
+        c
     }
 }
 

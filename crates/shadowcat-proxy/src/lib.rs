@@ -13,11 +13,13 @@ pub mod event_id;
 pub mod forward;
 pub mod jsonrpc;
 pub mod protocol;
+mod queue;
 pub mod replay;
 pub mod reverse;
 mod sessions;
 pub mod sink;
 mod siphash;
+pub mod stdio_upstream;
 mod stream;
 
 #[cfg(feature = "test-util")]
@@ -30,3 +32,4 @@ pub use protocol::ProtocolVersion;
 pub use replay::{ReplayBuffer, ReplayLimits};
 pub use reverse::{ReverseProxy, ServeReport};
 pub use sink::WriterSink;
+pub use stdio_upstream::StdioUpstream;

@@ -28,8 +28,9 @@ use crate::jsonrpc::{self, Body as RpcBody};
 use crate::protocol::ProtocolVersion;
 use crate::sessions::{SessionEntry, Sessions};
 use crate::sink::WriterSink;
+use crate::stdio_upstream::{BridgeError, ChildSession, Sent, StdioBridge};
 use crate::stream::{
-    Pump, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared, UpstreamClient,
+    Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared, UpstreamClient,
 };
 
 /// `Mcp-Session-Id`.
@@ -97,7 +98,9 @@ pub struct ServeReport {
 struct Shared {
     config: ReverseProxyConfig,
     client: UpstreamClient,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
+    /// The stdio children, when the upstream is a program.
+    stdio: Option<Arc<StdioBridge>>,
     bearer: Option<HeaderValue>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
@@ -131,7 +134,9 @@ impl ReverseProxy {
         store: Arc<dyn SessionStore>,
         writer: Option<WriterHandle>,
     ) -> Result<Self, ProxyError> {
-        check_upstream(&config.upstream)?;
+        if config.upstream_cmd.is_none() {
+            check_upstream(&config.upstream)?;
+        }
         if !config.path.starts_with('/') {
             return Err(ProxyError::Config(format!(
                 "the endpoint path {:?} must start with /",
@@ -179,7 +184,25 @@ impl ReverseProxy {
             .pool_timer(TokioTimer::new())
             .build(connector);
         let (closing_tx, closing) = watch::channel(false);
-        let sessions = Sessions::new(store, config.upstream.to_string());
+        let label = match &config.upstream_cmd {
+            Some(cmd) => cmd.label(),
+            None => config.upstream.to_string(),
+        };
+        let sessions = Arc::new(Sessions::new(store, label));
+        let stdio = match &config.upstream_cmd {
+            Some(cmd) => Some(
+                StdioBridge::start(
+                    cmd.clone(),
+                    config.limits.replay,
+                    Arc::clone(&sessions),
+                    writer.clone(),
+                )
+                .map_err(|e| {
+                    ProxyError::Config(format!("cannot start the stdio spawner thread: {e}"))
+                })?,
+            ),
+            None => None,
+        };
         let client: UpstreamClient = client;
         let env = Arc::new(StreamEnv {
             client: client.clone(),
@@ -199,6 +222,7 @@ impl ReverseProxy {
                 config,
                 client,
                 sessions,
+                stdio,
                 bearer,
                 writer,
                 closing,
@@ -234,7 +258,7 @@ impl ReverseProxy {
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
         let graceful = GracefulShutdown::new();
-        tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.config.upstream, "reverse proxy listening");
+        tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.sessions.upstream_label(), "reverse proxy listening");
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -275,6 +299,18 @@ impl ReverseProxy {
                 ?drain_timeout,
                 "connections still open after the drain timeout; dropping them"
             );
+        }
+        if let Some(bridge) = &shared.stdio {
+            let grace = shared
+                .config
+                .upstream_cmd
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.child.kill_grace);
+            if !bridge.shutdown(grace + Duration::from_secs(1)).await {
+                tracing::warn!(
+                    "some stdio servers had not exited in time; their process groups got SIGKILL"
+                );
+            }
         }
         Ok(ServeReport { drained })
     }
@@ -572,7 +608,7 @@ impl Shared {
         let sse = is_sse(&parts.headers);
         let session = match session {
             Some((s, kind)) if sse => {
-                let stream = self.open_stream(body, s, slot, kind, None);
+                let stream = self.open_stream(PumpSource::Http(body), s, slot, kind, None);
                 let mut out = self.stream_response(stream, s, Some(parts.status));
                 for v in parts.headers.get_all(header::RETRY_AFTER) {
                     out.headers_mut().append(header::RETRY_AFTER, v.clone());
@@ -675,6 +711,12 @@ impl Shared {
                 .messages()
                 .iter()
                 .any(|m| m.meta_version.as_deref() == Some(ProtocolVersion::V2026_07_28.as_str()));
+        if stateless && self.stdio.is_some() {
+            return Err(Rejection::bad_request(
+                "protocol 2026-07-28 (stateless) is not served through a stdio server, which keeps per-session state; use protocol 2025-11-25 or earlier",
+            )
+            .with_id(rpc_id));
+        }
         if stateless {
             return self
                 .post_stateless(&parts.headers, bytes, &msg, version)
@@ -723,6 +765,11 @@ impl Shared {
             return Err(Rejection::bad_request(format!(
                 "JSON-RPC batch arrays are allowed only in protocol 2025-03-26; this request speaks {effective}; send one message per POST"
             )));
+        }
+        if let Some(bridge) = &self.stdio {
+            return self
+                .stdio_post(bridge, bytes, msg, session, effective)
+                .await;
         }
         if is_init {
             return self.initialize(headers, bytes, effective).await;
@@ -775,12 +822,8 @@ impl Shared {
         }
     }
 
-    async fn initialize(
-        &self,
-        headers: &HeaderMap,
-        bytes: Bytes,
-        version: ProtocolVersion,
-    ) -> Result<Response<ProxyBody>, Rejection> {
+    /// 503 when the store holds `max_sessions` sessions.
+    async fn check_session_room(&self) -> Result<(), Rejection> {
         let max = self.config.limits.max_sessions;
         match self.sessions.count().await {
             Ok(n) if n >= max => {
@@ -799,6 +842,16 @@ impl Shared {
                 return Err(unavailable(&e));
             }
         }
+        Ok(())
+    }
+
+    async fn initialize(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        self.check_session_room().await?;
         let init_id = match jsonrpc::parse_body(&bytes) {
             Ok(RpcBody::Single(m)) => m.id,
             _ => None,
@@ -928,6 +981,10 @@ impl Shared {
             resume = Some((text.to_owned(), id));
         }
         let session = self.require_session(headers).await?;
+        let child = match &self.stdio {
+            Some(bridge) => Some(self.stdio_child(bridge, &session).await?),
+            None => None,
+        };
         if let Some((text, id)) = resume {
             if let Err(e) = id.verify(&session.key, &session.id) {
                 metrics::counter!("shadowcat_resume_rejected_total").increment(1);
@@ -937,6 +994,9 @@ impl Shared {
                 )));
             }
             return self.resume(&session, id, &text).await;
+        }
+        if let Some(child) = child {
+            return self.stdio_get(&session, &child);
         }
         let slot = self.stream_slot(&session)?;
         let up = self.upstream_request(Method::GET, headers, Some(&session), Bytes::new());
@@ -1011,17 +1071,132 @@ impl Shared {
         } else {
             StreamKind::Request(None)
         };
-        let body = self.open_stream(resp.into_body(), session, Some(slot), kind, Some(up_id));
+        let body = self.open_stream(
+            PumpSource::Http(resp.into_body()),
+            session,
+            Some(slot),
+            kind,
+            Some(up_id),
+        );
         metrics::counter!("shadowcat_client_resumes_total", "from" => "upstream").increment(1);
         metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(session = %session.id, "client resumes from the upstream");
         Ok(self.stream_response(body, session, None))
     }
 
+    /// A POST when the upstream is a stdio program.
+    async fn stdio_post(
+        &self,
+        bridge: &Arc<StdioBridge>,
+        bytes: Bytes,
+        msg: &RpcBody,
+        session: Option<Arc<SessionEntry>>,
+        version: ProtocolVersion,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let RpcBody::Single(m) = msg else {
+            return Err(Rejection::bad_request(
+                "a stdio server is sent one message per POST; batches are not supported here",
+            ));
+        };
+        let (session, child) = match session {
+            Some(session) => {
+                let child = self.stdio_child(bridge, &session).await?;
+                (session, child)
+            }
+            None => {
+                bridge.check_room().map_err(|e| bridge_rejection(&e))?;
+                self.check_session_room().await?;
+                let session = match self.sessions.create(None, version).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        metrics::counter!("shadowcat_store_errors_total", "op" => "create")
+                            .increment(1);
+                        tracing::warn!(error = %e, "could not create a session");
+                        return Err(unavailable(&e));
+                    }
+                };
+                let child = match bridge.spawn(&session.id).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(session = %session.id, error = %e, "could not start the stdio server");
+                        self.forget(&session).await;
+                        return Err(bridge_rejection(&e));
+                    }
+                };
+                metrics::counter!("shadowcat_sessions_created_total").increment(1);
+                tracing::debug!(session = %session.id, %version, "stdio session created");
+                (session, child)
+            }
+        };
+        let slot = if msg.has_request() {
+            Some(self.stream_slot(&session)?)
+        } else {
+            None
+        };
+        match child.send(bytes).await {
+            Ok(Sent::Request(queue)) => {
+                let kind = StreamKind::Request(m.id.clone());
+                let body = self.open_stream(PumpSource::Queue(queue), &session, slot, kind, None);
+                Ok(self.stream_response(body, &session, None))
+            }
+            Ok(Sent::Accepted) => {
+                let mut r = Response::new(ProxyBody::empty());
+                *r.status_mut() = StatusCode::ACCEPTED;
+                Ok(r)
+            }
+            Err(e) => Err(bridge_rejection(&e)),
+        }
+    }
+
+    /// The child of a stdio session; 404 when it no longer runs here (it
+    /// ended, or the proxy restarted: the server's state is gone).
+    async fn stdio_child(
+        &self,
+        bridge: &StdioBridge,
+        session: &SessionEntry,
+    ) -> Result<Arc<ChildSession>, Rejection> {
+        if let Some(child) = bridge.child(&session.id) {
+            child.touch();
+            return Ok(child);
+        }
+        self.forget(session).await;
+        Err(Rejection::new(
+            StatusCode::NOT_FOUND,
+            jsonrpc::SERVER_ERROR,
+            "the stdio server of this session is no longer running; initialize a new session (without Mcp-Session-Id)",
+        ))
+    }
+
+    /// A GET without `Last-Event-ID` on a stdio session: the session's GET
+    /// stream, from the first event no client was sent.
+    fn stdio_get(
+        &self,
+        session: &Arc<SessionEntry>,
+        child: &ChildSession,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let mut current = child.get_stream.lock();
+        if let Some(stream) = current.upgrade()
+            && let Ok(body) = stream.attach_unsent()
+        {
+            return Ok(self.stream_response(body, session, None));
+        }
+        let slot = self.stream_slot(session)?;
+        let body = self.open_stream(
+            PumpSource::Queue(Arc::clone(&child.get_queue)),
+            session,
+            Some(slot),
+            StreamKind::Get,
+            None,
+        );
+        *current = Arc::downgrade(body.shared());
+        drop(current);
+        Ok(self.stream_response(body, session, None))
+    }
+
     /// Starts a resumable stream read from `body` and attaches the client.
     fn open_stream(
         &self,
-        body: Incoming,
+        source: PumpSource,
         session: &SessionEntry,
         slot: Option<StreamSlot>,
         kind: StreamKind,
@@ -1037,14 +1212,14 @@ impl Shared {
             kind,
             session: session.id.clone(),
             stream,
-            sealer: StreamSealer::new(&session.key, &session.id, stream.0),
+            sealer: Some(StreamSealer::new(&session.key, &session.id, stream.0)),
             upstream_session: session.upstream_id.clone(),
             version: session.version,
             sink,
             slot,
             resume_after,
         };
-        let pump = Pump::new(body, spec, Arc::clone(&self.env));
+        let pump = Pump::new(source, spec, Arc::clone(&self.env));
         let shared = StreamShared::start(&session.streams, stream, pump, Arc::clone(&self.env));
         shared
             .attach(1)
@@ -1087,6 +1262,9 @@ impl Shared {
         // leak it.
         self.forget(&session).await;
         metrics::counter!("shadowcat_sessions_deleted_total").increment(1);
+        if let Some(bridge) = &self.stdio {
+            bridge.stop(&session.id);
+        }
         if session.upstream_id.is_none() {
             return Ok(no_content());
         }
@@ -1099,6 +1277,18 @@ impl Shared {
             }
         }
     }
+}
+
+fn bridge_rejection(e: &BridgeError) -> Rejection {
+    let (status, code) = match e {
+        BridgeError::Full(_) | BridgeError::Stopping => {
+            (StatusCode::SERVICE_UNAVAILABLE, jsonrpc::SERVER_ERROR)
+        }
+        BridgeError::Spawn(_) => (StatusCode::BAD_GATEWAY, jsonrpc::INTERNAL_ERROR),
+        BridgeError::Gone(_) => (StatusCode::NOT_FOUND, jsonrpc::SERVER_ERROR),
+        BridgeError::DuplicateId(_) => (StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST),
+    };
+    Rejection::new(status, code, e.to_string())
 }
 
 fn no_content() -> Response<ProxyBody> {

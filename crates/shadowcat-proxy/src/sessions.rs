@@ -106,6 +106,11 @@ impl Sessions {
         }
     }
 
+    /// What sessions record as their upstream.
+    pub(crate) fn upstream_label(&self) -> &str {
+        &self.upstream_label
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
     }
@@ -186,6 +191,14 @@ impl Sessions {
         if let Some(entry) = removed {
             entry.streams.release_all();
         }
+        self.store.delete(id).await
+    }
+
+    /// Removes a session from the cache and the store but lets its
+    /// streams end on their own (a stdio session whose server ended: its
+    /// streams still carry the error to their clients).
+    pub(crate) async fn remove_keep_streams(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.cache.write().remove(id);
         self.store.delete(id).await
     }
 

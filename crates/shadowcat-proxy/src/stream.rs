@@ -60,6 +60,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{BoxError, Closing, StreamSlot};
 use crate::event_id::StreamSealer;
 use crate::protocol::ProtocolVersion;
+use crate::queue::{MessageQueue, QueueEnd};
 use crate::replay::{ReplayBuffer, ReplayLimits};
 use crate::sink::WriterSink;
 
@@ -167,8 +168,18 @@ enum Cause {
     Malformed(DecodeError),
 }
 
+/// Where a pump reads its stream from.
+#[derive(Debug)]
+pub(crate) enum PumpSource {
+    /// An upstream HTTP response body (SSE).
+    Http(Incoming),
+    /// Messages a stdio child's router put on this stream's queue.
+    Queue(Arc<MessageQueue>),
+}
+
 enum Source {
     Body(Incoming),
+    Queue(Arc<MessageQueue>),
     Dropped(Cause),
     Waiting(Pin<Box<Sleep>>),
     Connecting(Connecting),
@@ -179,8 +190,12 @@ enum Source {
 struct Forwarder {
     decoder: Decoder,
     tracker: EventTracker,
-    sealer: StreamSealer,
+    /// Seals client ids (SSE output); `None`: the output is one JSON-RPC
+    /// message per line (the stdio forward proxy).
+    sealer: Option<StreamSealer>,
     enc: BytesMut,
+    /// Messages taken from a queue, reused batch to batch.
+    taken: Vec<Bytes>,
     /// End offsets in `enc` of the events of the current batch.
     marks: Vec<usize>,
     /// The upstream's last fresh event id (carried in client ids).
@@ -213,8 +228,20 @@ impl Forwarder {
                         self.last_up.clear();
                         self.last_up.push_str(id);
                     }
+                    let Some(sealer) = &self.sealer else {
+                        // Lines: data only; never an empty-data event.
+                        if !ev.data.is_empty() {
+                            put_line(&mut self.enc, &ev.data);
+                            self.last_data = Some(ev.data.clone());
+                            self.events += 1;
+                            *seq += 1;
+                            self.marks.push(self.enc.len());
+                        }
+                        self.healthy = true;
+                        continue;
+                    };
                     let carried = (!self.last_up.is_empty()).then_some(self.last_up.as_str());
-                    self.sealer.write_id_line(&mut self.enc, *seq, carried);
+                    sealer.write_id_line(&mut self.enc, *seq, carried);
                     if ev.is_priming() {
                         // Id-only block: the client's last event id moves,
                         // nothing is dispatched.
@@ -240,8 +267,11 @@ impl Forwarder {
                     }
                     self.last_up.clear();
                     self.last_up.push_str(id);
-                    self.sealer
-                        .write_id_line(&mut self.enc, *seq, Some(&self.last_up));
+                    let Some(sealer) = &self.sealer else {
+                        self.healthy = true;
+                        continue;
+                    };
+                    sealer.write_id_line(&mut self.enc, *seq, Some(&self.last_up));
                     self.enc.put_u8(b'\n');
                 }
                 SseItem::Retry(ms) => {
@@ -254,6 +284,22 @@ impl Forwarder {
             self.healthy = true;
         }
         Ok(())
+    }
+
+    /// Encodes one message from a queue as the event with number `*seq`.
+    fn put_message(&mut self, msg: &Bytes, seq: &mut u64) {
+        match &self.sealer {
+            Some(sealer) => {
+                sealer.write_id_line(&mut self.enc, *seq, None);
+                // A line from the child holds no line break: cannot fail.
+                let _ = OutgoingEvent::new().data(msg).encode(&mut self.enc);
+            }
+            None => put_line(&mut self.enc, msg),
+        }
+        self.last_data = Some(msg.clone());
+        self.events += 1;
+        *seq += 1;
+        self.marks.push(self.enc.len());
     }
 
     /// True when the last message sent was a JSON-RPC response.
@@ -276,6 +322,19 @@ impl Forwarder {
             p.method.is_none() && p.id.is_some() && (p.result.is_some() || p.error.is_some())
         })
     }
+}
+
+/// One JSON-RPC message as one line: JSON holds no raw line break inside
+/// strings, so breaks between tokens become spaces.
+fn put_line(enc: &mut BytesMut, data: &[u8]) {
+    let at = enc.len();
+    enc.extend_from_slice(data);
+    for b in &mut enc[at..] {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    enc.put_u8(b'\n');
 }
 
 /// The upstream side of one stream: reads, reconnects, encodes.
@@ -318,7 +377,8 @@ pub(crate) struct PumpSpec {
     pub(crate) kind: StreamKind,
     pub(crate) session: SessionId,
     pub(crate) stream: StreamId,
-    pub(crate) sealer: StreamSealer,
+    /// `None`: one JSON-RPC message per line instead of SSE.
+    pub(crate) sealer: Option<StreamSealer>,
     pub(crate) upstream_session: Option<HeaderValue>,
     pub(crate) version: ProtocolVersion,
     pub(crate) sink: Option<WriterSink>,
@@ -328,18 +388,23 @@ pub(crate) struct PumpSpec {
 }
 
 impl Pump {
-    pub(crate) fn new(body: Incoming, spec: PumpSpec, env: Arc<StreamEnv>) -> Self {
+    pub(crate) fn new(source: PumpSource, spec: PumpSpec, env: Arc<StreamEnv>) -> Self {
         let tracker = match &spec.resume_after {
             Some(id) => EventTracker::resuming_from(id, TrackerConfig::default(), None),
             None => EventTracker::new(None),
         };
+        let source = match source {
+            PumpSource::Http(body) => Source::Body(body),
+            PumpSource::Queue(q) => Source::Queue(q),
+        };
         Pump {
-            source: Source::Body(body),
+            source,
             fw: Forwarder {
                 decoder: Decoder::default(),
                 tracker,
                 sealer: spec.sealer,
                 enc: BytesMut::with_capacity(ENC_CAPACITY),
+                taken: Vec::new(),
                 marks: Vec::with_capacity(16),
                 last_up: spec.resume_after.unwrap_or_default(),
                 last_data: None,
@@ -409,6 +474,29 @@ impl Pump {
                     }
                     if pending {
                         return Poll::Pending;
+                    }
+                }
+                Source::Queue(q) => {
+                    let q = Arc::clone(q);
+                    let mut taken = std::mem::take(&mut self.fw.taken);
+                    let polled = q.poll_drain(cx, &mut taken, COALESCE_BYTES);
+                    for msg in taken.drain(..) {
+                        self.fw.put_message(&msg, &mut seq);
+                    }
+                    self.fw.taken = taken;
+                    match polled {
+                        Poll::Ready(None) => {
+                            self.after_batch(seq);
+                            return Poll::Ready(Pumped::Events(self.fw.enc.split().freeze()));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(QueueEnd::Complete)) => {
+                            self.source = Source::Done;
+                            return Poll::Ready(Pumped::Ended(End::Complete, None));
+                        }
+                        Poll::Ready(Some(QueueEnd::Failed(cause))) => {
+                            return Poll::Ready(self.fail(&cause, seq));
+                        }
                     }
                 }
                 Source::Dropped(_) => {
@@ -547,17 +635,26 @@ impl Pump {
             "error": {"code": crate::jsonrpc::SERVER_ERROR, "message": cause},
         });
         let body = body.to_string();
-        let carried = (!self.fw.last_up.is_empty()).then_some(self.fw.last_up.as_str());
-        self.fw.sealer.write_id_line(&mut self.fw.enc, seq, carried);
-        let _ = OutgoingEvent::new()
-            .data(body.as_bytes())
-            .encode(&mut self.fw.enc);
+        match &self.fw.sealer {
+            Some(sealer) => {
+                let carried = (!self.fw.last_up.is_empty()).then_some(self.fw.last_up.as_str());
+                sealer.write_id_line(&mut self.fw.enc, seq, carried);
+                let _ = OutgoingEvent::new()
+                    .data(body.as_bytes())
+                    .encode(&mut self.fw.enc);
+            }
+            None => put_line(&mut self.fw.enc, body.as_bytes()),
+        }
         Pumped::Ended(End::Failed, Some(self.fw.enc.split().freeze()))
     }
 }
 
 impl Drop for Pump {
     fn drop(&mut self) {
+        if let (Source::Queue(q), StreamKind::Request(_)) = (&self.source, &self.kind) {
+            // A request's queue has one reader: the router stops feeding it.
+            q.abandon();
+        }
         metrics::counter!("shadowcat_sse_events_total").increment(self.fw.events);
         if self.fw.duplicates > 0 {
             metrics::counter!("shadowcat_sse_duplicates_dropped_total")
@@ -710,6 +807,16 @@ impl StreamShared {
         })
     }
 
+    /// Attaches a client from the first event no client was sent (a new
+    /// GET on a stdio session takes over its GET stream).
+    pub(crate) fn attach_unsent(self: &Arc<Self>) -> Result<StreamBody, NotHeld> {
+        let from = {
+            let st = self.state.lock();
+            (st.sent + 1).max(st.buffer.first_seq())
+        };
+        self.attach(from)
+    }
+
     /// Ends the stream now: the upstream side closes, the buffer goes,
     /// attached clients end.
     pub(crate) fn release(&self) {
@@ -860,6 +967,11 @@ impl std::fmt::Debug for StreamBody {
 pub(crate) struct FellBehind;
 
 impl StreamBody {
+    /// The stream this body reads.
+    pub(crate) fn shared(&self) -> &Arc<StreamShared> {
+        &self.stream
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         self.done
     }

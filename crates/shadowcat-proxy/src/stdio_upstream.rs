@@ -1,0 +1,764 @@
+//! A stdio MCP server as the reverse proxy's upstream: one child program
+//! per MCP session, served over Streamable HTTP with the same sessions,
+//! client event ids, replay buffers and resume path as an HTTP upstream.
+//!
+//! The child's messages reach the client through the ordinary stream
+//! machinery: each stream's [`Pump`](crate::stream::Pump) reads a
+//! [`MessageQueue`] instead of an HTTP body, and one router per child
+//! reads the child's stdout and puts each message on exactly one queue:
+//!
+//! 1. a response goes to the stream of the request with its id, and ends
+//!    that stream;
+//! 2. `notifications/progress` goes to the stream of the request whose
+//!    `_meta.progressToken` it carries;
+//! 3. any other request or notification goes to the stream of the one
+//!    request in flight, when exactly one is: it was sent while that
+//!    request was being handled (stdio carries no other relation, and a
+//!    stdio server handles what it is sent in order); with none or
+//!    several in flight, it goes to the session's GET stream.
+//!
+//! Back-pressure: a request stream's queue is bounded by the replay
+//! limits, and the router waits for room (a slow client slows the child,
+//! as a TCP upstream would be slowed); the GET queue, which no client may
+//! ever read, drops what does not fit, logged and counted.
+//!
+//! Lifecycle: children are started on one long-lived thread (the
+//! parent-death signal follows the spawning thread), stopped on DELETE,
+//! when their session is gone from the store or idle past the timeout
+//! (one check task), and on shutdown. A child that exits or sends an
+//! over-long line ends its session: pending request streams end with a
+//! JSON-RPC error naming the cause, and the session is removed, so the
+//! next request gets 404.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use shadowcat_session::{SessionId, WriterHandle, now_millis};
+use shadowcat_transport::{
+    ChildCommand, LineError, LineReader, LineWriter, StdioChild, StdioConfig, StdioError,
+};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::queue::{MessageQueue, Pushed, QueueEnd};
+use crate::replay::ReplayLimits;
+use crate::sessions::Sessions;
+use crate::stream::StreamShared;
+
+/// A stdio MCP server run once per session.
+#[derive(Debug, Clone)]
+pub struct StdioUpstream {
+    /// The program, its arguments, environment and working directory.
+    pub command: ChildCommand,
+    /// The child's limits: stdout line length (an over-long line ends the
+    /// session), stderr, kill grace. Its `stderr_label` is set to the
+    /// session id.
+    pub child: StdioConfig,
+    /// Most children (sessions) at once; an initialize beyond it gets 503.
+    /// Default [`StdioUpstream::DEFAULT_MAX_CHILDREN`].
+    pub max_children: usize,
+    /// A child whose session had no request for this long, with no
+    /// request in flight, is stopped. Default 30 min (match the session
+    /// idle timeout).
+    pub idle_timeout: Duration,
+    /// How often children are checked against the store and the idle
+    /// timeout. Default 5 s.
+    pub check_interval: Duration,
+    /// Most messages a client may have queued toward one child. Default
+    /// 1,024.
+    pub max_queued_to_child: usize,
+}
+
+impl StdioUpstream {
+    /// Default for [`StdioUpstream::max_children`].
+    pub const DEFAULT_MAX_CHILDREN: usize = 64;
+
+    /// Defaults for running `command`.
+    pub fn new(command: ChildCommand) -> Self {
+        StdioUpstream {
+            command,
+            child: StdioConfig::default(),
+            max_children: Self::DEFAULT_MAX_CHILDREN,
+            idle_timeout: Duration::from_secs(30 * 60),
+            check_interval: Duration::from_secs(5),
+            max_queued_to_child: 1024,
+        }
+    }
+
+    /// `stdio:` and the command line, as stored in sessions and logged.
+    pub fn label(&self) -> String {
+        let mut s = format!("stdio:{}", self.command.program.to_string_lossy());
+        for a in &self.command.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+}
+
+/// Why a child could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BridgeError {
+    /// `max_children` reached.
+    #[error("the proxy runs {0} stdio servers, its limit (max_children); end unused sessions")]
+    Full(usize),
+    /// The program could not be started.
+    #[error("the stdio server could not be started: {0}")]
+    Spawn(#[from] StdioError),
+    /// The proxy is stopping.
+    #[error("the proxy is shutting down")]
+    Stopping,
+    /// The child ended.
+    #[error("the stdio server of this session has ended: {0}")]
+    Gone(Arc<str>),
+    /// The client reused the id of a request still in flight.
+    #[error("request id {0} is already in flight in this session; use a new id")]
+    DuplicateId(String),
+}
+
+// ---- JSON-RPC probing -------------------------------------------------
+
+/// A JSON-RPC id or progress token, borrowed from the message.
+#[derive(Debug, PartialEq)]
+enum IdRef<'a> {
+    Int(i128),
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for IdRef<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = IdRef<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON-RPC id")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IdRef::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(IdRef::Int(v.into()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IdRef::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(IdRef::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(IdRef::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IdRef::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IdRef::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IdRef::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// An owned id or token, compared with an [`IdRef`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdKey {
+    Int(i128),
+    Str(Box<str>),
+}
+
+impl IdKey {
+    fn of(r: &IdRef<'_>) -> Option<Self> {
+        match r {
+            IdRef::Int(i) => Some(IdKey::Int(*i)),
+            IdRef::Str(s) => Some(IdKey::Str(s.as_ref().into())),
+            IdRef::Other => None,
+        }
+    }
+
+    fn is(&self, r: &IdRef<'_>) -> bool {
+        match (self, r) {
+            (IdKey::Int(a), IdRef::Int(b)) => a == b,
+            (IdKey::Str(a), IdRef::Str(b)) => **a == **b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdKey::Int(i) => write!(f, "{i}"),
+            IdKey::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(rename = "progressToken", borrow, default)]
+    progress_token: Option<IdRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(rename = "progressToken", borrow, default)]
+    progress_token: Option<IdRef<'a>>,
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<IdRef<'a>>,
+    #[serde(rename = "_meta", borrow, default)]
+    meta: Option<Meta<'a>>,
+}
+
+/// What routing needs from one message.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<IdRef<'a>>,
+    #[serde(borrow, default)]
+    params: Option<Params<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BareProbe<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<IdRef<'a>>,
+}
+
+impl<'a> Probe<'a> {
+    fn parse(line: &'a [u8]) -> Option<Self> {
+        match serde_json::from_slice::<Probe<'a>>(line) {
+            Ok(p) => Some(p),
+            // Positional params and the like: route by method and id.
+            Err(_) => serde_json::from_slice::<BareProbe<'a>>(line)
+                .ok()
+                .map(|b| Probe {
+                    method: b.method,
+                    id: b.id,
+                    params: None,
+                }),
+        }
+    }
+}
+
+/// Makes `msg` one line: JSON holds no raw line break inside strings, so
+/// breaks between tokens become spaces.
+pub(crate) fn one_line(msg: Bytes) -> Bytes {
+    if !msg.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        return msg;
+    }
+    let mut v = msg.to_vec();
+    for b in &mut v {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    Bytes::from(v)
+}
+
+// ---- one child ------------------------------------------------------
+
+struct Pending {
+    id: IdKey,
+    token: Option<IdKey>,
+    queue: Arc<MessageQueue>,
+}
+
+/// One session's child: its stdin, its routes, its GET queue.
+pub(crate) struct ChildSession {
+    pub(crate) id: SessionId,
+    pid: u32,
+    to_child: mpsc::Sender<Bytes>,
+    pending: Mutex<Vec<Pending>>,
+    pub(crate) get_queue: Arc<MessageQueue>,
+    /// The session's GET stream, while it lives.
+    pub(crate) get_stream: Mutex<Weak<StreamShared>>,
+    last_active: AtomicU64,
+    stop: Notify,
+    dead: Mutex<Option<Arc<str>>>,
+    limits: ReplayLimits,
+}
+
+impl fmt::Debug for ChildSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSession")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a client message turned into.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// A request: its stream reads this queue.
+    Request(Arc<MessageQueue>),
+    /// A notification or response: 202.
+    Accepted,
+}
+
+impl ChildSession {
+    pub(crate) fn touch(&self) {
+        self.last_active.store(now_millis(), Ordering::Relaxed);
+    }
+
+    fn gone(&self) -> Option<Arc<str>> {
+        self.dead.lock().clone()
+    }
+
+    /// Sends one client message to the child. A request gets a queue its
+    /// stream reads; its id must not be in flight.
+    pub(crate) async fn send(&self, msg: Bytes) -> Result<Sent, BridgeError> {
+        if let Some(cause) = self.gone() {
+            return Err(BridgeError::Gone(cause));
+        }
+        self.touch();
+        let msg = one_line(msg);
+        let probe = Probe::parse(&msg);
+        let mut out = Sent::Accepted;
+        if let Some(p) = &probe {
+            match (&p.method, &p.id) {
+                (Some(_), Some(id)) => {
+                    let Some(key) = IdKey::of(id) else {
+                        return Err(BridgeError::DuplicateId("of an unusable type".into()));
+                    };
+                    let token = p
+                        .params
+                        .as_ref()
+                        .and_then(|p| p.meta.as_ref())
+                        .and_then(|m| m.progress_token.as_ref())
+                        .and_then(IdKey::of);
+                    let queue = Arc::new(MessageQueue::new(
+                        self.limits.max_events,
+                        self.limits.max_bytes,
+                        false,
+                    ));
+                    let mut pending = self.pending.lock();
+                    if pending.iter().any(|q| q.id == key) {
+                        return Err(BridgeError::DuplicateId(key.to_string()));
+                    }
+                    pending.push(Pending {
+                        id: key,
+                        token,
+                        queue: Arc::clone(&queue),
+                    });
+                    out = Sent::Request(queue);
+                }
+                (Some(m), None) if m == "notifications/cancelled" => {
+                    // The server will not answer a cancelled request: its
+                    // stream ends here.
+                    let cancelled = p.params.as_ref().and_then(|p| p.request_id.as_ref());
+                    if let Some(rid) = cancelled {
+                        let mut pending = self.pending.lock();
+                        if let Some(i) = pending.iter().position(|q| q.id.is(rid)) {
+                            pending.swap_remove(i).queue.finish(QueueEnd::Complete);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.to_child.send(msg).await.is_err() {
+            let cause = self
+                .gone()
+                .unwrap_or_else(|| Arc::from("its stdin is closed"));
+            return Err(BridgeError::Gone(cause));
+        }
+        Ok(out)
+    }
+
+    /// Puts one message from the child on its stream's queue.
+    async fn route(&self, line: Bytes) {
+        let Some(p) = Probe::parse(&line) else {
+            metrics::counter!("shadowcat_stdio_errors_total", "kind" => "not_json").increment(1);
+            tracing::warn!(session = %self.id, len = line.len(), "the stdio server wrote a line that is not a JSON-RPC message; dropped");
+            return;
+        };
+        let (queue, response) = {
+            let mut pending = self.pending.lock();
+            match (&p.method, &p.id) {
+                (None, Some(id)) => match pending.iter().position(|q| q.id.is(id)) {
+                    Some(i) => (Some(pending.swap_remove(i).queue), true),
+                    None => {
+                        metrics::counter!("shadowcat_stdio_errors_total", "kind" => "stray_response").increment(1);
+                        tracing::warn!(session = %self.id, "the stdio server answered a request not in flight; dropped");
+                        return;
+                    }
+                },
+                (Some(m), None) if m == "notifications/progress" => {
+                    let token = p.params.as_ref().and_then(|p| p.progress_token.as_ref());
+                    let by_token = token.and_then(|t| {
+                        pending
+                            .iter()
+                            .find(|q| q.token.as_ref().is_some_and(|k| k.is(t)))
+                    });
+                    match by_token {
+                        Some(q) => (Some(Arc::clone(&q.queue)), false),
+                        None => (only_one(&pending), false),
+                    }
+                }
+                _ => (only_one(&pending), false),
+            }
+        };
+        let Some(queue) = queue else {
+            if self.get_queue.push(line) == Pushed::Dropped {
+                metrics::counter!("shadowcat_stdio_errors_total", "kind" => "get_queue_full")
+                    .increment(1);
+                tracing::warn!(session = %self.id, "the GET stream's queue is full (no client reads it); message dropped");
+            }
+            return;
+        };
+        std::future::poll_fn(|cx| queue.poll_room(cx)).await;
+        if queue.push(line) == Pushed::Abandoned {
+            tracing::debug!(session = %self.id, "message for a released stream dropped");
+        }
+        if response {
+            queue.finish(QueueEnd::Complete);
+        }
+    }
+
+    /// Reads the child until its stdout ends or breaks; returns the cause.
+    async fn route_all(&self, reader: &mut LineReader<ChildStdout>) -> String {
+        loop {
+            match reader.next_line().await {
+                Ok(Some(line)) if line.is_empty() => {}
+                Ok(Some(line)) => self.route(line).await,
+                Ok(None) => return "the stdio server closed its stdout".into(),
+                Err(e @ LineError::TooLong { .. }) => {
+                    metrics::counter!("shadowcat_stdio_errors_total", "kind" => "line_too_long")
+                        .increment(1);
+                    return format!("the stdio server broke the line limit: {e}");
+                }
+                Err(e) => return format!("reading the stdio server failed: {e}"),
+            }
+        }
+    }
+
+    /// The child is gone: every stream ends with `cause`.
+    fn fail_all(&self, cause: &str) {
+        let cause: Arc<str> = Arc::from(cause);
+        *self.dead.lock() = Some(Arc::clone(&cause));
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for p in pending {
+            p.queue.finish(QueueEnd::Failed(Arc::clone(&cause)));
+        }
+        self.get_queue.finish(QueueEnd::Failed(cause));
+    }
+
+    fn busy(&self) -> bool {
+        !self.pending.lock().is_empty()
+    }
+}
+
+fn only_one(pending: &[Pending]) -> Option<Arc<MessageQueue>> {
+    match pending {
+        [one] => Some(Arc::clone(&one.queue)),
+        _ => None,
+    }
+}
+
+async fn write_to_child(
+    mut rx: mpsc::Receiver<Bytes>,
+    mut stdin: LineWriter<ChildStdin>,
+    id: SessionId,
+) {
+    while let Some(msg) = rx.recv().await {
+        let mut result = stdin.feed(&msg).await;
+        while result.is_ok()
+            && let Ok(m) = rx.try_recv()
+        {
+            result = stdin.feed(&m).await;
+        }
+        if let Err(e) = result.and(stdin.flush().await) {
+            metrics::counter!("shadowcat_stdio_errors_total", "kind" => "write").increment(1);
+            tracing::warn!(session = %id, error = %e, "writing to the stdio server failed");
+            return;
+        }
+    }
+    // Dropping the writer closes the child's stdin.
+}
+
+// ---- the bridge ---------------------------------------------------------
+
+struct SpawnJob {
+    command: ChildCommand,
+    config: StdioConfig,
+    reply: oneshot::Sender<Result<StdioChild, StdioError>>,
+}
+
+/// Every child of the proxy.
+pub(crate) struct StdioBridge {
+    config: StdioUpstream,
+    limits: ReplayLimits,
+    children: Mutex<HashMap<SessionId, Arc<ChildSession>>>,
+    /// Children started or starting, for `max_children`.
+    reserved: AtomicUsize,
+    live: watch::Sender<usize>,
+    spawner: Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>>,
+    sessions: Arc<Sessions>,
+    writer: Option<WriterHandle>,
+}
+
+impl fmt::Debug for StdioBridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdioBridge")
+            .field("command", &self.config.command)
+            .field("children", &self.reserved.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives back a `max_children` reservation unless kept.
+struct Reservation<'a>(&'a StdioBridge, bool);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl StdioBridge {
+    /// Starts the spawner thread and the check task. Inside a runtime.
+    pub(crate) fn start(
+        config: StdioUpstream,
+        limits: ReplayLimits,
+        sessions: Arc<Sessions>,
+        writer: Option<WriterHandle>,
+    ) -> Result<Arc<Self>, std::io::Error> {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let handle = tokio::runtime::Handle::current();
+        // Children are started here: their parent-death signal fires when
+        // this thread ends, which is when the bridge is dropped.
+        std::thread::Builder::new()
+            .name("shadowcat-stdio-spawner".into())
+            .spawn(move || {
+                let _rt = handle.enter();
+                while let Ok(job) = rx.recv() {
+                    let _ = job.reply.send(StdioChild::spawn(&job.command, &job.config));
+                }
+            })?;
+        let bridge = Arc::new(StdioBridge {
+            config,
+            limits,
+            children: Mutex::new(HashMap::new()),
+            reserved: AtomicUsize::new(0),
+            live: watch::Sender::new(0),
+            spawner: Mutex::new(Some(tx)),
+            sessions,
+            writer,
+        });
+        tokio::spawn(check_children(Arc::downgrade(&bridge)));
+        Ok(bridge)
+    }
+
+    /// Takes a `max_children` slot.
+    fn reserve(&self) -> Result<Reservation<'_>, BridgeError> {
+        let max = self.config.max_children;
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| BridgeError::Full(max))?;
+        Ok(Reservation(self, false))
+    }
+
+    /// Fails fast when no child could be started.
+    pub(crate) fn check_room(&self) -> Result<(), BridgeError> {
+        self.reserve().map(drop)
+    }
+
+    /// Starts the child of session `id`.
+    pub(crate) async fn spawn(
+        self: &Arc<Self>,
+        id: &SessionId,
+    ) -> Result<Arc<ChildSession>, BridgeError> {
+        let mut reservation = self.reserve()?;
+        let mut config = self.config.child.clone();
+        config.stderr_label = Arc::from(id.as_str());
+        let (reply, answer) = oneshot::channel();
+        let job = SpawnJob {
+            command: self.config.command.clone(),
+            config,
+            reply,
+        };
+        let sent = self.spawner.lock().as_ref().map(|s| s.send(job).is_ok());
+        if sent != Some(true) {
+            return Err(BridgeError::Stopping);
+        }
+        let mut child = answer.await.map_err(|_| BridgeError::Stopping)??;
+        let (Some(stdin), Some(mut stdout)) = (child.take_stdin(), child.take_stdout()) else {
+            return Err(BridgeError::Stopping);
+        };
+        let (to_child, rx) = mpsc::channel(self.config.max_queued_to_child.max(1));
+        let cs = Arc::new(ChildSession {
+            id: id.clone(),
+            pid: child.pid(),
+            to_child,
+            pending: Mutex::new(Vec::new()),
+            get_queue: Arc::new(MessageQueue::new(
+                self.limits.max_events,
+                self.limits.max_bytes,
+                true,
+            )),
+            get_stream: Mutex::new(Weak::new()),
+            last_active: AtomicU64::new(now_millis()),
+            stop: Notify::new(),
+            dead: Mutex::new(None),
+            limits: self.limits,
+        });
+        reservation.1 = true;
+        self.children.lock().insert(id.clone(), Arc::clone(&cs));
+        self.live.send_modify(|n| *n += 1);
+        metrics::gauge!("shadowcat_stdio_children").increment(1.0);
+        tracing::info!(session = %id, pid = cs.pid, "stdio server started");
+        tokio::spawn(write_to_child(rx, stdin, id.clone()));
+        let bridge = Arc::clone(self);
+        let session = Arc::clone(&cs);
+        tokio::spawn(async move {
+            let crashed = tokio::select! {
+                cause = session.route_all(&mut stdout) => Some(cause),
+                () = session.stop.notified() => None,
+            };
+            let status = match child.kill().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown exit status ({e})"),
+            };
+            bridge.ended(&session, crashed, &status).await;
+        });
+        Ok(cs)
+    }
+
+    async fn ended(&self, cs: &Arc<ChildSession>, crashed: Option<String>, status: &str) {
+        let cause = match &crashed {
+            Some(c) => format!("{c}; the stdio server exited ({status}); initialize a new session"),
+            None => format!("the session ended; the stdio server was stopped ({status})"),
+        };
+        cs.fail_all(&cause);
+        self.children.lock().remove(&cs.id);
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.live.send_modify(|n| *n -= 1);
+        metrics::gauge!("shadowcat_stdio_children").decrement(1.0);
+        if crashed.is_some() {
+            metrics::counter!("shadowcat_stdio_crashes_total").increment(1);
+            tracing::warn!(session = %cs.id, pid = cs.pid, %cause, "stdio server ended its session");
+            // The streams end on their own with the error; the session
+            // goes now, so the next request gets 404.
+            if let Some(w) = &self.writer {
+                w.forget(&cs.id);
+            }
+            if let Err(e) = self.sessions.remove_keep_streams(&cs.id).await {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
+                tracing::warn!(session = %cs.id, error = %e, "could not remove the session of an ended stdio server");
+            }
+        } else {
+            tracing::info!(session = %cs.id, pid = cs.pid, %status, "stdio server stopped");
+        }
+    }
+
+    /// The child of session `id`, if it runs here.
+    pub(crate) fn child(&self, id: &SessionId) -> Option<Arc<ChildSession>> {
+        self.children.lock().get(id).cloned()
+    }
+
+    /// Stops the child of session `id` (DELETE, expiry).
+    pub(crate) fn stop(&self, id: &SessionId) {
+        if let Some(cs) = self.child(id) {
+            cs.stop.notify_one();
+        }
+    }
+
+    /// Stops every child and waits up to `wait` for them to exit; no new
+    /// child starts afterwards.
+    pub(crate) async fn shutdown(&self, wait: Duration) -> bool {
+        self.spawner.lock().take();
+        let all: Vec<_> = self.children.lock().values().cloned().collect();
+        for cs in &all {
+            cs.stop.notify_one();
+        }
+        let mut live = self.live.subscribe();
+        let done = tokio::time::timeout(wait, live.wait_for(|n| *n == 0)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+}
+
+/// Stops children whose session left the store or sat idle too long.
+async fn check_children(bridge: Weak<StdioBridge>) {
+    let every = match bridge.upgrade() {
+        Some(b) => b.config.check_interval.max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = bridge.upgrade() else { return };
+        let all: Vec<_> = b.children.lock().values().cloned().collect();
+        let idle_ms = u64::try_from(b.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = now_millis();
+        for cs in all {
+            let idle = now.saturating_sub(cs.last_active.load(Ordering::Relaxed)) > idle_ms;
+            if idle && !cs.busy() {
+                tracing::info!(session = %cs.id, "stdio session idle past the timeout; stopping its server");
+                b.sessions.remove_keep_streams(&cs.id).await.ok();
+                cs.stop.notify_one();
+                continue;
+            }
+            match b.sessions.store().get(&cs.id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::info!(session = %cs.id, "session gone from the store; stopping its stdio server");
+                    b.sessions.remove_keep_streams(&cs.id).await.ok();
+                    cs.stop.notify_one();
+                }
+                Err(e) => {
+                    metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
+                    tracing::warn!(session = %cs.id, error = %e, "could not check a stdio session in the store");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes() {
+        let p = Probe::parse(br#"{"jsonrpc":"2.0","id":"a\"b","result":{}}"#).unwrap();
+        assert!(p.method.is_none());
+        assert!(IdKey::Str("a\"b".into()).is(p.id.as_ref().unwrap()));
+        let p = Probe::parse(
+            br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
+        )
+        .unwrap();
+        let t = p.params.unwrap().progress_token.unwrap();
+        assert!(IdKey::Int(7).is(&t) && !IdKey::Str("7".into()).is(&t));
+        let p = Probe::parse(br#"{"jsonrpc":"2.0","id":3,"method":"x","params":[1,2]}"#).unwrap();
+        assert_eq!(p.id, Some(IdRef::Int(3)));
+        assert!(Probe::parse(b"not json").is_none());
+        assert_eq!(
+            &one_line(Bytes::from_static(b"{\n\"a\":\r\n1}"))[..],
+            b"{ \"a\":  1}"
+        );
+    }
+}
