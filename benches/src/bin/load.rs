@@ -498,7 +498,10 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     if !series.is_empty() {
         plot::latency_plot(
             &plot_path,
-            "SSE latency, upstream timestamp to client receive (loopback, 100 sessions)",
+            &format!(
+                "SSE latency, upstream timestamp to client receive (loopback, {} sessions)",
+                plan.stream_sessions
+            ),
             &series,
         )
         .map_err(|e| e.to_string())?;

@@ -96,7 +96,10 @@ pub(crate) fn latency_plot(path: &Path, title: &str, series: &[Series]) -> Resul
             .map_err(err)?;
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("offered events/s")
+            mesh.x_labels(6)
+                .y_labels(8)
+                .light_line_style(RGBColor(238, 238, 238))
+                .x_desc("offered events/s")
                 .y_desc("us, upstream to client")
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| format!("{y:.0}"));
