@@ -503,10 +503,26 @@ mod tests {
         let mut a = HashMap::new();
         thread_cpu_ns(me, &mut a);
         assert!(!a.is_empty());
-        let spin = Instant::now();
+        // Spin until this thread's own CPU clock has advanced 20 ms: wall time says nothing on
+        // a loaded machine. Bounded by a generous wall-clock deadline.
+        let cpu_now = || {
+            let ns = std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .expect("/proc/thread-self/schedstat is readable");
+            Duration::from_nanos(ns)
+        };
+        let start_cpu = cpu_now();
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(20) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        while cpu_now() - start_cpu < Duration::from_millis(20) {
+            assert!(
+                Instant::now() < deadline,
+                "could not get 20 ms of CPU in 30 s"
+            );
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         let mut b = HashMap::new();
         thread_cpu_ns(me, &mut b);
