@@ -75,14 +75,25 @@ pub(crate) fn serve(listener: TcpListener, metrics: PrometheusHandle) -> JoinHan
     })
 }
 
+/// Samples the tokio runtime into gauges just before a scrape, so the
+/// number of live tasks is visible (it must not grow with the event rate).
+fn runtime_gauges() {
+    let rt = tokio::runtime::Handle::current().metrics();
+    metrics::gauge!("shadowcat_tokio_tasks_alive").set(rt.num_alive_tasks() as f64);
+    metrics::gauge!("shadowcat_tokio_workers").set(rt.num_workers() as f64);
+}
+
 fn respond(req: &Request<Incoming>, metrics: &PrometheusHandle) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(metrics.render()),
-        ),
+        (&Method::GET, "/metrics") => {
+            runtime_gauges();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(metrics.render()),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

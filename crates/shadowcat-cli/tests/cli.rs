@@ -203,6 +203,12 @@ async fn reverse_serves_then_stops_cleanly_and_sessions_are_inspectable() {
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("shadowcat_requests_total"), "{text}");
     assert!(text.contains("shadowcat_sessions_created_total"), "{text}");
+    let tasks = text
+        .lines()
+        .find_map(|l| l.strip_prefix("shadowcat_tokio_tasks_alive "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("a shadowcat_tokio_tasks_alive gauge");
+    assert!(tasks >= 1.0, "{text}");
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
