@@ -1,13 +1,22 @@
 // TypeScript SDK client checks for the interop suite. Each check exits 0
 // when every assertion held, else prints why and exits 1.
 //
-// usage: node ts/client.mjs CHECK URL
+// usage: node ts/client.mjs CHECK URL [NAME=NUMBER ...]
 //   sdk-server   against ts/server.mjs: initialize, tools/list, tools/call
 //                with progress, a tool call that logs, samples and elicits
 //                (the client answers by POST), resources, prompts, DELETE
 //   resume       against ts/server.mjs: a tools/call whose SSE stream the
 //                client cuts mid-stream; the SDK resumes with Last-Event-ID
 //                and every progress notification arrives exactly once
+//                (steps=12 delayMs=25 cutAfter=3)
+//   restart      against ts/server.mjs: after `holdAfter` events of a
+//                tools/call the client reads on without processing (the
+//                next events are lost in flight); after `lose` of them it
+//                prints `holding ID upstream=UID` and waits for the
+//                connection to break (the test kills the proxy); the SDK
+//                resumes with its Mcp-Session-Id and the last processed id,
+//                and every progress notification arrives exactly once
+//                (steps=40 delayMs=20 holdAfter=5 lose=3)
 //   everything   against server-everything: initialize, tools/list, echo,
 //                a long-running tool with progress, resources, prompts
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -19,7 +28,34 @@ import {
   LoggingMessageNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
-const [check, url] = process.argv.slice(2);
+const [check, url, ...settings] = process.argv.slice(2);
+
+/** `NAME=NUMBER` arguments; `defaults` names the ones a check takes. */
+function options(defaults) {
+  const out = { ...defaults };
+  for (const setting of settings) {
+    const [name, value] = setting.split('=');
+    if (!(name in defaults) || !/^\d+$/.test(value ?? '')) {
+      throw new Error(`${check}: bad setting ${setting} (takes ${Object.keys(defaults).join(', ')})`);
+    }
+    out[name] = Number(value);
+  }
+  return out;
+}
+
+/** The upstream event id carried in a Shadowcat client id `S.Q.T[.UPSTREAM]`. */
+function carriedUpstreamId(id) {
+  const parts = id.split('.');
+  return parts.length > 3 ? decodeURIComponent(parts.slice(3).join('.')) : '';
+}
+
+/** Asserts exactly-once, in-order progress 1..steps and the count result. */
+function assertCounted(result, progress, tokens, steps) {
+  assert(text(result) === `counted to ${steps}`, `count result, got ${JSON.stringify(result)}`);
+  const expected = Array.from({ length: steps }, (_, i) => i + 1);
+  assert(JSON.stringify(progress) === JSON.stringify(expected), `progress 1..${steps} exactly once, in order, got ${progress}`);
+  assert(new Set(tokens).size === tokens.length, `event ids never repeat, got ${tokens}`);
+}
 
 function assert(cond, what) {
   if (!cond) throw new Error(`assertion failed: ${what}`);
@@ -89,8 +125,7 @@ async function sdkServer() {
 
   const steps = 7;
   const { result, progress } = await callWithProgress(client, 'count', { steps, delayMs: 5 });
-  assert(text(result) === `counted to ${steps}`, `count result, got ${JSON.stringify(result)}`);
-  assert(JSON.stringify(progress) === JSON.stringify([1, 2, 3, 4, 5, 6, 7]), `progress 1..${steps} in order, got ${progress}`);
+  assertCounted(result, progress, [], steps);
 
   const asked = await client.callTool({ name: 'ask', arguments: { question: 'why?' } });
   assert(text(asked) === 'sampled "why?" / accept Ada', `ask (sampling + elicitation answered), got ${JSON.stringify(asked)}`);
@@ -166,32 +201,147 @@ function cuttingFetch(cutAfter, state) {
 }
 
 async function resume() {
+  const { steps, delayMs, cutAfter } = options({ steps: 12, delayMs: 25, cutAfter: 3 });
   const state = { cut: false, cutAt: 0, lastIdBeforeCut: undefined, resumedFrom: [] };
   const tokens = [];
   const { client, transport } = await connect({
-    fetch: cuttingFetch(3, state),
+    fetch: cuttingFetch(cutAfter, state),
     reconnectionOptions: { initialReconnectionDelay: 50, maxReconnectionDelay: 200, reconnectionDelayGrowFactor: 1.5, maxRetries: 5 },
   });
-  const steps = 12;
   const { result, progress } = await callWithProgress(
     client,
     'count',
-    { steps, delayMs: 25 },
+    { steps, delayMs },
     { onresumptiontoken: (t) => tokens.push(t) },
   );
-  assert(state.cut && state.cutAt === 3, `the stream was cut after 3 events (cut at ${state.cutAt})`);
+  assert(state.cut && state.cutAt === cutAfter, `the stream was cut after ${cutAfter} events (cut at ${state.cutAt})`);
   assert(
     state.resumedFrom[0] !== undefined && state.resumedFrom[0] === state.lastIdBeforeCut,
     `resumed with GET + Last-Event-ID of the last event before the cut (${state.lastIdBeforeCut}), got ${state.resumedFrom}`,
   );
-  assert(text(result) === `counted to ${steps}`, `count result after the cut, got ${JSON.stringify(result)}`);
-  const expected = Array.from({ length: steps }, (_, i) => i + 1);
-  assert(JSON.stringify(progress) === JSON.stringify(expected), `progress 1..${steps} exactly once, in order, got ${progress}`);
-  assert(new Set(tokens).size === tokens.length, `event ids never repeat, got ${tokens}`);
+  assertCounted(result, progress, tokens, steps);
   await transport.terminateSession();
   await client.close();
   console.log(
     `resume: cut after ${state.cutAt} events, resumed ${state.resumedFrom.length}x with Last-Event-ID, ${progress.length} progress, ${tokens.length} event ids`,
+  );
+}
+
+/**
+ * A fetch that passes `holdAfter` SSE events of the first tools/call stream
+ * on, then reads the connection without passing anything on: the next
+ * events are lost in flight, as when a proxy dies with bytes in its socket
+ * buffers. Once `lose` events were lost it prints `holding ID upstream=UID`
+ * (ID: the last event passed on) for the test to kill the proxy. The body
+ * errors once the connection breaks (a clean end is recorded: the stream
+ * finished before the break). Later requests go through untouched.
+ */
+function holdingFetch(holdAfter, lose, state) {
+  const announce = () => {
+    const id = state.lastIdBeforeHold ?? '';
+    console.log(`holding ${id} upstream=${carriedUpstreamId(id)}`);
+  };
+  return async (input, init) => {
+    const lastEventId = new Headers(init?.headers).get('last-event-id');
+    if (init?.method === 'GET' && lastEventId) {
+      state.resumedFrom.push(lastEventId);
+      const res = await fetch(input, init);
+      if (res.ok) state.resumedAt ??= Date.now();
+      return res;
+    }
+    const isCall = init?.method === 'POST' && typeof init.body === 'string' && init.body.includes('"tools/call"');
+    if (!isCall || state.held) return fetch(input, init);
+    state.held = true;
+    const res = await fetch(input, init);
+    if (!res.body || !res.headers.get('content-type')?.includes('text/event-stream')) {
+      throw new Error(`expected an SSE stream for tools/call, got ${res.status} ${res.headers.get('content-type')}`);
+    }
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let seen = 0;
+    let buffered = '';
+    const body = new ReadableStream({
+      async pull(controller) {
+        for (;;) {
+          let chunk;
+          try {
+            chunk = await reader.read();
+          } catch (e) {
+            if (state.holdingSince === undefined) throw e;
+            state.brokeAt = Date.now();
+            state.breakSeen = String(e?.cause?.code ?? e?.message ?? e);
+            controller.error(new TypeError('connection broken while holding'));
+            return;
+          }
+          if (chunk.done) {
+            if (state.holdingSince === undefined) return controller.close();
+            state.cleanEnd = true;
+            controller.error(new TypeError('stream ended while holding'));
+            return;
+          }
+          buffered += decoder.decode(chunk.value, { stream: true });
+          let passed = false;
+          let end;
+          while ((end = buffered.indexOf('\n\n')) !== -1) {
+            const event = buffered.slice(0, end + 2);
+            buffered = buffered.slice(end + 2);
+            const isData = /^data:/m.test(event);
+            if (state.holdingSince === undefined) {
+              controller.enqueue(new TextEncoder().encode(event));
+              passed = true;
+              if (isData) seen += 1;
+              const id = /^id: ?(.*)$/m.exec(event)?.[1];
+              if (id) state.lastIdBeforeHold = id;
+              if (seen >= holdAfter) {
+                state.holdingSince = Date.now();
+                if (lose === 0) announce();
+              }
+            } else if (isData) {
+              state.dropped += 1;
+              if (state.dropped === lose) announce();
+            }
+          }
+          if (passed) return;
+        }
+      },
+      cancel() {
+        reader.cancel().catch(() => {});
+      },
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+async function restart() {
+  const { steps, delayMs, holdAfter, lose } = options({ steps: 40, delayMs: 20, holdAfter: 5, lose: 3 });
+  const state = { held: false, dropped: 0, cleanEnd: false, resumedFrom: [] };
+  const tokens = [];
+  const { client, transport } = await connect({
+    fetch: holdingFetch(holdAfter, lose, state),
+    reconnectionOptions: { initialReconnectionDelay: 50, maxReconnectionDelay: 400, reconnectionDelayGrowFactor: 1.5, maxRetries: 30 },
+  });
+  const sessionId = transport.sessionId;
+  const { result, progress } = await callWithProgress(
+    client,
+    'count',
+    { steps, delayMs },
+    { onresumptiontoken: (t) => tokens.push(t) },
+  );
+  assert(state.holdingSince !== undefined, `the client held after ${holdAfter} events`);
+  assert(state.dropped >= lose, `${lose} events were lost in flight before the break, got ${state.dropped}`);
+  assert(!state.cleanEnd && state.brokeAt !== undefined, 'the connection broke mid-stream (the proxy was killed before the stream ended)');
+  assert(
+    state.resumedFrom.length > 0 && state.resumedFrom.every((id) => id === state.lastIdBeforeHold),
+    `every resume GET carried the last processed id ${state.lastIdBeforeHold}, got ${state.resumedFrom}`,
+  );
+  assert(state.resumedAt !== undefined, 'a resume GET succeeded');
+  assert(transport.sessionId === sessionId, 'the session id survived the restart');
+  assertCounted(result, progress, tokens, steps);
+  await transport.terminateSession();
+  await client.close();
+  console.log(
+    `restart: held after ${holdAfter} events, ${state.dropped} lost in flight, break (${state.breakSeen}), ` +
+      `resumed after ${state.resumedFrom.length} attempt(s) ${state.resumedAt - state.brokeAt} ms after the break, ${progress.length} progress exactly once`,
   );
 }
 
@@ -226,9 +376,9 @@ async function everything() {
   console.log(`everything: ${tools.length} tools, ${resources.length} resources, ${progress.length} progress`);
 }
 
-const checks = { 'sdk-server': sdkServer, resume, everything };
+const checks = { 'sdk-server': sdkServer, resume, restart, everything };
 if (!checks[check] || !url) {
-  console.error(`usage: node ts/client.mjs <${Object.keys(checks).join('|')}> URL`);
+  console.error(`usage: node ts/client.mjs <${Object.keys(checks).join('|')}> URL [NAME=NUMBER ...]`);
   process.exit(2);
 }
 try {

@@ -1,8 +1,12 @@
 // A stateful MCP server on the TypeScript SDK (Streamable HTTP, with the
 // SDK's InMemoryEventStore so streams are resumable), for the interop suite.
 //
-// usage: node ts/server.mjs PORT
+// usage: node ts/server.mjs PORT [--no-event-store]
 // Listens on 127.0.0.1:PORT/mcp and prints `listening PORT` once ready.
+//   --no-event-store  no event store: no event ids, no priming events, and a
+//                     GET with Last-Event-ID cannot resume (the SDK answers 400)
+// Every GET with a Last-Event-ID prints `resume ID` on stdout, so a check can
+// tell whether (and from where) a stream was resumed upstream.
 import { createServer } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -11,11 +15,20 @@ import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/in
 import { CreateMessageResultSchema, ElicitResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
-const port = Number(process.argv[2]);
-if (!Number.isInteger(port) || port <= 0) {
-  console.error('usage: node ts/server.mjs PORT');
+const [portArg, ...flags] = process.argv.slice(2);
+const port = Number(portArg);
+const unknown = flags.filter((f) => f !== '--no-event-store');
+if (!Number.isInteger(port) || port <= 0 || unknown.length > 0) {
+  console.error('usage: node ts/server.mjs PORT [--no-event-store]');
   process.exit(2);
 }
+const withEventStore = !flags.includes('--no-event-store');
+
+// The SDK's InMemoryEventStore orders ids by millisecond timestamp (then a
+// random suffix), so two events stored in the same millisecond may replay in
+// either order. With a store, the events of one stream are kept at least
+// this far apart; without one nothing is ever replayed, so no spacing.
+const MIN_GAP_MS = withEventStore ? 2 : 0;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -32,18 +45,19 @@ function buildServer() {
   );
 
   // Sends `steps` progress notifications `delayMs` apart, then the result.
-  // The SDK's InMemoryEventStore orders ids by millisecond timestamp, so
-  // events are spaced out to keep replay order exact.
+  // With an event store every gap (the result's too) is at least MIN_GAP_MS
+  // so replay order is exact; without one, `delayMs: 0` sends them at once.
   server.registerTool(
     'count',
     {
       description: 'Counts to `steps`, one progress notification per step',
-      inputSchema: { steps: z.number().int().min(1).max(1000), delayMs: z.number().int().min(2).max(1000) },
+      inputSchema: { steps: z.number().int().min(1).max(1000), delayMs: z.number().int().min(0).max(1000) },
     },
     async ({ steps, delayMs }, extra) => {
+      const gap = Math.max(delayMs, MIN_GAP_MS);
       const progressToken = extra._meta?.progressToken;
       for (let i = 1; i <= steps; i++) {
-        await sleep(delayMs);
+        if (gap > 0) await sleep(gap);
         if (progressToken !== undefined) {
           await extra.sendNotification({
             method: 'notifications/progress',
@@ -51,6 +65,7 @@ function buildServer() {
           });
         }
       }
+      if (MIN_GAP_MS > 0) await sleep(MIN_GAP_MS);
       return { content: [{ type: 'text', text: `counted to ${steps}` }] };
     },
   );
@@ -131,7 +146,7 @@ const http = createServer(async (req, res) => {
       if (body?.method !== 'initialize') return reply(res, 400, 'no session id and not an initialize request');
       const transport = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),
-        eventStore: new InMemoryEventStore(),
+        eventStore: withEventStore ? new InMemoryEventStore() : undefined,
         onsessioninitialized: (id) => transports.set(id, transport),
         onsessionclosed: (id) => transports.delete(id),
       });
@@ -142,6 +157,8 @@ const http = createServer(async (req, res) => {
       return await transport.handleRequest(req, res, body);
     }
     if (req.method === 'GET' || req.method === 'DELETE') {
+      const lastEventId = req.headers['last-event-id'];
+      if (req.method === 'GET' && typeof lastEventId === 'string') console.log(`resume ${lastEventId}`);
       if (!existing) return reply(res, sessionId === undefined ? 400 : 404, 'session not found');
       return await existing.handleRequest(req, res);
     }

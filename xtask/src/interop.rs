@@ -13,10 +13,14 @@
 //!
 //! Adding a scenario: write `fn(&mut Ctx) -> Result<String, String>` (the
 //! `Ok` text is a short summary for its line) and add a row to
-//! [`SCENARIOS`]. `Ctx` starts servers (`ts_server`, `everything_http`),
-//! a Shadowcat in front of any upstream (`shadowcat(&["--upstream", url])`;
-//! the stdio bridge will be `&["--upstream-cmd", "--", ...]`) and runs
-//! clients (`node`, `python`).
+//! [`SCENARIOS`]. `Ctx` starts servers (`ts_server`, `ts_server_with`,
+//! `everything_http`), a Shadowcat in front of any upstream
+//! (`shadowcat(&["--upstream", url])`; the stdio bridge will be
+//! `&["--upstream-cmd", "--", ...]`; `shadowcat_at` picks the store, port
+//! and log name and returns its admin port for `/metrics`) and runs clients
+//! (`node`, `python`, `run`, or `spawn` + `wait_line` + `finish` for a
+//! client the scenario acts on mid-run). `INTEROP_ONLY=a,b` runs only the
+//! named scenarios.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -75,6 +79,16 @@ const SCENARIOS: &[Scenario] = &[
         run: ts_sdk_resume,
     },
     Scenario {
+        name: "ts-sdk-no-eventstore-resume",
+        needs: Needs::Node,
+        run: ts_sdk_no_eventstore_resume,
+    },
+    Scenario {
+        name: "ts-sdk-proxy-restart",
+        needs: Needs::Node,
+        run: ts_sdk_proxy_restart,
+    },
+    Scenario {
         name: "everything-http",
         needs: Needs::Node,
         run: everything_http,
@@ -99,6 +113,11 @@ const SCENARIOS: &[Scenario] = &[
         needs: Needs::NodeAndPython,
         run: python_sdk,
     },
+    Scenario {
+        name: "python-sdk-resume",
+        needs: Needs::NodeAndPython,
+        run: python_sdk_resume,
+    },
 ];
 
 /// `cargo xtask interop`.
@@ -121,6 +140,7 @@ pub(crate) fn run() -> Result<(), String> {
         missing("python3", "the Python SDK scenarios", in_ci)?;
     }
 
+    let selected = selected_scenarios(std::env::var("INTEROP_ONLY").ok().as_deref())?;
     let paths = Paths::new();
     npm_install(&paths)?;
     if python {
@@ -129,9 +149,12 @@ pub(crate) fn run() -> Result<(), String> {
     build_shadowcat()?;
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for scenario in SCENARIOS {
+    for scenario in selected {
         if scenario.needs == Needs::NodeAndPython && !python {
-            eprintln!("{:<20} SKIP      -  python3 not found", scenario.name);
+            eprintln!(
+                "{:<NAME_WIDTH$} SKIP      -  python3 not found",
+                scenario.name
+            );
             skipped += 1;
             continue;
         }
@@ -141,11 +164,14 @@ pub(crate) fn run() -> Result<(), String> {
         match outcome {
             Ok(summary) => {
                 passed += 1;
-                eprintln!("{:<20} PASS {secs:>6.1}s  {summary}", scenario.name);
+                eprintln!(
+                    "{:<NAME_WIDTH$} PASS {secs:>6.1}s  {summary}",
+                    scenario.name
+                );
             }
             Err(why) => {
                 failed += 1;
-                eprintln!("{:<20} FAIL {secs:>6.1}s", scenario.name);
+                eprintln!("{:<NAME_WIDTH$} FAIL {secs:>6.1}s", scenario.name);
                 for line in why.lines() {
                     eprintln!("    {line}");
                 }
@@ -168,6 +194,28 @@ pub(crate) fn run() -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Width of the name column of a scenario's line.
+const NAME_WIDTH: usize = 28;
+
+/// The scenarios to run: all, or those named in `only` (`INTEROP_ONLY`,
+/// comma-separated).
+fn selected_scenarios(only: Option<&str>) -> Result<Vec<&'static Scenario>, String> {
+    let Some(only) = only.filter(|o| !o.trim().is_empty()) else {
+        return Ok(SCENARIOS.iter().collect());
+    };
+    let names: Vec<&str> = only.split(',').map(str::trim).collect();
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !SCENARIOS.iter().any(|s| s.name == **n))
+    {
+        return Err(format!("INTEROP_ONLY names no scenario `{unknown}`"));
+    }
+    Ok(SCENARIOS
+        .iter()
+        .filter(|s| names.contains(&s.name))
+        .collect())
 }
 
 fn run_scenario(paths: &Paths, scenario: &Scenario) -> Result<String, String> {
@@ -467,6 +515,15 @@ impl Ctx {
     /// returns its stdout, or an error with the tails of its output.
     fn run(&mut self, name: &str, cmd: Command) -> Result<String, String> {
         let index = self.spawn(name, cmd)?;
+        self.finish(index)
+    }
+
+    /// Waits for a spawned child to exit (bounded by the scenario's
+    /// deadline); returns its stdout, or an error with the tails of its
+    /// output.
+    fn finish(&mut self, index: usize) -> Result<String, String> {
+        let name = self.children[index].name.clone();
+        let name = name.as_str();
         let deadline = self.deadline;
         let waited = self.children[index].wait_until(deadline);
         match waited {
@@ -505,6 +562,36 @@ impl Ctx {
         }
     }
 
+    /// Waits until a spawned child prints a stdout line starting with
+    /// `prefix`, or exits, or the deadline passes; returns the line.
+    fn wait_line(&mut self, index: usize, prefix: &str) -> Result<String, String> {
+        let name = self.children[index].name.clone();
+        let out = self.out_path(&name);
+        loop {
+            // Read before checking the exit, so a line printed just before
+            // exiting still counts.
+            let text = fs::read_to_string(&out).unwrap_or_default();
+            // Only whole lines: the child may be mid-write.
+            if let Some(line) = text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .find(|l| l.starts_with(prefix))
+            {
+                return Ok(line.trim_end().to_string());
+            }
+            if let Some(status) = self.children[index].exited() {
+                return Err(format!(
+                    "{name} exited with {status} before printing `{prefix}`:\n{}",
+                    self.tails(&name)
+                ));
+            }
+            if Instant::now() >= self.deadline {
+                return Err(format!("{name} did not print `{prefix}` in time"));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     fn node(&self) -> Command {
         let mut cmd = Command::new("node");
         cmd.current_dir(&self.paths.interop);
@@ -513,10 +600,17 @@ impl Ctx {
 
     /// The TypeScript SDK server (`interop/ts/server.mjs`); returns its URL.
     fn ts_server(&mut self) -> Result<String, String> {
+        self.ts_server_with(&[])
+    }
+
+    /// The TypeScript SDK server with `flags` (`--no-event-store`); its
+    /// stdout (`ts-server.out`) has a `resume ID` line per resume GET.
+    fn ts_server_with(&mut self, flags: &[&str]) -> Result<String, String> {
         let port = free_port()?;
         let mut cmd = self.node();
         cmd.arg(self.paths.file("ts/server.mjs"))
-            .arg(port.to_string());
+            .arg(port.to_string())
+            .args(flags);
         let index = self.spawn("ts-server", cmd)?;
         self.wait_port(index, port)?;
         Ok(format!("http://127.0.0.1:{port}/mcp"))
@@ -544,10 +638,24 @@ impl Ctx {
     /// `["--upstream", url]`); returns its URL once `/healthz` answers.
     fn shadowcat(&mut self, upstream: &[&str]) -> Result<String, String> {
         let port = free_port()?;
+        Ok(self
+            .shadowcat_at("shadowcat", "memory", port, upstream)?
+            .url)
+    }
+
+    /// A Shadowcat named `name` (its log files) on `store` and `port`, in
+    /// front of `upstream`; returned once `/healthz` answers.
+    fn shadowcat_at(
+        &mut self,
+        name: &str,
+        store: &str,
+        port: u16,
+        upstream: &[&str],
+    ) -> Result<Proxy, String> {
         let admin = free_port()?;
         let mut cmd = Command::new(&self.paths.shadowcat);
         cmd.current_dir(&self.dir)
-            .args(["--store", "memory", "reverse"])
+            .args(["--store", store, "reverse"])
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-bind")
@@ -557,23 +665,55 @@ impl Ctx {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
-        let index = self.spawn("shadowcat", cmd)?;
+        let index = self.spawn(name, cmd)?;
         // The admin listener serves only once the proxy is bound.
         self.wait_port(index, admin)?;
         let health = http_get(admin, "/healthz")?;
         if !health.starts_with("HTTP/1.1 200") {
-            return Err(format!("shadowcat /healthz: {health}"));
+            return Err(format!("{name} /healthz: {health}"));
         }
-        Ok(format!("http://127.0.0.1:{port}/mcp"))
+        Ok(Proxy {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            admin,
+            index,
+        })
     }
 
     /// `node interop/ts/client.mjs CHECK URL`; returns its last line.
     fn ts_client(&mut self, check: &str, url: &str) -> Result<String, String> {
-        let mut cmd = self.node();
-        cmd.arg(self.paths.file("ts/client.mjs")).args([check, url]);
+        let cmd = self.ts_client_cmd(check, url, &[]);
         let out = self.run(&format!("ts-client-{check}"), cmd)?;
         Ok(last_line(&out))
     }
+
+    /// `node interop/ts/client.mjs CHECK URL SETTINGS...`.
+    fn ts_client_cmd(&self, check: &str, url: &str, settings: &[&str]) -> Command {
+        let mut cmd = self.node();
+        cmd.arg(self.paths.file("ts/client.mjs"))
+            .args([check, url])
+            .args(settings);
+        cmd
+    }
+
+    /// The venv's python running `interop/py/SCRIPT ARGS...`.
+    fn python(&self, script: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.paths.venv_python);
+        cmd.current_dir(&self.paths.interop)
+            .arg(self.paths.file(script))
+            .args(args);
+        cmd
+    }
+}
+
+/// A running Shadowcat.
+#[derive(Debug)]
+struct Proxy {
+    /// Its MCP endpoint.
+    url: String,
+    /// Its admin port (`/healthz`, `/metrics`).
+    admin: u16,
+    /// Its index in `Ctx::children`.
+    index: usize,
 }
 
 /// A free loopback port (the OS picks it; the listener is dropped at once).
@@ -618,6 +758,57 @@ fn tail(log: &Path) -> String {
     format!("…\n{}", cut.trim_end())
 }
 
+/// A Shadowcat's `/metrics` text.
+fn metrics(admin: u16) -> Result<String, String> {
+    let response = http_get(admin, "/metrics")?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!("/metrics: {}", last_line(&response)));
+    }
+    Ok(response)
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as the
+/// exposition prints it) in a `/metrics` text; a series never recorded
+/// is 0.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Checks a Shadowcat's client-resume counters: `buffer` and `upstream`
+/// resumes as expected (`None`: any number), and never a resume gap.
+fn check_resumes(admin: u16, buffer: Option<f64>, upstream: Option<f64>) -> Result<String, String> {
+    let text = metrics(admin)?;
+    let from_buffer = metric(&text, r#"shadowcat_client_resumes_total{from="buffer"}"#);
+    let from_upstream = metric(&text, r#"shadowcat_client_resumes_total{from="upstream"}"#);
+    let gaps = metric(&text, "shadowcat_resume_gaps_total");
+    let seen = format!(
+        "resumes: {from_buffer} from the buffer, {from_upstream} from the upstream, {gaps} gaps"
+    );
+    let wrong = |want: Option<f64>, got: f64| want.is_some_and(|w| w != got);
+    if wrong(buffer, from_buffer) || wrong(upstream, from_upstream) || gaps != 0.0 {
+        return Err(format!(
+            "Shadowcat's metrics say {seen}; expected {} from the buffer, {} from the upstream, 0 gaps",
+            buffer.map_or("any".into(), |b| b.to_string()),
+            upstream.map_or("any".into(), |u| u.to_string()),
+        ));
+    }
+    Ok(seen)
+}
+
+/// The `resume ID` lines the TS SDK server printed (one per GET with
+/// Last-Event-ID it received).
+fn upstream_resumes(ctx: &Ctx) -> Vec<String> {
+    fs::read_to_string(ctx.out_path("ts-server"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("resume "))
+        .map(str::to_string)
+        .collect()
+}
+
 fn last_line(out: &str) -> String {
     out.lines()
         .rev()
@@ -646,6 +837,86 @@ fn ts_sdk_resume(ctx: &mut Ctx) -> Result<String, String> {
     let upstream = ctx.ts_server()?;
     let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
     ctx.ts_client("resume", &proxy)
+}
+
+/// The TS SDK server WITHOUT an event store (it cannot resume anything)
+/// behind Shadowcat: the client cuts its connection mid-stream and resumes
+/// with Last-Event-ID, which Shadowcat serves from its replay buffer (the
+/// events that arrived while the client was away) and then live. Every
+/// progress notification and the result arrive exactly once, in order; the
+/// upstream never sees a resume.
+fn ts_sdk_no_eventstore_resume(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server_with(&["--no-event-store"])?;
+    let proxy = ctx.shadowcat_at(
+        "shadowcat",
+        "memory",
+        free_port()?,
+        &["--upstream", &upstream],
+    )?;
+    let cmd = ctx.ts_client_cmd(
+        "resume",
+        &proxy.url,
+        &["steps=40", "delayMs=5", "cutAfter=10"],
+    );
+    let out = ctx.run("ts-client-resume", cmd)?;
+    let resumes = check_resumes(proxy.admin, Some(1.0), Some(0.0))?;
+    let seen_upstream = upstream_resumes(ctx);
+    if !seen_upstream.is_empty() {
+        return Err(format!(
+            "the upstream (no event store) was asked to resume: {seen_upstream:?}"
+        ));
+    }
+    Ok(format!("{}; {resumes}", last_line(&out)))
+}
+
+/// The TS SDK server WITH its event store behind Shadowcat on the embedded
+/// file store. Mid-stream (the client holds after 5 events and reads on
+/// without processing, so the proxy has forwarded more than the client
+/// holds) the Shadowcat process is killed with SIGKILL and started again on
+/// the same store and port. The SDK resumes with its Mcp-Session-Id and
+/// Last-Event-ID; the new instance has no buffer, so it resumes the upstream
+/// after the upstream id carried in the client's id. Every remaining event
+/// arrives exactly once, in order.
+fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server()?;
+    let store = format!("file:{}", ctx.dir.join("s.redb").display());
+    let port = free_port()?;
+    let first = ctx.shadowcat_at("shadowcat", &store, port, &["--upstream", &upstream])?;
+    let cmd = ctx.ts_client_cmd(
+        "restart",
+        &first.url,
+        &["steps=40", "delayMs=20", "holdAfter=5"],
+    );
+    let client = ctx.spawn("ts-client-restart", cmd)?;
+    let holding = ctx.wait_line(client, "holding ")?;
+    let killed_at = Instant::now();
+    // `Child::kill` is SIGKILL: no drain, no flush.
+    ctx.children[first.index].kill();
+    let second = ctx.shadowcat_at(
+        "shadowcat-restarted",
+        &store,
+        port,
+        &["--upstream", &upstream],
+    )?;
+    let restart_ms = killed_at.elapsed().as_millis();
+    let out = ctx.finish(client)?;
+    let resumes = check_resumes(second.admin, Some(0.0), Some(1.0))?;
+    // The upstream was resumed from the id carried in the client's last
+    // processed id, not from anything newer the proxy had forwarded.
+    let carried = holding
+        .split_once(" upstream=")
+        .map(|(_, id)| id.to_string())
+        .unwrap_or_default();
+    let seen_upstream = upstream_resumes(ctx);
+    if carried.is_empty() || seen_upstream != [carried.clone()] {
+        return Err(format!(
+            "the upstream should have been resumed once after {carried:?} (from the client's `{holding}`), got {seen_upstream:?}"
+        ));
+    }
+    Ok(format!(
+        "{}; restarted in {restart_ms} ms; {resumes}",
+        last_line(&out)
+    ))
 }
 
 /// server-everything over Streamable HTTP behind Shadowcat.
@@ -716,12 +987,28 @@ fn inspector_cli(ctx: &mut Ctx) -> Result<String, String> {
 fn python_sdk(ctx: &mut Ctx) -> Result<String, String> {
     let upstream = ctx.ts_server()?;
     let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
-    let mut cmd = Command::new(&ctx.paths.venv_python);
-    cmd.current_dir(&ctx.paths.interop)
-        .arg(ctx.paths.file("py/client.py"))
-        .arg(&proxy);
+    let cmd = ctx.python("py/client.py", &[&proxy]);
     let out = ctx.run("python-client", cmd)?;
     Ok(last_line(&out))
+}
+
+/// The Python SDK client's own resumption: its connection to Shadowcat is
+/// cut mid-stream (an httpx transport that breaks the tools/call stream
+/// after 5 events), the SDK reconnects with GET + Last-Event-ID and reports
+/// every event id through `on_resumption_token_update`. The upstream has no
+/// event store, so the resume is served from Shadowcat's replay buffer.
+fn python_sdk_resume(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server_with(&["--no-event-store"])?;
+    let proxy = ctx.shadowcat_at(
+        "shadowcat",
+        "memory",
+        free_port()?,
+        &["--upstream", &upstream],
+    )?;
+    let cmd = ctx.python("py/resume.py", &[&proxy.url]);
+    let out = ctx.run("python-resume", cmd)?;
+    let resumes = check_resumes(proxy.admin, Some(1.0), Some(0.0))?;
+    Ok(format!("{}; {resumes}", last_line(&out)))
 }
 
 /// The JSON document a CLI printed on stdout (log lines may precede it).
@@ -1155,6 +1442,66 @@ mod tests {
             pids.iter().all(|&p| !alive(p)),
             "children outlived their scenario"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_are_read_by_exact_series() {
+        let text = "HTTP/1.1 200 OK\r\n\r\n# TYPE shadowcat_client_resumes_total counter\n\
+                    shadowcat_client_resumes_total{from=\"buffer\"} 2\n\
+                    shadowcat_client_resumes_total{from=\"upstream\"} 1\n\
+                    shadowcat_resume_gaps_total_other 5\n";
+        assert_eq!(
+            metric(text, r#"shadowcat_client_resumes_total{from="buffer"}"#),
+            2.0
+        );
+        assert_eq!(
+            metric(text, r#"shadowcat_client_resumes_total{from="upstream"}"#),
+            1.0
+        );
+        assert_eq!(metric(text, "shadowcat_resume_gaps_total"), 0.0);
+    }
+
+    #[test]
+    fn interop_only_selects_by_name() {
+        assert_eq!(selected_scenarios(None).unwrap().len(), SCENARIOS.len());
+        assert_eq!(
+            selected_scenarios(Some(" ")).unwrap().len(),
+            SCENARIOS.len()
+        );
+        let some = selected_scenarios(Some("python-sdk, ts-sdk")).unwrap();
+        let names: Vec<&str> = some.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["ts-sdk", "python-sdk"], "in suite order");
+        let err = selected_scenarios(Some("ts-sdk,nope")).unwrap_err();
+        assert!(err.contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn wait_line_finds_a_printed_line_or_reports_the_exit() {
+        let dir = std::env::temp_dir().join(format!("interop-line-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut ctx = Ctx {
+            paths: Paths::new(),
+            dir: dir.clone(),
+            deadline: Instant::now() + Duration::from_secs(30),
+            children: Vec::new(),
+        };
+        let mut talker = Command::new("sh");
+        talker.args([
+            "-c",
+            "echo one; echo 'holding 1.2.3 upstream=x'; exec sleep 30",
+        ]);
+        let index = ctx.spawn("talker", talker).unwrap();
+        assert_eq!(
+            ctx.wait_line(index, "holding ").unwrap(),
+            "holding 1.2.3 upstream=x"
+        );
+        let mut quiet = Command::new("sh");
+        quiet.args(["-c", "echo one; exit 3"]);
+        let index = ctx.spawn("quiet", quiet).unwrap();
+        let err = ctx.wait_line(index, "holding ").unwrap_err();
+        assert!(err.contains("exited"), "{err}");
+        drop(ctx);
         fs::remove_dir_all(&dir).unwrap();
     }
 
