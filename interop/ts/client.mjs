@@ -14,9 +14,10 @@
 //                next events are lost in flight); after `lose` of them it
 //                prints `holding ID upstream=UID` and waits for the
 //                connection to break (the test kills the proxy); the SDK
-//                resumes with its Mcp-Session-Id and the last processed id,
-//                and every progress notification arrives exactly once
-//                (steps=40 delayMs=20 holdAfter=5 lose=3)
+//                resumes with its Mcp-Session-Id and the last processed id
+//                (a resume GET that cannot connect prints `resume failed
+//                CODE`), and every progress notification arrives exactly
+//                once (steps=40 delayMs=20 holdAfter=5 lose=3)
 //   everything   against server-everything: initialize, tools/list, echo,
 //                a long-running tool with progress, resources, prompts
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -245,7 +246,14 @@ function holdingFetch(holdAfter, lose, state) {
     const lastEventId = new Headers(init?.headers).get('last-event-id');
     if (init?.method === 'GET' && lastEventId) {
       state.resumedFrom.push(lastEventId);
-      const res = await fetch(input, init);
+      let res;
+      try {
+        res = await fetch(input, init);
+      } catch (e) {
+        state.refused += 1;
+        console.log(`resume failed ${e?.cause?.code ?? e?.message ?? e}`);
+        throw e;
+      }
       if (res.ok) state.resumedAt ??= Date.now();
       return res;
     }
@@ -314,7 +322,7 @@ function holdingFetch(holdAfter, lose, state) {
 
 async function restart() {
   const { steps, delayMs, holdAfter, lose } = options({ steps: 40, delayMs: 20, holdAfter: 5, lose: 3 });
-  const state = { held: false, dropped: 0, cleanEnd: false, resumedFrom: [] };
+  const state = { held: false, dropped: 0, cleanEnd: false, refused: 0, resumedFrom: [] };
   const tokens = [];
   const { client, transport } = await connect({
     fetch: holdingFetch(holdAfter, lose, state),
@@ -341,7 +349,8 @@ async function restart() {
   await client.close();
   console.log(
     `restart: held after ${holdAfter} events, ${state.dropped} lost in flight, break (${state.breakSeen}), ` +
-      `resumed after ${state.resumedFrom.length} attempt(s) ${state.resumedAt - state.brokeAt} ms after the break, ${progress.length} progress exactly once`,
+      `${state.refused} resume attempt(s) failed while the proxy was down, resumed ${state.resumedAt - state.brokeAt} ms after the break, ` +
+      `${progress.length} progress exactly once`,
   );
 }
 

@@ -874,9 +874,10 @@ fn ts_sdk_no_eventstore_resume(ctx: &mut Ctx) -> Result<String, String> {
 /// without processing, so the proxy has forwarded more than the client
 /// holds) the Shadowcat process is killed with SIGKILL and started again on
 /// the same store and port. The SDK resumes with its Mcp-Session-Id and
-/// Last-Event-ID; the new instance has no buffer, so it resumes the upstream
-/// after the upstream id carried in the client's id. Every remaining event
-/// arrives exactly once, in order.
+/// Last-Event-ID (at least once in vain while the proxy is down); the new
+/// instance has no buffer, so it resumes the upstream after the upstream id
+/// carried in the client's id. Every remaining event arrives exactly once,
+/// in order.
 fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
     let upstream = ctx.ts_server()?;
     let store = format!("file:{}", ctx.dir.join("s.redb").display());
@@ -892,6 +893,8 @@ fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
     let killed_at = Instant::now();
     // `Child::kill` is SIGKILL: no drain, no flush.
     ctx.children[first.index].kill();
+    // Start again only once the client found the proxy gone.
+    ctx.wait_line(client, "resume failed ")?;
     let second = ctx.shadowcat_at(
         "shadowcat-restarted",
         &store,
@@ -914,7 +917,7 @@ fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{}; restarted in {restart_ms} ms; {resumes}",
+        "{}; down for {restart_ms} ms; {resumes}",
         last_line(&out)
     ))
 }
