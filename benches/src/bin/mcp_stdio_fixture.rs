@@ -14,6 +14,8 @@
 //!   `roots/list` for `roots`), keeps serving other messages, and answers
 //!   the call once the client responds, with the client's `result` as JSON
 //!   text.
+//! - `tools/call crash {code}` exits at once with `code` (default 3).
+//! - `tools/call longline {len}` answers a text of `len` bytes.
 //!
 //! Other crates' tests find the binary at `target/<profile>/mcp-stdio-fixture`
 //! (the parent of a test binary's `deps` directory) after
@@ -187,6 +189,16 @@ impl Fixture {
                     .insert(id_key(&Value::String(ask_id)), id.clone());
                 write_msg(out, &request)?;
                 return Ok(None);
+            }
+            Some("crash") => {
+                let code = args.get("code").and_then(Value::as_i64).unwrap_or(3);
+                out.flush()?;
+                std::process::exit(i32::try_from(code).unwrap_or(3));
+            }
+            Some("longline") => {
+                let len = args.get("len").and_then(Value::as_u64).unwrap_or(1 << 20);
+                let text = "x".repeat(usize::try_from(len).unwrap_or(1 << 20));
+                result(id, text_content(&text))
             }
             _ => error(id, -32602, "unknown tool"),
         };

@@ -97,7 +97,9 @@ pub(crate) struct ReverseArgs {
 pub(crate) enum ForwardCommand {
     /// Speak stdio to the client and run `-- <program> [args…]` as the
     /// server, relaying messages both ways unchanged (`RUST_LOG=debug`
-    /// logs each one). Exits with the program's exit code.
+    /// logs each one; exits with the program's exit code), or, with
+    /// `--upstream URL`, speak Streamable HTTP to a remote server with
+    /// stream resumption.
     Stdio(ForwardStdioArgs),
 }
 
@@ -112,8 +114,20 @@ pub(crate) struct ForwardStdioArgs {
     /// stdin, before it is stopped (SIGTERM, then SIGKILL) [default: 5].
     #[arg(long, env = "SHADOWCAT_EXIT_GRACE_SECS")]
     pub(crate) exit_grace_secs: Option<u64>,
+    /// A Streamable HTTP MCP server to forward to instead of a program.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM", conflicts_with = "program")]
+    pub(crate) upstream: Option<String>,
+    /// Credentials for --upstream: `env:VAR` or `file:PATH` holding a
+    /// bearer token.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER", requires = "upstream")]
+    pub(crate) upstream_bearer: Option<String>,
     /// The stdio MCP server to run, after `--`.
-    #[arg(last = true, required = true, num_args = 1.., value_name = "PROGRAM")]
+    #[arg(
+        last = true,
+        required_unless_present = "upstream",
+        num_args = 1..,
+        value_name = "PROGRAM"
+    )]
     pub(crate) program: Vec<OsString>,
 }
 

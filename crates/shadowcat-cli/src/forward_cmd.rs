@@ -17,6 +17,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use shadowcat_proxy::forward::{ChildCommand, StdioForwardConfig, relay_stdio};
+use shadowcat_proxy::forward_http::{HttpForwardConfig, relay_http};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,6 +37,9 @@ pub(crate) async fn run(
 }
 
 async fn stdio(args: ForwardStdioArgs, log_format: LogFormat) -> Result<ExitCode, CliError> {
+    if let Some(url) = &args.upstream {
+        return http(&args, url, log_format).await;
+    }
     let mut words = args.program.into_iter();
     let Some(program) = words.next() else {
         return Err(CliError::Config(
@@ -63,6 +67,39 @@ async fn stdio(args: ForwardStdioArgs, log_format: LogFormat) -> Result<ExitCode
         .await
         .map_err(|e| CliError::Config(e.to_string()))?;
     Ok(exit_code(report.status))
+}
+
+/// `--upstream URL`: stdio to the client, Streamable HTTP upstream.
+async fn http(
+    args: &ForwardStdioArgs,
+    url: &str,
+    log_format: LogFormat,
+) -> Result<ExitCode, CliError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| CliError::Config(format!("bad upstream URL {url:?}: not a URL")))?;
+    shadowcat_proxy::reverse::check_upstream(&uri)?;
+    let mut config = HttpForwardConfig::new(uri);
+    if let Some(spec) = &args.upstream_bearer {
+        config.bearer = Some(crate::settings::read_secret(spec)?);
+    }
+    if let Some(max) = args.max_line_bytes {
+        if max == 0 {
+            return Err(CliError::Config(
+                "--max-line-bytes must be at least 1".into(),
+            ));
+        }
+        config.max_client_line_len = max;
+    }
+    let client_in = client_stdin()?;
+    let client_out = client_stdout()?;
+    let shutdown = shutdown_signal()?;
+    logging::init(log_format);
+    let report = relay_http(&config, client_in, client_out, shutdown)
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    tracing::debug!(messages = report.from_client, "forward relay ended");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The child's exit code, or 128 + the signal that ended it.

@@ -255,7 +255,7 @@ impl ReverseSettings {
 
 /// Reads a secret named by `env:VAR` or `file:PATH`. Literal secrets are
 /// refused: they would show in the process list and shell history.
-fn read_secret(spec: &str) -> Result<String, CliError> {
+pub(crate) fn read_secret(spec: &str) -> Result<String, CliError> {
     let value = if let Some(var) = spec.strip_prefix("env:") {
         std::env::var(var).map_err(|_| {
             CliError::Config(format!(

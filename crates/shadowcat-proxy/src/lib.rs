@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod event_id;
 pub mod forward;
+pub mod forward_http;
 pub mod jsonrpc;
 pub mod protocol;
 mod queue;

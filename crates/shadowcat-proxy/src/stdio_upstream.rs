@@ -652,9 +652,11 @@ impl StdioBridge {
             Some(c) => format!("{c}; the stdio server exited ({status}); initialize a new session"),
             None => format!("the session ended; the stdio server was stopped ({status})"),
         };
-        cs.fail_all(&cause);
+        // Gone from the map before any client hears of it: the session's
+        // next request is a 404 and its `max_children` slot is free.
         self.children.lock().remove(&cs.id);
         self.reserved.fetch_sub(1, Ordering::AcqRel);
+        cs.fail_all(&cause);
         self.live.send_modify(|n| *n -= 1);
         metrics::gauge!("shadowcat_stdio_children").decrement(1.0);
         if crashed.is_some() {
