@@ -904,20 +904,31 @@ fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
     let restart_ms = killed_at.elapsed().as_millis();
     let out = ctx.finish(client)?;
     let resumes = check_resumes(second.admin, Some(0.0), Some(1.0))?;
+    let resume_ms = 1000.0
+        * metric(
+            &metrics(second.admin)?,
+            r#"shadowcat_resume_seconds{quantile="1"}"#,
+        );
     // The upstream was resumed from the id carried in the client's last
-    // processed id, not from anything newer the proxy had forwarded.
+    // processed id, not from anything newer the proxy had forwarded. The
+    // SDK's InMemoryEventStore ids are `{stream}_{ms}_{random}`: only
+    // resumes of the call's stream count (a GET stream may resume too).
     let carried = holding
         .split_once(" upstream=")
         .map(|(_, id)| id.to_string())
         .unwrap_or_default();
-    let seen_upstream = upstream_resumes(ctx);
+    let stream_of = |id: &str| id.split('_').next().unwrap_or_default().to_string();
+    let seen_upstream: Vec<String> = upstream_resumes(ctx)
+        .into_iter()
+        .filter(|id| stream_of(id) == stream_of(&carried))
+        .collect();
     if carried.is_empty() || seen_upstream != [carried.clone()] {
         return Err(format!(
             "the upstream should have been resumed once after {carried:?} (from the client's `{holding}`), got {seen_upstream:?}"
         ));
     }
     Ok(format!(
-        "{}; down for {restart_ms} ms; {resumes}",
+        "{}; down for {restart_ms} ms; {resumes}, upstream resume took {resume_ms:.1} ms in the proxy",
         last_line(&out)
     ))
 }
