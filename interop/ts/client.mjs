@@ -8,7 +8,8 @@
 //   resume       against ts/server.mjs: a tools/call whose SSE stream the
 //                client cuts mid-stream; the SDK resumes with Last-Event-ID
 //                and every progress notification arrives exactly once
-//                (steps=12 delayMs=25 cutAfter=3)
+//                (steps=12 delayMs=25 cutAfter=3; cutAfter=0 cuts before
+//                the first message, so only a priming event gives an id)
 //   restart      against ts/server.mjs: after `holdAfter` events of a
 //                tools/call the client reads on without processing (the
 //                next events are lost in flight); after `lose` of them it
@@ -152,8 +153,10 @@ async function sdkServer() {
 
 /**
  * A fetch that cuts the first tools/call response stream after `cutAfter`
- * SSE events: the body errors and the connection is aborted, as a dropped
- * network would. Later requests go through untouched.
+ * messages (events with data): the body errors and the connection is
+ * aborted, as a dropped network would. `cutAfter=0` cuts before the first
+ * message, after any blocks without data (a priming event). Later requests
+ * go through untouched.
  */
 function cuttingFetch(cutAfter, state) {
   return async (input, init) => {
@@ -173,24 +176,41 @@ function cuttingFetch(cutAfter, state) {
     let buffered = '';
     const body = new ReadableStream({
       async pull(controller) {
-        const { value, done } = await reader.read();
-        if (done) return controller.close();
-        buffered += decoder.decode(value, { stream: true });
-        // Pass through whole events only, so the cut lands between events.
-        let end;
-        while ((end = buffered.indexOf('\n\n')) !== -1) {
-          const event = buffered.slice(0, end + 2);
-          buffered = buffered.slice(end + 2);
-          controller.enqueue(new TextEncoder().encode(event));
-          if (/^data:/m.test(event)) seen += 1;
-          const id = /^id: ?(.*)$/m.exec(event)?.[1];
-          if (id) state.lastIdBeforeCut = id;
-          if (seen >= cutAfter) {
-            state.cutAt = seen;
-            abort.abort();
-            controller.error(new TypeError('connection cut by the interop test'));
-            return;
+        const cut = () => {
+          abort.abort();
+          controller.error(new TypeError('connection cut by the interop test'));
+        };
+        // Erroring the body drops what it has not delivered yet, so the cut
+        // after a passed event waits for the next read.
+        if (state.cutNext) return cut();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return controller.close();
+          buffered += decoder.decode(value, { stream: true });
+          // Pass through whole events only, so the cut lands between events.
+          let passed = false;
+          let end;
+          while ((end = buffered.indexOf('\n\n')) !== -1) {
+            const event = buffered.slice(0, end + 2);
+            const isMessage = /^data: ?\S/m.test(event);
+            if (cutAfter === 0 && isMessage) {
+              // Cut before the first message; blocks without data passed.
+              state.cutNext = true;
+              return passed ? undefined : cut();
+            }
+            buffered = buffered.slice(end + 2);
+            controller.enqueue(new TextEncoder().encode(event));
+            passed = true;
+            if (isMessage) seen += 1;
+            const id = /^id: ?(.*)$/m.exec(event)?.[1];
+            if (id) state.lastIdBeforeCut = id;
+            if (cutAfter > 0 && seen >= cutAfter) {
+              state.cutAt = seen;
+              state.cutNext = true;
+              return;
+            }
           }
+          if (passed) return;
         }
       },
       cancel() {
