@@ -94,6 +94,11 @@ const SCENARIOS: &[Scenario] = &[
         run: everything_http,
     },
     Scenario {
+        name: "everything-stdio",
+        needs: Needs::Node,
+        run: everything_stdio,
+    },
+    Scenario {
         name: "conformance-stable",
         needs: Needs::Node,
         run: conformance_stable,
@@ -937,6 +942,16 @@ fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
 fn everything_http(ctx: &mut Ctx) -> Result<String, String> {
     let upstream = ctx.everything_http()?;
     let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    ctx.ts_client("everything", &proxy)
+}
+
+/// server-everything as a stdio child of Shadowcat (`--upstream-cmd`),
+/// served over Streamable HTTP: the same client check as over HTTP.
+fn everything_stdio(ctx: &mut Ctx) -> Result<String, String> {
+    let server = ctx
+        .paths
+        .module("@modelcontextprotocol/server-everything/dist/index.js");
+    let proxy = ctx.shadowcat(&["--upstream-cmd", "--", "node", &server, "stdio"])?;
     ctx.ts_client("everything", &proxy)
 }
 
