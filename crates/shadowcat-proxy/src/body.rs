@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use shadowcat_transport::{EventTracker, Recorded};
 use tokio::time::{Instant, Sleep};
 
 use crate::sink::WriterSink;
 use crate::stream::StreamBody;
+use crate::upstream_conn::UpstreamBody;
 
 /// The error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +44,7 @@ pub struct ProxyBody(Inner);
 #[derive(Debug)]
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Sse(Box<SseForward>),
     Stream(Box<StreamBody>),
 }
@@ -61,7 +61,7 @@ impl ProxyBody {
     }
 
     /// The upstream's body, streamed through as it arrives.
-    pub(crate) fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody) -> Self {
         ProxyBody(Inner::Upstream(body))
     }
 
@@ -151,7 +151,7 @@ pub enum StreamError {
 
 /// Forwards one upstream SSE stream to one client.
 pub(crate) struct SseForward {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     decoder: Decoder,
     tracker: Option<EventTracker>,
     out: BytesMut,
@@ -186,7 +186,7 @@ const COALESCE_BYTES: usize = 16 * 1024;
 impl SseForward {
     /// Forwards `upstream`; ids are recorded with `tracker` when given.
     pub(crate) fn new(
-        upstream: Incoming,
+        upstream: UpstreamBody,
         tracker: Option<EventTracker>,
         interval: Duration,
         closing: Option<Closing>,

@@ -22,6 +22,7 @@ pub mod sink;
 mod siphash;
 pub mod stdio_upstream;
 mod stream;
+mod upstream_conn;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -32,6 +32,7 @@ use crate::stdio_upstream::{BridgeError, ChildSession, Sent, StdioBridge};
 use crate::stream::{
     Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared, UpstreamClient,
 };
+use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
 /// `Mcp-Session-Id`.
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -97,7 +98,8 @@ pub struct ServeReport {
 #[derive(Debug)]
 struct Shared {
     config: ReverseProxyConfig,
-    client: UpstreamClient,
+    /// Upstream connections, driven by the tasks that read them.
+    pool: Arc<UpstreamPool>,
     sessions: Arc<Sessions>,
     /// The stdio children, when the upstream is a program.
     stdio: Option<Arc<StdioBridge>>,
@@ -204,6 +206,7 @@ impl ReverseProxy {
             None => None,
         };
         let client: UpstreamClient = client;
+        let pool = UpstreamPool::new(&config.upstream, config.limits.upstream_connect_timeout);
         let env = Arc::new(StreamEnv {
             client: client.clone(),
             uri: config.upstream.clone(),
@@ -220,7 +223,7 @@ impl ReverseProxy {
             local_addr,
             shared: Arc::new(Shared {
                 config,
-                client,
+                pool,
                 sessions,
                 stdio,
                 bearer,
@@ -556,17 +559,15 @@ impl Shared {
         req
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Rejection> {
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Rejection> {
         let timeout = self.config.limits.upstream_response_timeout;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.pool.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "request" };
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
-                tracing::warn!(upstream = %self.config.upstream, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                let timed_out = std::error::Error::source(&e)
-                    .is_some_and(|s| s.to_string().contains("timed out"));
-                if timed_out {
+                tracing::warn!(upstream = %self.config.upstream, error = %e, "upstream request failed");
+                if e.is_connect_timeout() {
                     Err(Rejection::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         jsonrpc::INTERNAL_ERROR,
@@ -599,7 +600,7 @@ impl Shared {
     /// The client's response for an upstream response.
     fn relay(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         session: Option<(&SessionEntry, StreamKind)>,
         slot: Option<StreamSlot>,
         label: &'static str,
@@ -608,7 +609,7 @@ impl Shared {
         let sse = is_sse(&parts.headers);
         let session = match session {
             Some((s, kind)) if sse => {
-                let stream = self.open_stream(PumpSource::Http(body), s, slot, kind, None);
+                let stream = self.open_stream(PumpSource::Upstream(body), s, slot, kind, None);
                 let mut out = self.stream_response(stream, s, Some(parts.status));
                 for v in parts.headers.get_all(header::RETRY_AFTER) {
                     out.headers_mut().append(header::RETRY_AFTER, v.clone());
@@ -794,7 +795,7 @@ impl Shared {
     /// upstream forgot the session, so the proxy forgets it too.
     async fn after_upstream(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         session: &SessionEntry,
         slot: Option<StreamSlot>,
         kind: StreamKind,
@@ -1072,7 +1073,7 @@ impl Shared {
             StreamKind::Request(None)
         };
         let body = self.open_stream(
-            PumpSource::Http(resp.into_body()),
+            PumpSource::Upstream(resp.into_body()),
             session,
             Some(slot),
             kind,

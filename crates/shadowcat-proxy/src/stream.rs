@@ -63,6 +63,7 @@ use crate::protocol::ProtocolVersion;
 use crate::queue::{MessageQueue, QueueEnd};
 use crate::replay::{ReplayBuffer, ReplayLimits};
 use crate::sink::WriterSink;
+use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
 /// The pooled upstream HTTP client.
 pub(crate) type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -89,7 +90,7 @@ pub(crate) struct StreamEnv {
     pub(crate) closing: watch::Receiver<bool>,
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<Response<Incoming>, String>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, String>> + Send>>;
 
 impl StreamEnv {
     /// A GET toward the upstream for `session`'s stream, resuming after
@@ -125,12 +126,24 @@ impl StreamEnv {
         req
     }
 
-    fn connect(&self, req: Request<Full<Bytes>>) -> Connecting {
-        let fut = self.client.request(req);
+    /// Sends `req` through `pool` when given, else through the pooled
+    /// client.
+    fn connect(&self, req: Request<Full<Bytes>>, pool: Option<&Arc<UpstreamPool>>) -> Connecting {
         let timeout = self.response_timeout;
+        if let Some(pool) = pool {
+            let pool = Arc::clone(pool);
+            return Box::pin(async move {
+                match tokio::time::timeout(timeout, pool.request(req)).await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(format!("the upstream could not be reached: {e}")),
+                    Err(_) => Err(format!("the upstream did not answer within {timeout:?}")),
+                }
+            });
+        }
+        let fut = self.client.request(req);
         Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(resp)) => Ok(resp),
+                Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::from)),
                 Ok(Err(e)) => Err(format!("the upstream could not be reached: {e}")),
                 Err(_) => Err(format!("the upstream did not answer within {timeout:?}")),
             }
@@ -171,14 +184,16 @@ enum Cause {
 /// Where a pump reads its stream from.
 #[derive(Debug)]
 pub(crate) enum PumpSource {
-    /// An upstream HTTP response body (SSE).
+    /// An upstream HTTP response body (SSE) from the pooled client.
     Http(Incoming),
+    /// An upstream HTTP response body (SSE) that drives its connection.
+    Upstream(UpstreamBody),
     /// Messages a stdio child's router put on this stream's queue.
     Queue(Arc<MessageQueue>),
 }
 
 enum Source {
-    Body(Incoming),
+    Body(UpstreamBody),
     Queue(Arc<MessageQueue>),
     Dropped(Cause),
     Waiting(Pin<Box<Sleep>>),
@@ -344,6 +359,8 @@ pub(crate) struct Pump {
     policy: ReconnectPolicy,
     kind: StreamKind,
     env: Arc<StreamEnv>,
+    /// Where reconnects go when the stream came from a pool.
+    pool: Option<Arc<UpstreamPool>>,
     upstream_session: Option<HeaderValue>,
     version: ProtocolVersion,
     sink: Option<WriterSink>,
@@ -393,8 +410,13 @@ impl Pump {
             Some(id) => EventTracker::resuming_from(id, TrackerConfig::default(), None),
             None => EventTracker::new(None),
         };
+        let mut pool = None;
         let source = match source {
-            PumpSource::Http(body) => Source::Body(body),
+            PumpSource::Http(body) => Source::Body(body.into()),
+            PumpSource::Upstream(body) => {
+                pool = body.pool();
+                Source::Body(body)
+            }
             PumpSource::Queue(q) => Source::Queue(q),
         };
         Pump {
@@ -416,6 +438,7 @@ impl Pump {
             policy: ReconnectPolicy::new(env.reconnect),
             kind: spec.kind,
             env,
+            pool,
             upstream_session: spec.upstream_session,
             version: spec.version,
             sink: spec.sink,
@@ -525,7 +548,7 @@ impl Pump {
                     );
                     metrics::counter!("shadowcat_upstream_reconnects_total").increment(1);
                     tracing::debug!(session = %self.session, stream = self.stream.0, last_event_id = ?last, "reconnecting to the upstream");
-                    self.source = Source::Connecting(self.env.connect(req));
+                    self.source = Source::Connecting(self.env.connect(req, self.pool.as_ref()));
                 }
                 Source::Connecting(fut) => {
                     let answer = ready!(fut.as_mut().poll(cx));
