@@ -13,6 +13,7 @@ pub mod event_id;
 pub mod forward;
 pub mod forward_http;
 pub mod jsonrpc;
+mod linger;
 pub mod protocol;
 mod queue;
 pub mod replay;

@@ -226,6 +226,7 @@ impl Forwarder {
     /// Decodes `chunk`; every deliverable event gets sequence number `*seq`
     /// (then incremented) and is encoded into `enc`.
     fn forward(&mut self, chunk: Bytes, seq: &mut u64) -> Result<(), DecodeError> {
+        self.ensure_capacity();
         self.decoder.push(chunk);
         for item in self.decoder.by_ref() {
             match item? {
@@ -301,8 +302,17 @@ impl Forwarder {
         Ok(())
     }
 
+    /// An idle stream holds no encoding buffer: it is allocated with the
+    /// first input.
+    fn ensure_capacity(&mut self) {
+        if self.enc.capacity() == 0 {
+            self.enc = BytesMut::with_capacity(ENC_CAPACITY);
+        }
+    }
+
     /// Encodes one message from a queue as the event with number `*seq`.
     fn put_message(&mut self, msg: &Bytes, seq: &mut u64) {
+        self.ensure_capacity();
         match &self.sealer {
             Some(sealer) => {
                 sealer.write_id_line(&mut self.enc, *seq, None);
@@ -425,7 +435,7 @@ impl Pump {
                 decoder: Decoder::default(),
                 tracker,
                 sealer: spec.sealer,
-                enc: BytesMut::with_capacity(ENC_CAPACITY),
+                enc: BytesMut::new(),
                 taken: Vec::new(),
                 marks: Vec::with_capacity(16),
                 last_up: spec.resume_after.unwrap_or_default(),
@@ -858,6 +868,22 @@ impl StreamShared {
         }
     }
 
+    /// Releases a complete stream whose linger time is over, unless a
+    /// client attached again.
+    pub(crate) fn release_if_kept(&self, now: Instant) {
+        let due = {
+            let st = self.state.lock();
+            st.attached == 0 && st.keep_until.is_some_and(|t| t <= now)
+        };
+        if due {
+            tracing::debug!(
+                stream = self.id.0,
+                "complete stream released after its linger time"
+            );
+            self.release();
+        }
+    }
+
     /// The detached reader: reads the upstream into the buffer while no
     /// client is attached. Ready when a client attached (true) or the
     /// stream ended (false).
@@ -1115,8 +1141,11 @@ impl Drop for StreamBody {
         if self.finished && complete {
             // Everything went out; the client may still have missed the
             // tail (written is not received). Kept for the linger time,
-            // without a task: the session's next stream sweeps it.
-            self.stream.state.lock().keep_until = Some(Instant::now() + self.stream.env.linger);
+            // then released by the linger sweeper (or the session's next
+            // stream, whichever comes first).
+            let until = Instant::now() + self.stream.env.linger;
+            self.stream.state.lock().keep_until = Some(until);
+            crate::linger::keep(&self.stream, until);
         } else {
             Arc::clone(&self.stream).detached(generation);
         }

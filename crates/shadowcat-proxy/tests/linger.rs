@@ -1,0 +1,63 @@
+//! A complete stream no client holds is kept for the linger time, then
+//! released without waiting for the session's next stream: a resume inside
+//! the linger is served from the proxy's buffer, one after it goes to the
+//! upstream.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+use support::{Harness, body_bytes, call};
+
+const LINGER: Duration = Duration::from_millis(300);
+
+fn last_id(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .next_back()
+        .expect("the stream carried ids")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_stream_is_released_after_its_linger_time() {
+    let h = Harness::start_with(|c| c.limits.detached_linger = LINGER).await;
+    let v = "2025-11-25";
+    let sid = h.init(v).await;
+    let hs = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", v),
+    ];
+    let resp = h.post(&hs, &call(2, "progress", json!({"count": 3}))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    let last = last_id(&text);
+    let done = Instant::now();
+
+    // Inside the linger: from the buffer, the upstream is not asked.
+    let resp = h.resume(&sid, v, Some(&last)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = body_bytes(resp).await;
+    assert!(done.elapsed() < LINGER, "the machine was too slow to check");
+    assert_eq!(h.upstream.resumes(), 0, "served from the proxy's buffer");
+
+    // After it, with no other stream opened in the session: released, so
+    // the resume goes upstream. Bounded wait.
+    tokio::time::sleep(LINGER * 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The head is enough: the upstream was asked or not.
+        let resp = h.resume(&sid, v, Some(&last)).await;
+        drop(resp);
+        if h.upstream.resumes() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the complete stream was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
