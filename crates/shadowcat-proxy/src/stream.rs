@@ -220,9 +220,40 @@ struct Forwarder {
     healthy: bool,
     events: u64,
     duplicates: u64,
+    /// The client speaks 2025-11-25 or later: priming events (an id and
+    /// empty `data`) are part of its protocol. Older clients get id-only
+    /// blocks instead: some crash on an empty data line.
+    prime_clients: bool,
+}
+
+/// Ends a priming block: `data:` with an empty value for clients that
+/// expect priming events, a bare blank line (id only) for the others.
+fn end_priming(enc: &mut BytesMut, prime_clients: bool) {
+    if prime_clients {
+        enc.put_slice(b"data:\n\n");
+    } else {
+        enc.put_u8(b'\n');
+    }
 }
 
 impl Forwarder {
+    /// The proxy's own priming event at the start of a client stream, so a
+    /// client cut before the first message still holds an id to resume
+    /// from (2025-11-25 and later; a no-op for older clients).
+    fn put_priming(&mut self, seq: &mut u64) {
+        let Some(sealer) = &self.sealer else {
+            return;
+        };
+        if !self.prime_clients {
+            return;
+        }
+        let carried = (!self.last_up.is_empty()).then_some(self.last_up.as_str());
+        sealer.write_id_line(&mut self.enc, *seq, carried);
+        end_priming(&mut self.enc, true);
+        *seq += 1;
+        self.marks.push(self.enc.len());
+    }
+
     /// Decodes `chunk`; every deliverable event gets sequence number `*seq`
     /// (then incremented) and is encoded into `enc`.
     fn forward(&mut self, chunk: Bytes, seq: &mut u64) -> Result<(), DecodeError> {
@@ -259,9 +290,9 @@ impl Forwarder {
                     let carried = (!self.last_up.is_empty()).then_some(self.last_up.as_str());
                     sealer.write_id_line(&mut self.enc, *seq, carried);
                     if ev.is_priming() {
-                        // Id-only block: the client's last event id moves,
-                        // nothing is dispatched.
-                        self.enc.put_u8(b'\n');
+                        // A priming block: the client's last event id
+                        // moves; never a JSON-RPC message.
+                        end_priming(&mut self.enc, self.prime_clients);
                     } else {
                         let mut out = OutgoingEvent::new().data(&ev.data);
                         if let Some(name) = ev.event.as_deref() {
@@ -288,7 +319,7 @@ impl Forwarder {
                         continue;
                     };
                     sealer.write_id_line(&mut self.enc, *seq, Some(&self.last_up));
-                    self.enc.put_u8(b'\n');
+                    end_priming(&mut self.enc, self.prime_clients);
                 }
                 SseItem::Retry(ms) => {
                     self.server_retry = Some(Duration::from_millis(ms));
@@ -377,6 +408,8 @@ pub(crate) struct Pump {
     session: SessionId,
     stream: StreamId,
     _slot: Option<StreamSlot>,
+    /// Whether the stream's own priming event went out.
+    primed: bool,
 }
 
 impl std::fmt::Debug for Pump {
@@ -444,7 +477,9 @@ impl Pump {
                 healthy: false,
                 events: 0,
                 duplicates: 0,
+                prime_clients: spec.version >= ProtocolVersion::V2025_11_25,
             },
+            primed: false,
             policy: ReconnectPolicy::new(env.reconnect),
             kind: spec.kind,
             env,
@@ -468,6 +503,10 @@ impl Pump {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, next_seq: u64) -> Poll<Pumped> {
         self.fw.marks.clear();
         let mut seq = next_seq;
+        if !self.primed {
+            self.primed = true;
+            self.fw.put_priming(&mut seq);
+        }
         loop {
             match &mut self.source {
                 Source::Body(body) => {

@@ -272,7 +272,10 @@ async fn evicted_buffer_resumes_from_the_upstream_via_the_carried_id() {
         .await;
     let mut live = SseClient::new(resp.into_body());
     let mut first = Tally::new();
-    assert!(!first.read(&mut live, 101).await);
+    // Two priming events (the proxy's and the upstream's), then 100
+    // notifications.
+    assert!(!first.read(&mut live, 102).await);
+    assert_eq!((first.primings, first.next), (2, 101), "{first:?}");
     let old = first.last_id.clone().unwrap();
     assert!(!first.read(&mut live, 400).await);
     let resumes = h.upstream.resumes();
@@ -305,7 +308,8 @@ async fn evicted_buffer_resumes_from_the_upstream_via_the_carried_id() {
         .await;
     let mut all = Tally::new();
     let mut client = SseClient::new(resp.into_body());
-    assert!(!all.read(&mut client, 51).await);
+    assert!(!all.read(&mut client, 52).await);
+    assert_eq!((all.primings, all.next), (2, 51), "{all:?}");
     let old = all.last_id.clone().unwrap();
     assert!(all.read(&mut client, u64::MAX).await);
     all.assert_exactly_once(300);
@@ -357,8 +361,15 @@ async fn get_stream_resumes_from_the_buffer() {
     let resp = h.resume(&sid, "2025-11-25", None).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut client = SseClient::new(resp.into_body());
+    // The proxy's own priming event, then the upstream's, then "hello".
+    let own = client.next().await.unwrap().unwrap();
+    assert_eq!(own.data.as_deref(), Some(""), "priming event: {own:?}");
     let priming = client.next().await.unwrap().unwrap();
-    assert!(priming.data.is_none(), "priming is id-only: {priming:?}");
+    assert_eq!(
+        priming.data.as_deref(),
+        Some(""),
+        "priming event: {priming:?}"
+    );
     let hello = client.next().await.unwrap().unwrap();
     assert!(hello.data.unwrap().contains("hello"));
     let priming_id = priming.id.unwrap();

@@ -346,33 +346,54 @@ async fn sse_is_forwarded_event_by_event() {
     assert!(events[3].contains("\"id\":7"));
 }
 
-#[tokio::test]
-async fn priming_event_is_forwarded_without_data() {
+/// The blocks of one `progress` call with `count` 1 in a session of
+/// `version`.
+async fn progress_blocks(version: &str) -> Vec<String> {
     let h = Harness::start().await;
-    let sid = h.init("2025-11-25").await;
+    let sid = h.init(version).await;
     let resp = h
         .post(
-            &[
-                ("mcp-session-id", &sid),
-                ("mcp-protocol-version", "2025-11-25"),
-            ],
+            &[("mcp-session-id", &sid), ("mcp-protocol-version", version)],
             &call(8, "progress", json!({"count": 1})),
         )
         .await;
     let text = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
-    let blocks: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-    assert_eq!(blocks.len(), 3, "{text}");
-    assert!(blocks[0].starts_with("id: "), "{text}");
-    assert!(
-        !blocks[0].contains("data"),
-        "priming forwarded as a message: {text}"
-    );
-    for b in &blocks[1..] {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_messages_are_json(blocks: &[String]) {
+    for b in blocks {
         let data = b
             .lines()
             .find_map(|l| l.strip_prefix("data: "))
             .expect("data line");
         let _: Value = serde_json::from_str(data).expect("every data line is JSON");
+    }
+}
+
+#[tokio::test]
+async fn priming_events_for_2025_11_25_clients_have_an_id_and_empty_data() {
+    let blocks = progress_blocks("2025-11-25").await;
+    // The proxy's own priming event, the upstream's, the notification and
+    // the result.
+    assert_eq!(blocks.len(), 4, "{blocks:#?}");
+    for priming in &blocks[..2] {
+        let lines: Vec<&str> = priming.lines().collect();
+        assert!(lines[0].starts_with("id: "), "{blocks:#?}");
+        assert_eq!(&lines[1..], ["data:"], "priming event: {blocks:#?}");
+    }
+    assert_messages_are_json(&blocks[2..]);
+}
+
+#[tokio::test]
+async fn older_clients_never_get_an_empty_data_event() {
+    for version in ["2025-03-26", "2025-06-18"] {
+        let blocks = progress_blocks(version).await;
+        assert_eq!(blocks.len(), 2, "{version}: {blocks:#?}");
+        assert_messages_are_json(&blocks);
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct Tally {
     pub(crate) duplicated: u64,
     pub(crate) results: u64,
     pub(crate) errors: Vec<Value>,
+    /// Priming events seen (an id and empty data).
+    pub(crate) primings: u64,
     /// The id of the last block seen (what a client resumes with).
     pub(crate) last_id: Option<String>,
     /// The longest time from a resume request to its first block.
@@ -106,7 +108,12 @@ impl Tally {
         let Some(data) = block.data.as_deref() else {
             return;
         };
-        assert!(!data.is_empty(), "an empty data event reached the client");
+        if data.is_empty() {
+            // Only a priming event may have empty data, and it has an id.
+            assert!(block.id.is_some(), "an empty data event without an id");
+            self.primings += 1;
+            return;
+        }
         let v: Value = serde_json::from_str(data).expect("every data event is JSON");
         if v["method"] == "notifications/progress" {
             let p = v["params"]["progress"].as_u64().expect("progress value");
