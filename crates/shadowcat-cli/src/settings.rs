@@ -65,6 +65,7 @@ struct FileLimits {
     replay_max_events: Option<usize>,
     replay_max_bytes: Option<usize>,
     detached_linger_ms: Option<u64>,
+    max_kept_complete_streams: Option<usize>,
     reconnect_max_attempts: Option<u32>,
     max_children: Option<usize>,
     max_child_line_bytes: Option<usize>,
@@ -214,6 +215,9 @@ impl ReverseSettings {
         if let Some(v) = f.detached_linger_ms {
             l.detached_linger = ms(v);
         }
+        if let Some(v) = f.max_kept_complete_streams {
+            l.max_kept_complete_streams = v;
+        }
         if let Some(v) = f.reconnect_max_attempts {
             l.reconnect.max_attempts = v;
         }
@@ -313,6 +317,7 @@ mod tests {
             replay_max_events = 99
             replay_max_bytes = 4096
             detached_linger_ms = 1500
+            max_kept_complete_streams = 3
             reconnect_max_attempts = 4
             "#,
         )
@@ -326,6 +331,7 @@ mod tests {
         assert_eq!(s.proxy.limits.replay.max_events, 99);
         assert_eq!(s.proxy.limits.replay.max_bytes, 4096);
         assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
+        assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);
         assert_eq!(s.proxy.limits.reconnect.max_attempts, 4);
         assert_eq!(
             s.proxy.limits.keepalive_interval,

@@ -119,6 +119,10 @@ pub struct Limits {
     /// on into the replay buffer) for the client to come back. Default
     /// 60 s.
     pub detached_linger: Duration,
+    /// Per session, at most this many complete streams are kept for their
+    /// linger time (for a client that missed the tail); the oldest goes
+    /// first. Bounds memory under a high request rate. Default 16.
+    pub max_kept_complete_streams: usize,
     /// How the proxy reconnects an upstream stream that dropped. Default:
     /// the transport crate's defaults (200 ms base, 30 s cap, 10 attempts).
     pub reconnect: ReconnectConfig,
@@ -139,6 +143,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             replay: ReplayLimits::default(),
             detached_linger: Duration::from_secs(60),
+            max_kept_complete_streams: 16,
             reconnect: ReconnectConfig::default(),
         }
     }

@@ -32,7 +32,7 @@
 //! events already sent. When it cannot reconnect, a request's stream gets
 //! a JSON-RPC error naming the cause as its last event, then ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -86,6 +86,7 @@ pub(crate) struct StreamEnv {
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) replay: ReplayLimits,
     pub(crate) linger: Duration,
+    pub(crate) max_kept: usize,
     pub(crate) keepalive: Duration,
     pub(crate) closing: watch::Receiver<bool>,
 }
@@ -1185,6 +1186,9 @@ impl Drop for StreamBody {
             let until = Instant::now() + self.stream.env.linger;
             self.stream.state.lock().keep_until = Some(until);
             crate::linger::keep(&self.stream, until);
+            if let Some(reg) = self.stream.registry.upgrade() {
+                reg.keep_complete(&self.stream, self.stream.env.max_kept);
+            }
         } else {
             Arc::clone(&self.stream).detached(generation);
         }
@@ -1195,6 +1199,8 @@ impl Drop for StreamBody {
 #[derive(Debug, Default)]
 pub(crate) struct StreamRegistry {
     streams: Mutex<HashMap<u32, Arc<StreamShared>>>,
+    /// Complete streams kept for their linger time, oldest first.
+    kept: Mutex<VecDeque<Weak<StreamShared>>>,
 }
 
 impl StreamRegistry {
@@ -1202,24 +1208,29 @@ impl StreamRegistry {
         self.streams.lock().get(&id).cloned()
     }
 
-    /// Adds a stream; drops complete streams kept past their time.
+    /// Adds a stream. Complete streams past their linger time are released
+    /// by the linger sweeper, and the oldest beyond the per-session cap by
+    /// [`StreamRegistry::keep_complete`]: nothing here scans the map.
     fn insert(&self, stream: Arc<StreamShared>) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        let mut map = self.streams.lock();
-        map.retain(|_, s| {
-            let st = s.state.lock();
-            let keep = st.attached > 0 || st.keep_until.is_none_or(|t| t > now);
-            drop(st);
-            if !keep {
-                expired.push(Arc::clone(s));
+        self.streams.lock().insert(stream.id.0, stream);
+    }
+
+    /// Records that `stream` completed and is kept for its linger time;
+    /// releases the oldest kept stream when more than `max` are kept.
+    fn keep_complete(&self, stream: &Arc<StreamShared>, max: usize) {
+        let evicted = {
+            let mut kept = self.kept.lock();
+            // At most `max + 1` entries: a bounded, short scan.
+            kept.retain(|w| w.strong_count() > 0);
+            kept.push_back(Arc::downgrade(stream));
+            if kept.len() > max.max(1) {
+                kept.pop_front()
+            } else {
+                None
             }
-            keep
-        });
-        map.insert(stream.id.0, stream);
-        drop(map);
-        for s in expired {
-            s.release();
+        };
+        if let Some(old) = evicted.and_then(|w| w.upgrade()) {
+            old.release_if_kept(Instant::now() + old.env.linger);
         }
     }
 

@@ -61,3 +61,45 @@ async fn complete_stream_is_released_after_its_linger_time() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Under many requests in one session only the newest complete streams are
+/// kept: the oldest beyond `max_kept_complete_streams` is released at once,
+/// long before its linger time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_complete_streams_are_kept() {
+    let h = Harness::start_with(|c| {
+        c.limits.detached_linger = Duration::from_secs(600);
+        c.limits.max_kept_complete_streams = 2;
+    })
+    .await;
+    let v = "2025-11-25";
+    let sid = h.init(v).await;
+    let hs = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", v),
+    ];
+    let mut lasts = Vec::new();
+    for id in 0..3 {
+        let resp = h
+            .post(&hs, &call(10 + id, "progress", json!({"count": 2})))
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+        lasts.push(last_id(&text));
+    }
+    // The newest two are still in the proxy's buffers.
+    for last in &lasts[1..] {
+        let resp = h.resume(&sid, v, Some(last)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = body_bytes(resp).await;
+    }
+    assert_eq!(
+        h.upstream.resumes(),
+        0,
+        "the newest two come from the buffer"
+    );
+    // The oldest was released: its resume goes to the upstream.
+    let resp = h.resume(&sid, v, Some(&lasts[0])).await;
+    drop(resp);
+    assert_eq!(h.upstream.resumes(), 1, "the oldest was released");
+}
