@@ -876,7 +876,6 @@ impl StreamShared {
                 let _ = closing.wait_for(|c| *c).await;
             }),
             done: false,
-            finished: false,
         })
     }
 
@@ -1036,8 +1035,6 @@ pub(crate) struct StreamBody {
     keepalive: Pin<Box<Sleep>>,
     closing: Closing,
     done: bool,
-    /// Everything was delivered, the end included.
-    finished: bool,
 }
 
 impl std::fmt::Debug for StreamBody {
@@ -1105,7 +1102,6 @@ impl StreamBody {
             }
             if st.end.is_some() {
                 self.done = true;
-                self.finished = true;
                 return Poll::Ready(None);
             }
             let Some(mut pump) = st.pump.take() else {
@@ -1178,9 +1174,10 @@ impl Drop for StreamBody {
         if !last {
             return;
         }
-        if self.finished && complete {
-            // Everything went out; the client may still have missed the
-            // tail (written is not received). Kept for the linger time,
+        if complete {
+            // Nothing more comes from the upstream; the client may still
+            // have missed the tail (written is not received, or it left
+            // early). Kept for the linger time,
             // then released by the linger sweeper (or the session's next
             // stream, whichever comes first).
             let until = Instant::now() + self.stream.env.linger;
@@ -1220,8 +1217,15 @@ impl StreamRegistry {
     fn keep_complete(&self, stream: &Arc<StreamShared>, max: usize) {
         let evicted = {
             let mut kept = self.kept.lock();
-            // At most `max + 1` entries: a bounded, short scan.
+            // At most `max + 1` entries: a bounded, short scan. A stream
+            // kept again (a client came back and left) keeps its place.
             kept.retain(|w| w.strong_count() > 0);
+            if kept
+                .iter()
+                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(stream)))
+            {
+                return;
+            }
             kept.push_back(Arc::downgrade(stream));
             if kept.len() > max.max(1) {
                 kept.pop_front()

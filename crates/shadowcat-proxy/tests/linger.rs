@@ -58,7 +58,8 @@ async fn complete_stream_is_released_after_its_linger_time() {
             Instant::now() < deadline,
             "the complete stream was never released"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A resume that found it attached and left again: it lingers anew.
+        tokio::time::sleep(LINGER * 2).await;
     }
 }
 
