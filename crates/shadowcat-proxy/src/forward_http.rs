@@ -352,6 +352,7 @@ pub async fn relay_http(
         reconnect: config.reconnect,
         replay: ReplayLimits::default(),
         linger: Duration::ZERO,
+        lingering: Default::default(),
         max_kept: 1,
         keepalive: Duration::from_secs(3600),
         closing,

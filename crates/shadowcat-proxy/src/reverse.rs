@@ -215,6 +215,7 @@ impl ReverseProxy {
             reconnect: config.limits.reconnect,
             replay: config.limits.replay,
             linger: config.limits.detached_linger,
+            lingering: Default::default(),
             max_kept: config.limits.max_kept_complete_streams,
             keepalive: config.limits.keepalive_interval,
             closing: closing.clone(),

@@ -86,6 +86,8 @@ pub(crate) struct StreamEnv {
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) replay: ReplayLimits,
     pub(crate) linger: Duration,
+    /// Complete streams kept for `linger`, released by one sweeper.
+    pub(crate) lingering: Arc<crate::linger::Linger>,
     pub(crate) max_kept: usize,
     pub(crate) keepalive: Duration,
     pub(crate) closing: watch::Receiver<bool>,
@@ -1182,7 +1184,7 @@ impl Drop for StreamBody {
             // stream, whichever comes first).
             let until = Instant::now() + self.stream.env.linger;
             self.stream.state.lock().keep_until = Some(until);
-            crate::linger::keep(&self.stream, until);
+            self.stream.env.lingering.keep(&self.stream, until);
             if let Some(reg) = self.stream.registry.upgrade() {
                 reg.keep_complete(&self.stream, self.stream.env.max_kept);
             }
