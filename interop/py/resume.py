@@ -40,7 +40,8 @@ from mcp.shared.message import ClientMessageMetadata
 from mcp.types import CallToolRequest, CallToolRequestParams, CallToolResult, ProgressNotification
 
 ID_LINE = re.compile(rb"^id: ?(.*)$", re.MULTILINE)
-DATA_LINE = re.compile(rb"^data:", re.MULTILINE)
+# A message: a data line with content (a priming event has empty data).
+DATA_LINE = re.compile(rb"^data: ?\S", re.MULTILINE)
 
 
 def describe(e: BaseException) -> str:

@@ -265,7 +265,12 @@ function holdingFetch(holdAfter, lose, state) {
   return async (input, init) => {
     const lastEventId = new Headers(init?.headers).get('last-event-id');
     if (init?.method === 'GET' && lastEventId) {
-      state.resumedFrom.push(lastEventId);
+      // Only resumes of the call's stream count: the standalone GET stream
+      // reconnects with its own id (Shadowcat ids start with the stream).
+      const stream = (id) => id?.split('.')[0];
+      if (state.lastIdBeforeHold === undefined || stream(lastEventId) === stream(state.lastIdBeforeHold)) {
+        state.resumedFrom.push(lastEventId);
+      }
       let res;
       try {
         res = await fetch(input, init);
@@ -313,7 +318,7 @@ function holdingFetch(holdAfter, lose, state) {
           while ((end = buffered.indexOf('\n\n')) !== -1) {
             const event = buffered.slice(0, end + 2);
             buffered = buffered.slice(end + 2);
-            const isData = /^data:/m.test(event);
+            const isData = /^data: ?\S/m.test(event); // a message, not a priming event
             if (state.holdingSince === undefined) {
               controller.enqueue(new TextEncoder().encode(event));
               passed = true;

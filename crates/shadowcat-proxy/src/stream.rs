@@ -240,8 +240,8 @@ fn end_priming(enc: &mut BytesMut, prime_clients: bool) {
 }
 
 impl Forwarder {
-    /// The proxy's own priming event at the start of a client stream, so a
-    /// client cut before the first message still holds an id to resume
+    /// The proxy's own priming event at the start of a request's stream, so
+    /// a client cut before the first message still holds an id to resume
     /// from (2025-11-25 and later; a no-op for older clients).
     fn put_priming(&mut self, seq: &mut u64) {
         let Some(sealer) = &self.sealer else {
@@ -508,7 +508,12 @@ impl Pump {
         let mut seq = next_seq;
         if !self.primed {
             self.primed = true;
-            self.fw.put_priming(&mut seq);
+            // Request streams only: a client cut before the first message
+            // needs an id to resume with. A GET stream without one simply
+            // reconnects without Last-Event-ID.
+            if matches!(self.kind, StreamKind::Request(_)) {
+                self.fw.put_priming(&mut seq);
+            }
         }
         loop {
             match &mut self.source {
