@@ -84,6 +84,11 @@ const SCENARIOS: &[Scenario] = &[
         run: ts_sdk_no_eventstore_resume,
     },
     Scenario {
+        name: "ts-sdk-cut-before-first-message",
+        needs: Needs::Node,
+        run: ts_sdk_cut_before_first_message,
+    },
+    Scenario {
         name: "ts-sdk-proxy-restart",
         needs: Needs::Node,
         run: ts_sdk_proxy_restart,
@@ -871,6 +876,28 @@ fn ts_sdk_no_eventstore_resume(ctx: &mut Ctx) -> Result<String, String> {
             "the upstream (no event store) was asked to resume: {seen_upstream:?}"
         ));
     }
+    Ok(format!("{}; {resumes}", last_line(&out)))
+}
+
+/// A tool slow to send its first message, its stream cut before any
+/// message arrived: the client holds only Shadowcat's own priming event
+/// (an id and empty data, 2025-11-25) and resumes from it; Shadowcat serves
+/// everything from its buffer, exactly once.
+fn ts_sdk_cut_before_first_message(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = ctx.ts_server_with(&["--no-event-store"])?;
+    let proxy = ctx.shadowcat_at(
+        "shadowcat",
+        "memory",
+        free_port()?,
+        &["--upstream", &upstream],
+    )?;
+    let cmd = ctx.ts_client_cmd(
+        "resume",
+        &proxy.url,
+        &["steps=20", "delayMs=50", "cutAfter=0"],
+    );
+    let out = ctx.run("ts-client-resume", cmd)?;
+    let resumes = check_resumes(proxy.admin, Some(1.0), Some(0.0))?;
     Ok(format!("{}; {resumes}", last_line(&out)))
 }
 
