@@ -23,6 +23,11 @@ pub(crate) struct Cli {
     /// `redis://HOST:PORT/DB`.
     #[arg(long, global = true, env = "SHADOWCAT_STORE")]
     pub(crate) store: Option<String>,
+    /// Most threads the runtime keeps for blocking work (embedded store
+    /// calls, stdio): beyond it such calls queue instead of each holding
+    /// a thread and its stack [default: 16].
+    #[arg(long, global = true, env = "SHADOWCAT_MAX_BLOCKING_THREADS")]
+    pub(crate) max_blocking_threads: Option<usize>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

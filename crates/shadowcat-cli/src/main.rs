@@ -26,6 +26,11 @@ use crate::cli::{Cli, Command};
 use crate::error::CliError;
 use crate::settings::{FileConfig, ReverseSettings};
 
+/// Default for `--max-blocking-threads`. tokio's own default (512) let a
+/// burst of `initialize`s leave ~130 idle threads behind; redb serialises
+/// its write transactions anyway.
+const DEFAULT_MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One relay task needs no second thread: a current-thread runtime
@@ -34,7 +39,11 @@ fn main() -> ExitCode {
         Command::Forward { .. } => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    let runtime = match builder.enable_all().build() {
+    let blocking = cli
+        .max_blocking_threads
+        .unwrap_or(DEFAULT_MAX_BLOCKING_THREADS)
+        .max(1);
+    let runtime = match builder.enable_all().max_blocking_threads(blocking).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shadowcat: cannot start the async runtime: {e}");
