@@ -44,6 +44,10 @@ use crate::reverse::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
 use crate::stdio_upstream::one_line;
 use crate::stream::{Pump, PumpSource, PumpSpec, Pumped, StreamEnv, StreamKind};
 
+/// Batches waiting for the client's stdout; when it is full, upstream reads
+/// wait (backpressure) instead of memory growing.
+const OUT_QUEUE: usize = 256;
+
 /// Where to forward and the bounds.
 #[derive(Clone)]
 pub struct HttpForwardConfig {
@@ -111,7 +115,7 @@ pub struct HttpRelayReport {
 
 struct Relay {
     env: Arc<StreamEnv>,
-    out: mpsc::UnboundedSender<Bytes>,
+    out: mpsc::Sender<Bytes>,
     upstream_session: Mutex<Option<HeaderValue>>,
     version: Mutex<ProtocolVersion>,
     label: SessionId,
@@ -215,13 +219,13 @@ impl Relay {
                     if keep {
                         kept.extend_from_slice(&batch);
                     }
-                    if self.out.send(batch).is_err() {
+                    if self.out.send(batch).await.is_err() {
                         return kept;
                     }
                 }
                 Pumped::Ended(_, last) => {
                     if let Some(last) = last {
-                        let _ = self.out.send(last);
+                        let _ = self.out.send(last).await;
                     }
                     return kept;
                 }
@@ -231,16 +235,9 @@ impl Relay {
 
     /// POSTs one client message and relays the answer.
     async fn post(&self, msg: Bytes, id: Option<Value>, init: bool) -> Vec<u8> {
-        let fail = |cause: String| {
-            tracing::warn!(cause, "upstream request failed");
-            if let Some(id) = &id {
-                let _ = self.out.send(error_line(id, &cause));
-            }
-            Vec::new()
-        };
         let resp = match self.send(self.request(Method::POST, msg)).await {
             Ok(r) => r,
-            Err(cause) => return fail(cause),
+            Err(cause) => return self.fail(&id, cause).await,
         };
         let status = resp.status();
         if init && status.is_success() {
@@ -248,15 +245,20 @@ impl Relay {
             *self.upstream_session.lock() = sid;
         }
         if status == StatusCode::NOT_FOUND && self.upstream_session.lock().is_some() {
-            return fail(
-                "the upstream no longer knows the session (HTTP 404); restart the client to initialize a new one"
-                    .into(),
-            );
+            return self
+                .fail(
+                    &id,
+                    "the upstream no longer knows the session (HTTP 404); restart the client to initialize a new one"
+                        .into(),
+                )
+                .await;
         }
         if !status.is_success() {
             let body = read_limited(resp.into_body(), 2048).await;
             let text = String::from_utf8_lossy(&body);
-            return fail(format!("the upstream answered HTTP {status}: {text}"));
+            return self
+                .fail(&id, format!("the upstream answered HTTP {status}: {text}"))
+                .await;
         }
         if status == StatusCode::ACCEPTED {
             return Vec::new();
@@ -273,8 +275,17 @@ impl Relay {
         line.extend_from_slice(b"\n");
         let line = line.freeze();
         let kept = if init { line.to_vec() } else { Vec::new() };
-        let _ = self.out.send(line);
+        let _ = self.out.send(line).await;
         kept
+    }
+
+    /// Logs a failed request and answers it with a JSON-RPC error line.
+    async fn fail(&self, id: &Option<Value>, cause: String) -> Vec<u8> {
+        tracing::warn!(cause, "upstream request failed");
+        if let Some(id) = id {
+            let _ = self.out.send(error_line(id, &cause)).await;
+        }
+        Vec::new()
     }
 
     /// Opens the GET stream after initialize; 405 means none.
@@ -357,7 +368,9 @@ pub async fn relay_http(
         keepalive: Duration::from_secs(3600),
         closing,
     });
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    // Bounded: a slow stdio client slows the upstream reads, never grows
+    // memory without end.
+    let (out, mut out_rx) = mpsc::channel::<Bytes>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
         let mut w = client_out;
         while let Some(b) = out_rx.recv().await {
