@@ -26,6 +26,7 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use shadowcat_session::{ResumeKey, SessionId};
+use shadowcat_transport::sse::put_decimal;
 
 use crate::siphash::SipHasher24;
 
@@ -223,20 +224,6 @@ impl StreamSealer {
         }
         out.put_u8(b'\n');
     }
-}
-
-fn put_decimal(dst: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.put_slice(&digits[at..]);
 }
 
 #[cfg(test)]

@@ -160,7 +160,9 @@ fn field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_u8(b'\n');
 }
 
-fn put_decimal(dst: &mut BytesMut, mut n: u64) {
+/// Writes `n` in decimal ASCII, without allocating (for ids and `retry:`
+/// values written straight into an output buffer).
+pub fn put_decimal(dst: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

@@ -20,5 +20,5 @@ mod encode;
 mod text;
 
 pub use decode::{DecodeError, Decoder, DecoderLimits, SseEvent, SseItem};
-pub use encode::{EncodeError, OutgoingEvent, encode_comment};
+pub use encode::{EncodeError, OutgoingEvent, encode_comment, put_decimal};
 pub use text::Utf8Bytes;
