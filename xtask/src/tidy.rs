@@ -122,6 +122,53 @@ fn every_crate_root_has_a_doc() {
     );
 }
 
+/// The design card puts every crate at the workspace's top level:
+/// `Cargo.toml`, `shadowcat-transport`, `shadowcat-session`,
+/// `shadowcat-proxy`, `shadowcat-cli`, `xtask`, `benches`.
+#[test]
+fn crates_sit_at_the_top_level() {
+    let meta = metadata();
+    let members: BTreeSet<&str> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let root = root().canonicalize().unwrap();
+    let mut names = BTreeSet::new();
+    for pkg in meta["packages"].as_array().unwrap() {
+        if !members.contains(pkg["id"].as_str().unwrap()) {
+            continue;
+        }
+        let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
+        let dir = manifest.parent().unwrap().canonicalize().unwrap();
+        assert_eq!(
+            dir.parent(),
+            Some(root.as_path()),
+            "{} is not at the workspace's top level",
+            dir.display()
+        );
+        let folder = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            folder,
+            pkg["name"].as_str().unwrap(),
+            "a crate's folder is its name"
+        );
+        names.insert(folder);
+    }
+    let want: BTreeSet<String> = [
+        "shadowcat-transport",
+        "shadowcat-session",
+        "shadowcat-proxy",
+        "shadowcat-cli",
+        "xtask",
+        "benches",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(names, want, "the workspace's crates are the design card's");
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
