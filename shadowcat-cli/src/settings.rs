@@ -64,6 +64,9 @@ struct FileLimits {
     header_read_timeout_ms: Option<u64>,
     replay_max_events: Option<usize>,
     replay_max_bytes: Option<usize>,
+    replay_retain_bytes: Option<usize>,
+    client_send_buffer_bytes: Option<usize>,
+    listen_backlog: Option<u32>,
     detached_linger_ms: Option<u64>,
     max_kept_complete_streams: Option<usize>,
     reconnect_max_attempts: Option<u32>,
@@ -212,6 +215,15 @@ impl ReverseSettings {
         if let Some(v) = f.replay_max_bytes {
             l.replay.max_bytes = v;
         }
+        if let Some(v) = f.replay_retain_bytes {
+            l.replay.retain_bytes = v;
+        }
+        if let Some(v) = f.client_send_buffer_bytes {
+            l.client_send_buffer = v;
+        }
+        if let Some(v) = f.listen_backlog {
+            l.listen_backlog = v;
+        }
         if let Some(v) = f.detached_linger_ms {
             l.detached_linger = ms(v);
         }
@@ -316,6 +328,8 @@ mod tests {
             keepalive_interval_ms = 250
             replay_max_events = 99
             replay_max_bytes = 4096
+            replay_retain_bytes = 1024
+            client_send_buffer_bytes = 8192
             detached_linger_ms = 1500
             max_kept_complete_streams = 3
             reconnect_max_attempts = 4
@@ -330,6 +344,8 @@ mod tests {
         assert_eq!(s.proxy.limits.max_body_bytes, 10);
         assert_eq!(s.proxy.limits.replay.max_events, 99);
         assert_eq!(s.proxy.limits.replay.max_bytes, 4096);
+        assert_eq!(s.proxy.limits.replay.retain_bytes, 1024);
+        assert_eq!(s.proxy.limits.client_send_buffer, 8192);
         assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
         assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);
         assert_eq!(s.proxy.limits.reconnect.max_attempts, 4);

@@ -112,9 +112,18 @@ pub struct Limits {
     /// How long a client has to send its request head; then the connection
     /// is closed. Default 30 s.
     pub header_read_timeout: Duration,
-    /// Per stream, how many sent events (and bytes) are kept for clients
-    /// that reconnect with `Last-Event-ID`. Default 4,096 events, 1 MiB.
+    /// Per stream, the events kept for clients that reconnect with
+    /// `Last-Event-ID`: at most 8,192 events and 2 MiB, of which the last
+    /// 1 MiB written is never evicted (see [`ReplayLimits`]).
     pub replay: ReplayLimits,
+    /// The kernel send buffer of each client connection (`SO_SNDBUF`; the
+    /// kernel doubles it). Bounds what the proxy has in flight toward a
+    /// client, so the replay retention covers it. 0 leaves it to the
+    /// kernel (which may grow it to megabytes). Default 64 KiB.
+    pub client_send_buffer: usize,
+    /// Connections waiting to be accepted (the listen backlog). Default
+    /// 1,024.
+    pub listen_backlog: u32,
     /// How long a stream whose client went away is kept (its upstream read
     /// on into the replay buffer) for the client to come back. Default
     /// 60 s.
@@ -142,6 +151,8 @@ impl Default for Limits {
             max_last_event_id_len: 256,
             header_read_timeout: Duration::from_secs(30),
             replay: ReplayLimits::default(),
+            client_send_buffer: 64 << 10,
+            listen_backlog: 1024,
             detached_linger: Duration::from_secs(60),
             max_kept_complete_streams: 16,
             reconnect: ReconnectConfig::default(),

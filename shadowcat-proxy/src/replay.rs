@@ -1,28 +1,47 @@
-//! The replay buffer: per stream, the encoded events sent toward the
-//! client, by sequence number, so a client that reconnects with
-//! `Last-Event-ID` gets exactly the events after it.
+//! The replay buffer: per stream, the encoded events toward the client,
+//! by sequence number, so a client that reconnects with `Last-Event-ID`
+//! gets exactly the events after it.
 //!
 //! Entries are [`Bytes`] slices of the batch the client was sent (cloning
 //! one is a reference count, no copy). Sequence numbers are contiguous:
 //! the buffer holds `first_seq()..next_seq()`.
+//!
+//! # Retention: sent is not received
+//!
+//! SSE has no acknowledgement: what the proxy wrote may still sit in
+//! socket buffers or a middlebox when the connection dies. So a written
+//! event is kept until at least [`ReplayLimits::retain_bytes`] of later
+//! events were written after it; only then may it be evicted, and only
+//! when the buffer is over a limit. A client that reconnects after any
+//! event with less than `retain_bytes` written after it resumes exactly.
+//! Events no client was written yet are never evicted: the reader of the
+//! upstream stops instead ([`ReplayBuffer::is_full`]).
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
 /// Default [`ReplayLimits::max_events`].
-pub const DEFAULT_REPLAY_EVENTS: usize = 4096;
-/// Default [`ReplayLimits::max_bytes`]: 1 MiB.
-pub const DEFAULT_REPLAY_BYTES: usize = 1 << 20;
+pub const DEFAULT_REPLAY_EVENTS: usize = 8192;
+/// Default [`ReplayLimits::max_bytes`]: 2 MiB.
+pub const DEFAULT_REPLAY_BYTES: usize = 2 << 20;
+/// Default [`ReplayLimits::retain_bytes`]: 1 MiB.
+pub const DEFAULT_RETAIN_BYTES: usize = 1 << 20;
 
 /// How much one stream's [`ReplayBuffer`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {
-    /// Most events kept per stream. Default [`DEFAULT_REPLAY_EVENTS`].
+    /// Most events held per stream before the upstream is paused or old
+    /// written events go. Default [`DEFAULT_REPLAY_EVENTS`].
     pub max_events: usize,
-    /// Most encoded bytes kept per stream. Default
+    /// Most encoded bytes held per stream, likewise. Default
     /// [`DEFAULT_REPLAY_BYTES`].
     pub max_bytes: usize,
+    /// Written events kept behind the newest written one, in bytes: a
+    /// client cut with less than this in flight resumes exactly. Must be
+    /// below `max_bytes` (the rest is read-ahead). Default
+    /// [`DEFAULT_RETAIN_BYTES`].
+    pub retain_bytes: usize,
 }
 
 impl Default for ReplayLimits {
@@ -30,7 +49,24 @@ impl Default for ReplayLimits {
         ReplayLimits {
             max_events: DEFAULT_REPLAY_EVENTS,
             max_bytes: DEFAULT_REPLAY_BYTES,
+            retain_bytes: DEFAULT_RETAIN_BYTES,
         }
+    }
+}
+
+impl ReplayLimits {
+    /// Checks that the limits leave room to read ahead.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_events == 0 || self.max_bytes == 0 {
+            return Err("replay_max_events and replay_max_bytes must be above zero".into());
+        }
+        if self.retain_bytes >= self.max_bytes {
+            return Err(format!(
+                "replay_retain_bytes ({}) must be below replay_max_bytes ({})",
+                self.retain_bytes, self.max_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -44,26 +80,31 @@ pub struct Evicted {
     pub wanted: u64,
 }
 
-/// One stream's sent events, bounded by [`ReplayLimits`].
-///
-/// Eviction is explicit ([`ReplayBuffer::evict`]) and never drops an
-/// event no client was sent yet, so the buffer may exceed its limits by
-/// the events not yet sent (the proxy stops reading the upstream then).
+/// One stream's events, bounded by [`ReplayLimits`].
 #[derive(Debug)]
 pub struct ReplayBuffer {
     entries: VecDeque<Bytes>,
     first_seq: u64,
     bytes: usize,
+    /// Highest sequence number written to a client (`first_seq - 1`: none
+    /// held).
+    written: u64,
+    /// Bytes of the held events up to `written`.
+    written_bytes: usize,
     limits: ReplayLimits,
 }
 
 impl ReplayBuffer {
-    /// An empty buffer whose first event will have sequence number `first`.
+    /// An empty buffer whose first event will have sequence number `first`
+    /// (at least 1).
     pub fn new(limits: ReplayLimits, first: u64) -> Self {
+        let first = first.max(1);
         ReplayBuffer {
             entries: VecDeque::new(),
             first_seq: first,
             bytes: 0,
+            written: first - 1,
+            written_bytes: 0,
             limits,
         }
     }
@@ -76,6 +117,11 @@ impl ReplayBuffer {
     /// The sequence number the next pushed event gets.
     pub fn next_seq(&self) -> u64 {
         self.first_seq + self.entries.len() as u64
+    }
+
+    /// The highest sequence number written to a client.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Events held.
@@ -106,18 +152,44 @@ impl ReplayBuffer {
         seq
     }
 
-    /// Drops the oldest events while over a limit, but only events with a
-    /// sequence number up to `sent` (already sent to a client).
-    pub fn evict(&mut self, sent: u64) {
-        while (self.entries.len() > self.limits.max_events || self.bytes > self.limits.max_bytes)
-            && self.first_seq <= sent
-        {
-            let Some(e) = self.entries.pop_front() else {
+    /// Records that the events up to `seq` were written to a client.
+    pub fn mark_written(&mut self, seq: u64) {
+        let seq = seq.min(self.next_seq() - 1);
+        if seq <= self.written {
+            return;
+        }
+        let from = (self.written + 1 - self.first_seq) as usize;
+        let to = (seq + 1 - self.first_seq) as usize;
+        self.written_bytes += self.entries.range(from..to).map(Bytes::len).sum::<usize>();
+        self.written = seq;
+    }
+
+    /// Drops the oldest written events while over a limit, keeping at
+    /// least `retain_bytes` of written events behind the newest written
+    /// one. Never drops an event not yet written.
+    pub fn evict(&mut self) {
+        while self.over_limits() && self.first_seq <= self.written {
+            let Some(front) = self.entries.front() else {
                 break;
             };
-            self.bytes -= e.len();
+            if self.written_bytes - front.len() < self.limits.retain_bytes {
+                break;
+            }
+            self.bytes -= front.len();
+            self.written_bytes -= front.len();
+            self.entries.pop_front();
             self.first_seq += 1;
         }
+    }
+
+    fn over_limits(&self) -> bool {
+        self.entries.len() > self.limits.max_events || self.bytes > self.limits.max_bytes
+    }
+
+    /// True when no more should be read into the buffer: it is at a limit
+    /// and [`ReplayBuffer::evict`] can free nothing.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.limits.max_events || self.bytes >= self.limits.max_bytes
     }
 
     /// True when the events from `seq` on can be replayed (`seq` may be
@@ -156,6 +228,8 @@ impl ReplayBuffer {
     /// Drops every event (the stream is released); sequence numbers go on.
     pub fn clear(&mut self) {
         self.first_seq = self.next_seq();
+        self.written = self.first_seq - 1;
+        self.written_bytes = 0;
         self.entries = VecDeque::new();
         self.bytes = 0;
     }
@@ -174,19 +248,32 @@ mod tests {
         Bytes::from(format!("data: {n}\n\n"))
     }
 
+    fn limits(max_events: usize, max_bytes: usize, retain_bytes: usize) -> ReplayLimits {
+        ReplayLimits {
+            max_events,
+            max_bytes,
+            retain_bytes,
+        }
+    }
+
     #[test]
-    fn push_copy_and_evict_only_what_was_sent() {
-        let limits = ReplayLimits {
-            max_events: 3,
-            max_bytes: 1 << 20,
-        };
-        let mut b = ReplayBuffer::new(limits, 1);
+    fn push_copy_and_evict_only_what_was_written() {
+        let mut b = ReplayBuffer::new(limits(3, 1 << 20, 0), 1);
         for n in 1..=5 {
             assert_eq!(b.push(ev(n)), n);
         }
-        b.evict(1);
-        assert_eq!((b.first_seq(), b.next_seq()), (2, 6), "only sent events go");
-        b.evict(5);
+        b.evict();
+        assert_eq!((b.first_seq(), b.next_seq()), (1, 6), "nothing written yet");
+        assert!(b.is_full());
+        b.mark_written(1);
+        b.evict();
+        assert_eq!(
+            (b.first_seq(), b.next_seq()),
+            (2, 6),
+            "only written events go"
+        );
+        b.mark_written(5);
+        b.evict();
         assert_eq!((b.first_seq(), b.len()), (3, 3));
         let mut out = BytesMut::new();
         assert_eq!(b.copy_from(4, &mut out, 1 << 20), Ok(6));
@@ -203,21 +290,53 @@ mod tests {
         assert_eq!(b.copy_from(3, &mut one, 1), Ok(4), "at least one event");
         b.clear();
         assert_eq!((b.first_seq(), b.next_seq(), b.bytes()), (6, 6, 0));
+        assert_eq!(b.written(), 5);
     }
 
     #[test]
     fn byte_limit() {
-        let limits = ReplayLimits {
-            max_events: 100,
-            max_bytes: 20,
-        };
-        let mut b = ReplayBuffer::new(limits, 10);
+        let mut b = ReplayBuffer::new(limits(100, 20, 0), 10);
         for n in 0..5 {
             b.push(ev(n));
         }
-        b.evict(u64::MAX);
+        b.mark_written(u64::MAX);
+        b.evict();
         assert!(b.bytes() <= 20, "{}", b.bytes());
         assert_eq!(b.next_seq(), 15);
         assert_eq!(b.len(), 2);
+    }
+
+    /// A written event stays until `retain_bytes` were written after it,
+    /// whatever the limits say.
+    #[test]
+    fn written_events_are_retained_behind_the_write_position() {
+        // Each event is 9 bytes ("data: N\n\n" for one digit).
+        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1);
+        for n in 1..=9 {
+            b.push(ev(n));
+        }
+        b.mark_written(9);
+        b.evict();
+        // Events 7, 8, 9: 27 bytes written behind 9 (counting 9 itself).
+        assert_eq!((b.first_seq(), b.len()), (7, 3));
+        b.mark_written(9);
+        b.evict();
+        assert_eq!(b.first_seq(), 7, "marking again changes nothing");
+        // Written up to 5 only: 1..=5 then 3 of them are retained.
+        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1);
+        for n in 1..=9 {
+            b.push(ev(n));
+        }
+        b.mark_written(5);
+        b.evict();
+        assert_eq!(b.first_seq(), 3, "3, 4, 5 are the last 27 bytes written");
+        assert!(b.is_full());
+    }
+
+    #[test]
+    fn limits_check() {
+        assert!(ReplayLimits::default().check().is_ok());
+        assert!(limits(10, 100, 100).check().is_err());
+        assert!(limits(0, 100, 10).check().is_err());
     }
 }

@@ -17,11 +17,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle, now_millis};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::body::{Closing, ProxyBody, SseForward, StreamSlot};
-use crate::config::ReverseProxyConfig;
+use crate::config::{Limits, ReverseProxyConfig};
 use crate::error::{ProxyError, Rejection};
 use crate::event_id::{ClientEventId, StreamSealer};
 use crate::jsonrpc::{self, Body as RpcBody};
@@ -167,12 +167,11 @@ impl ReverseProxy {
             }
             None => None,
         };
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        config.limits.replay.check().map_err(ProxyError::Config)?;
+        let listener = listen(config.bind, &config.limits).map_err(|source| ProxyError::Bind {
+            addr: config.bind,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
             addr: config.bind,
             source,
@@ -328,6 +327,23 @@ impl ReverseProxy {
         self.serve_with_drain(shutdown, Duration::from_secs(10))
             .await
     }
+}
+
+/// Binds the client listener. Accepted connections inherit its send
+/// buffer size.
+fn listen(addr: SocketAddr, limits: &Limits) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if limits.client_send_buffer > 0 {
+        socket
+            .set_send_buffer_size(u32::try_from(limits.client_send_buffer).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(addr)?;
+    socket.listen(limits.listen_backlog.max(1))
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -1018,6 +1034,11 @@ impl Shared {
         text: &str,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let started = std::time::Instant::now();
+        // Why this instance cannot replay it: (metric label, cause).
+        let mut not_held = (
+            "not_here",
+            "this instance does not hold the stream (the proxy restarted, another instance served it, or it was released)".to_owned(),
+        );
         if let Some(stream) = session.streams.get(id.stream) {
             match stream.attach(id.seq.saturating_add(1)) {
                 Ok(body) => {
@@ -1028,13 +1049,15 @@ impl Shared {
                 }
                 Err(why) => {
                     tracing::debug!(session = %session.id, stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the upstream");
+                    not_held = (why.limit(), why.cause(&self.env));
                     stream.release();
                 }
             }
         }
+        let (limit, held_cause) = not_held;
         let gap = |status: StatusCode, cause: String| {
-            metrics::counter!("shadowcat_resume_gaps_total").increment(1);
-            tracing::warn!(session = %session.id, last_event_id = %text, %cause, "client stream cannot be resumed");
+            metrics::counter!("shadowcat_resume_gaps_total", "limit" => limit).increment(1);
+            tracing::warn!(session = %session.id, last_event_id = %text, %cause, limit, "client stream cannot be resumed");
             Rejection::new(
                 status,
                 jsonrpc::SERVER_ERROR,
@@ -1044,7 +1067,9 @@ impl Shared {
         let Some(up_id) = id.upstream.clone() else {
             return Err(gap(
                 StatusCode::GONE,
-                "the proxy no longer holds the events after it, and it carries no upstream event id to resume the upstream from".into(),
+                format!(
+                    "{held_cause}; the id carries no upstream event id to resume the upstream from"
+                ),
             ));
         };
         let slot = self.stream_slot(session)?;
@@ -1065,7 +1090,7 @@ impl Shared {
             return Err(gap(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "the upstream could not resume its stream after event {up_id:?} (HTTP {status})"
+                    "{held_cause}; the upstream could not resume its stream after event {up_id:?} (HTTP {status})"
                 ),
             ));
         }

@@ -751,8 +751,6 @@ impl Drop for Pump {
 
 struct StreamState {
     buffer: ReplayBuffer,
-    /// Highest sequence number handed to a client (0: none).
-    sent: u64,
     /// `None` while someone polls it, or once the stream ended.
     pump: Option<Box<Pump>>,
     end: Option<End>,
@@ -795,11 +793,6 @@ impl StreamState {
             from = to;
         }
     }
-
-    fn over_limits(&self) -> bool {
-        let l = self.buffer.limits();
-        self.buffer.len() >= l.max_events || self.buffer.bytes() >= l.max_bytes
-    }
 }
 
 /// One resumable stream of a session.
@@ -821,10 +814,35 @@ impl std::fmt::Debug for StreamShared {
 /// Why a client cannot resume from a stream's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotHeld {
-    /// The events after the client's position were evicted or never were.
+    /// The events after the client's position were evicted: more than the
+    /// retention was written after it.
     Evicted,
     /// The stream was released.
     Released,
+}
+
+impl NotHeld {
+    /// The limit that was exceeded (a metric label).
+    pub(crate) fn limit(self) -> &'static str {
+        match self {
+            NotHeld::Evicted => "replay_retain_bytes",
+            NotHeld::Released => "detached_linger",
+        }
+    }
+
+    /// Why, for a person: the limit and its value.
+    pub(crate) fn cause(self, env: &StreamEnv) -> String {
+        match self {
+            NotHeld::Evicted => format!(
+                "the proxy no longer holds the events after it: more than replay_retain_bytes ({} bytes) were written to the client after it",
+                env.replay.retain_bytes
+            ),
+            NotHeld::Released => format!(
+                "the proxy released the stream: no client came back within detached_linger ({:?}), or it was one of more than max_kept_complete_streams ({}) complete streams",
+                env.linger, env.max_kept
+            ),
+        }
+    }
 }
 
 impl StreamShared {
@@ -839,7 +857,6 @@ impl StreamShared {
             id,
             state: Mutex::new(StreamState {
                 buffer: ReplayBuffer::new(env.replay, 1),
-                sent: 0,
                 pump: Some(Box::new(pump)),
                 end: None,
                 attached: 0,
@@ -891,7 +908,7 @@ impl StreamShared {
     pub(crate) fn attach_unsent(self: &Arc<Self>) -> Result<StreamBody, NotHeld> {
         let from = {
             let st = self.state.lock();
-            (st.sent + 1).max(st.buffer.first_seq())
+            (st.buffer.written() + 1).max(st.buffer.first_seq())
         };
         self.attach(from)
     }
@@ -946,11 +963,10 @@ impl StreamShared {
             if st.end.is_some() {
                 return Poll::Ready(false);
             }
-            let sent = st.sent;
-            st.buffer.evict(sent);
-            if st.over_limits() {
-                // Full of events no client has: stop reading, so a
-                // resuming client gets everything.
+            st.buffer.evict();
+            if st.buffer.is_full() {
+                // Full of events a client may not have: stop reading, so
+                // a resuming client gets everything.
                 st.register(DRAIN_WAITER, cx.waker());
                 return Poll::Pending;
             }
@@ -1093,7 +1109,7 @@ impl StreamBody {
                 {
                     Ok(next) => {
                         self.cursor = next;
-                        st.sent = st.sent.max(next - 1);
+                        st.buffer.mark_written(next - 1);
                         drop(st);
                         self.reset_keepalive();
                         return Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))));
@@ -1125,9 +1141,8 @@ impl StreamBody {
                     st.append(&batch, pump.marks());
                     st.pump = Some(pump);
                     self.cursor = st.buffer.next_seq();
-                    st.sent = self.cursor - 1;
-                    let sent = st.sent;
-                    st.buffer.evict(sent);
+                    st.buffer.mark_written(self.cursor - 1);
+                    st.buffer.evict();
                     st.wake_others(self.me);
                     drop(st);
                     self.reset_keepalive();

@@ -256,6 +256,7 @@ async fn evicted_buffer_resumes_from_the_upstream_via_the_carried_id() {
         c.limits.replay = ReplayLimits {
             max_events: 64,
             max_bytes: 1 << 20,
+            retain_bytes: 0,
         };
     })
     .await;
@@ -381,4 +382,49 @@ async fn get_stream_resumes_from_the_buffer() {
     let again = client.next().await.unwrap().unwrap();
     assert_eq!(again.id, hello.id);
     assert!(again.data.unwrap().contains("hello"));
+}
+
+/// Sent is not received: events written to a client stay resumable from
+/// the buffer while less than `retain_bytes` was written after them, even
+/// far past `max_events`, with no upstream resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_events_within_the_retention_resume_from_the_buffer() {
+    let h = Harness::start_with(|c| {
+        fast(c);
+        c.limits.replay = ReplayLimits {
+            max_events: 64,
+            max_bytes: 1 << 20,
+            retain_bytes: 512 << 10,
+        };
+    })
+    .await;
+    let version = "2025-11-25";
+    let sid = h.init(version).await;
+    let count = 2000;
+    let resp = h
+        .post(
+            &headers(&sid, version),
+            &call(5, "progress", json!({"count": count})),
+        )
+        .await;
+    let mut live = SseClient::new(resp.into_body());
+    let mut first = Tally::new();
+    assert!(!first.read(&mut live, 102).await);
+    let old = first.last_id.clone().unwrap();
+    // Another 1,500 events go out: about 200 KB, within the retention.
+    assert!(!first.read(&mut live, 1500).await);
+    let resumes = h.upstream.resumes();
+    let resp = h.resume(&sid, version, Some(&old)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut tally = Tally::new();
+    tally.next = 101;
+    assert!(
+        tally
+            .read(&mut SseClient::new(resp.into_body()), u64::MAX)
+            .await
+    );
+    assert_eq!(h.upstream.resumes(), resumes, "served from the buffer");
+    assert_eq!((tally.lost, tally.duplicated), (0, 0), "{tally:?}");
+    assert_eq!(tally.delivered, count - 100);
+    assert_eq!(tally.results, 1);
 }

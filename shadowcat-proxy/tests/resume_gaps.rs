@@ -77,6 +77,7 @@ async fn upstream_without_event_store_gives_clear_errors_and_is_counted() {
         c.limits.replay = ReplayLimits {
             max_events: 16,
             max_bytes: 1 << 20,
+            retain_bytes: 0,
         };
     })
     .await;
@@ -102,6 +103,10 @@ async fn upstream_without_event_store_gives_clear_errors_and_is_counted() {
     let resp = h.resume(&sid, version, Some(&old)).await;
     let msg = assert_rpc_error(resp, StatusCode::BAD_GATEWAY, -32000).await;
     assert!(msg.contains("could not resume"), "{msg}");
+    assert!(
+        msg.contains("replay_retain_bytes"),
+        "names the limit: {msg}"
+    );
     assert_eq!(count("shadowcat_resume_gaps_total"), gaps + 1);
 
     // An upstream cut on a request stream: the pending request gets a
