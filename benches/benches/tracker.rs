@@ -1,32 +1,19 @@
 //! `EventTracker::record` cost per event: fresh and duplicate ids, short
-//! (`17/4711`) and UUID-ish (36 characters), with no sink and with a
-//! trivial one. Goal: ≤ 100 ns per record.
+//! (`17/4711`) and UUID-ish (36 characters). Goal: ≤ 100 ns per record.
 //!
 //! `cargo bench -p benches --bench tracker -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use shadowcat_transport::tracker::DEFAULT_WINDOW;
-use shadowcat_transport::{EventIdSink, EventTracker, Recorded};
+use shadowcat_transport::{EventTracker, Recorded};
 
 /// Ids cycled through for "fresh": far more than the window, so each id has
 /// been evicted by the time it comes round again.
 const POOL: usize = 4096;
 /// Ids cycled through for "duplicate": all inside the window.
 const RECENT: usize = DEFAULT_WINDOW / 2;
-
-/// The least a real sink does: note that something came.
-#[derive(Debug, Default)]
-struct CountingSink(AtomicU64);
-
-impl EventIdSink for CountingSink {
-    fn resumption_point(&self, event_id: &str) {
-        self.0.fetch_add(event_id.len() as u64, Ordering::Relaxed);
-    }
-}
 
 fn pool(uuid: bool) -> Vec<String> {
     (0..POOL)
@@ -40,23 +27,14 @@ fn pool(uuid: bool) -> Vec<String> {
         .collect()
 }
 
-fn tracker(with_sink: bool) -> EventTracker {
-    let sink: Option<Arc<dyn EventIdSink>> = if with_sink {
-        Some(Arc::new(CountingSink::default()))
-    } else {
-        None
-    };
-    EventTracker::new(sink)
-}
-
 fn record(c: &mut Criterion) {
     let mut group = c.benchmark_group("tracker_record");
     for (kind, uuid) in [("short", false), ("uuid", true)] {
         let ids = pool(uuid);
-        for (sink_name, with_sink) in [("no_sink", false), ("sink", true)] {
-            let t = tracker(with_sink);
+        {
+            let mut t = EventTracker::new();
             let mut i = 0;
-            group.bench_function(format!("fresh/{kind}/{sink_name}"), |b| {
+            group.bench_function(format!("fresh/{kind}"), |b| {
                 b.iter(|| {
                     let r = t.record(black_box(&ids[i]));
                     i = (i + 1) % POOL;
@@ -65,13 +43,13 @@ fn record(c: &mut Criterion) {
             });
             assert_eq!(t.stats().duplicate, 0, "fresh ids were all fresh");
 
-            let t = tracker(with_sink);
+            let mut t = EventTracker::new();
             let recent = &ids[..RECENT];
             for id in recent {
                 assert_eq!(t.record(id), Recorded::Fresh);
             }
             let mut i = 0;
-            group.bench_function(format!("duplicate/{kind}/{sink_name}"), |b| {
+            group.bench_function(format!("duplicate/{kind}"), |b| {
                 b.iter(|| {
                     let r = t.record(black_box(&recent[i]));
                     i = (i + 1) % RECENT;

@@ -8,13 +8,10 @@
 //! the figures.
 #![allow(unsafe_code)] // the counting allocator; nothing else
 
+use shadowcat_transport::{EventTracker, Recorded};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use shadowcat_transport::{EventIdSink, EventTracker, Recorded};
 
 // ---------------------------------------------------------------------------
 // Shared: the counting allocator.
@@ -104,16 +101,6 @@ fn the_allocator_counts() {
 // Transport: the EventTracker.
 // ---------------------------------------------------------------------------
 
-/// A sink that does the least a real one does: note that something came.
-#[derive(Debug, Default)]
-struct CountingSink(AtomicU64);
-
-impl EventIdSink for CountingSink {
-    fn resumption_point(&self, event_id: &str) {
-        self.0.fetch_add(event_id.len() as u64, Ordering::Relaxed);
-    }
-}
-
 /// Realistic ids: `stream/seq` and UUID-ish 36-character ones.
 fn ids(n: usize) -> Vec<String> {
     (0..n)
@@ -130,15 +117,12 @@ fn ids(n: usize) -> Vec<String> {
 const EVENTS: usize = 100_000;
 
 /// Gate: `record` allocates nothing in steady state, fresh or duplicate,
-/// with or without a sink, and neither does reading the resumption point.
+/// and neither does reading the resumption point.
 #[test]
 fn tracker_record_allocates_nothing_in_steady_state() {
     let ids = ids(EVENTS);
-    let sink: Arc<dyn EventIdSink> = Arc::new(CountingSink::default());
-    for (label, tracker) in [
-        ("no sink", EventTracker::new(None)),
-        ("sink", EventTracker::new(Some(sink))),
-    ] {
+    {
+        let mut tracker = EventTracker::new();
         // Warm up: the window fills, the id buffer is in place.
         for id in &ids[..256] {
             tracker.record(id);
@@ -165,13 +149,13 @@ fn tracker_record_allocates_nothing_in_steady_state() {
 
         let (last, last_allocs) = measure(|| {
             (0..1_000)
-                .map(|_| tracker.last_event_id().map(|id| id.clone().as_str().len()))
+                .map(|_| tracker.last_event_id().map(str::len))
                 .sum::<Option<usize>>()
         });
         assert_eq!(last, Some(1_000 * ids[EVENTS - 1].len()));
 
         eprintln!(
-            "tracker ({label}): {} allocations over {} fresh records, {} over {} duplicates, \
+            "tracker: {} allocations over {} fresh records, {} over {} duplicates, \
              {} over 1000 last_event_id reads",
             fresh_allocs.count,
             EVENTS - 256,
@@ -195,13 +179,10 @@ fn tracker_record_allocates_nothing_in_steady_state() {
 }
 
 /// Gate: one tracked stream costs at most 1 KB with the default window,
-/// sink included, and `memory_footprint` tells the truth about its heap.
+/// and `memory_footprint` tells the truth about its heap.
 #[test]
 fn tracker_bytes_per_stream_at_most_1k() {
-    let (tracker, allocs) = measure(|| {
-        let sink: Arc<dyn EventIdSink> = Arc::new(CountingSink::default());
-        EventTracker::new(Some(sink))
-    });
+    let (mut tracker, allocs) = measure(EventTracker::new);
     assert_eq!(
         allocs.bytes as usize,
         tracker.heap_bytes(),

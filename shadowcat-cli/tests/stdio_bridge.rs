@@ -680,3 +680,75 @@ async fn bridge_cost() {
         used.as_secs_f64() * 1e6 / total as f64
     );
 }
+
+/// 2025-11-25 on a stdio session: the proxy's priming event comes first,
+/// as its own event with its own id, before the server's first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_priming_event_comes_first_with_its_own_id() {
+    let proxy = Proxy::start(&[]);
+    let c = client();
+    let url = proxy.url();
+    let send = |sid: Option<&str>, body: &Value| {
+        let mut req = http::Request::post(url.as_str())
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(s) = sid {
+            req = req.header("mcp-session-id", s);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        tokio::time::timeout(WAIT, c.request(req))
+    };
+    let mut init = init_msg();
+    init["params"]["protocolVersion"] = json!("2025-11-25");
+    let resp = send(None, &init).await.unwrap().unwrap();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(resp);
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    let resp = send(Some(&sid), &note).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // The server asks the client at once: its request is the stream's
+    // first message.
+    let resp = send(Some(&sid), &call(1, "ask", json!({"kind": "roots"}), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let blocks = loop {
+        let blocks: Vec<&str> = text.split("\n\n").filter(|b| !b.is_empty()).collect();
+        if text.ends_with("\n\n") && blocks.len() >= 2 {
+            break blocks.iter().map(|b| (*b).to_owned()).collect::<Vec<_>>();
+        }
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("a frame in time")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&d).unwrap());
+        }
+    };
+    let id_of = |b: &str| {
+        b.lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let (priming, first) = (&blocks[0], &blocks[1]);
+    assert!(
+        priming.lines().any(|l| l == "data:") && !priming.contains("jsonrpc"),
+        "the first block is the priming event: {priming:?}"
+    );
+    assert!(
+        first.contains("roots/list"),
+        "then the server's request: {first:?}"
+    );
+    assert!(!id_of(priming).is_empty());
+    assert_ne!(id_of(priming), id_of(first), "each event has its own id");
+}

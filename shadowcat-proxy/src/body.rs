@@ -3,10 +3,9 @@
 //! ([`crate::stream`]) or, without a session (2026-07-28), an SSE stream
 //! forwarded event by event.
 //!
-//! The sessionless SSE path ([`SseForward`]) is a hot path. Per upstream chunk it decodes with the
-//! transport crate's [`Decoder`], records each event id with the stream's
-//! [`EventTracker`] (dropping replayed duplicates) and re-encodes into one
-//! reused buffer; whatever the upstream has ready (up to 16 KiB) goes to
+//! The sessionless SSE path ([`SseForward`]) is a hot path. Per upstream
+//! chunk it decodes with the transport crate's [`Decoder`] and re-encodes
+//! into one reused buffer (no session, no resumption: nothing to track); whatever the upstream has ready (up to 16 KiB) goes to
 //! the client as one frame, so a busy stream costs one write per batch, an
 //! idle one waits for nothing. It spawns nothing, takes
 //! no async lock and never waits on the store; it runs inside the client
@@ -27,10 +26,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
-use shadowcat_transport::{EventTracker, Recorded};
 use tokio::time::{Instant, Sleep};
 
-use crate::sink::WriterSink;
 use crate::stream::StreamBody;
 use crate::upstream_conn::UpstreamBody;
 
@@ -153,7 +150,6 @@ pub enum StreamError {
 pub(crate) struct SseForward {
     upstream: UpstreamBody,
     decoder: Decoder,
-    tracker: Option<EventTracker>,
     out: BytesMut,
     keepalive: Pin<Box<Sleep>>,
     interval: Duration,
@@ -162,16 +158,13 @@ pub(crate) struct SseForward {
     upstream_ended: bool,
     failed: Option<StreamError>,
     events: u64,
-    duplicates: u64,
     _slot: Option<StreamSlot>,
-    sink: Option<Arc<WriterSink>>,
     label: &'static str,
 }
 
 impl std::fmt::Debug for SseForward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SseForward")
-            .field("tracker", &self.tracker)
             .field("done", &self.done)
             .field("events", &self.events)
             .finish_non_exhaustive()
@@ -184,20 +177,17 @@ const OUT_CAPACITY: usize = 4096;
 const COALESCE_BYTES: usize = 16 * 1024;
 
 impl SseForward {
-    /// Forwards `upstream`; ids are recorded with `tracker` when given.
+    /// Forwards `upstream`.
     pub(crate) fn new(
         upstream: UpstreamBody,
-        tracker: Option<EventTracker>,
         interval: Duration,
         closing: Option<Closing>,
         slot: Option<StreamSlot>,
-        sink: Option<Arc<WriterSink>>,
         label: &'static str,
     ) -> Self {
         SseForward {
             upstream,
             decoder: Decoder::default(),
-            tracker,
             out: BytesMut::with_capacity(OUT_CAPACITY),
             keepalive: Box::pin(tokio::time::sleep(interval)),
             interval,
@@ -206,9 +196,7 @@ impl SseForward {
             upstream_ended: false,
             failed: None,
             events: 0,
-            duplicates: 0,
             _slot: slot,
-            sink,
             label,
         }
     }
@@ -260,10 +248,6 @@ impl SseForward {
         }
         if self.upstream_ended {
             self.done = true;
-            // Complete: nothing left to resume on this stream.
-            if let Some(sink) = &self.sink {
-                sink.end();
-            }
             return Poll::Ready(None);
         }
         ready!(self.keepalive.as_mut().poll(cx));
@@ -300,12 +284,6 @@ impl SseForward {
                     } else {
                         None
                     };
-                    if let (Some(id), Some(tracker)) = (id, &self.tracker)
-                        && tracker.record(id) == Recorded::Duplicate
-                    {
-                        self.duplicates += 1;
-                        continue;
-                    }
                     let mut out = OutgoingEvent::new();
                     if let Some(id) = id {
                         out = out.id(id);
@@ -323,12 +301,6 @@ impl SseForward {
                 }
                 SseItem::IdOnly(id) => {
                     let id = id.as_deref().unwrap_or("");
-                    if let Some(tracker) = &self.tracker
-                        && tracker.record(id) == Recorded::Duplicate
-                    {
-                        self.duplicates += 1;
-                        continue;
-                    }
                     let _ = OutgoingEvent::new().id(id).encode(&mut self.out);
                 }
                 SseItem::Retry(ms) => {
@@ -343,13 +315,9 @@ impl SseForward {
 impl Drop for SseForward {
     fn drop(&mut self) {
         metrics::counter!("shadowcat_sse_events_total").increment(self.events);
-        if self.duplicates > 0 {
-            metrics::counter!("shadowcat_sse_duplicates_dropped_total").increment(self.duplicates);
-        }
         tracing::debug!(
             stream = self.label,
             events = self.events,
-            duplicates = self.duplicates,
             completed = self.done,
             "SSE stream closed"
         );

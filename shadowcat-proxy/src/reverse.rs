@@ -641,11 +641,9 @@ impl Shared {
             // No session (2026-07-28): no ids to resume by; forwarded as is.
             ProxyBody::sse(SseForward::new(
                 body,
-                None,
                 self.config.limits.keepalive_interval,
                 Some(self.closing()),
                 slot,
-                None,
                 label,
             ))
         } else {

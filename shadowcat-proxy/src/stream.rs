@@ -50,7 +50,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use serde_json::Value;
 use shadowcat_session::{SessionId, StreamId};
-use shadowcat_transport::sse::{DecodeError, Decoder, OutgoingEvent, SseItem, encode_comment};
+use shadowcat_transport::sse::{
+    DecodeError, Decoder, OutgoingEvent, SseItem, encode_comment, put_decimal,
+};
 use shadowcat_transport::{
     Decision, EventTracker, Failure, ReconnectConfig, ReconnectPolicy, Recorded, TrackerConfig,
 };
@@ -216,9 +218,8 @@ struct Forwarder {
     taken: Vec<Bytes>,
     /// End offsets in `enc` of the events of the current batch.
     marks: Vec<usize>,
-    /// The upstream's last fresh event id (carried in client ids).
-    last_up: String,
     last_data: Option<Bytes>,
+    /// The upstream's last `retry:`, for the reconnect policy.
     server_retry: Option<Duration>,
     healthy: bool,
     events: u64,
@@ -250,8 +251,7 @@ impl Forwarder {
         if !self.prime_clients {
             return;
         }
-        let carried = (!self.last_up.is_empty()).then_some(self.last_up.as_str());
-        sealer.write_id_line(&mut self.enc, *seq, carried);
+        sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
         end_priming(&mut self.enc, true);
         *seq += 1;
         self.marks.push(self.enc.len());
@@ -275,8 +275,6 @@ impl Forwarder {
                             self.duplicates += 1;
                             continue;
                         }
-                        self.last_up.clear();
-                        self.last_up.push_str(id);
                     }
                     let Some(sealer) = &self.sealer else {
                         // Lines: data only; never an empty-data event.
@@ -290,8 +288,7 @@ impl Forwarder {
                         self.healthy = true;
                         continue;
                     };
-                    let carried = (!self.last_up.is_empty()).then_some(self.last_up.as_str());
-                    sealer.write_id_line(&mut self.enc, *seq, carried);
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
                     if ev.is_priming() {
                         // A priming block: the client's last event id
                         // moves; never a JSON-RPC message.
@@ -315,18 +312,24 @@ impl Forwarder {
                         self.duplicates += 1;
                         continue;
                     }
-                    self.last_up.clear();
-                    self.last_up.push_str(id);
                     let Some(sealer) = &self.sealer else {
                         self.healthy = true;
                         continue;
                     };
-                    sealer.write_id_line(&mut self.enc, *seq, Some(&self.last_up));
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
                     end_priming(&mut self.enc, self.prime_clients);
                 }
                 SseItem::Retry(ms) => {
                     self.server_retry = Some(Duration::from_millis(ms));
-                    continue;
+                    let Some(sealer) = &self.sealer else {
+                        continue;
+                    };
+                    // Passed on as its own id-only block: the client's
+                    // reconnect delay follows the server's.
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+                    self.enc.put_slice(b"retry: ");
+                    put_decimal(&mut self.enc, ms);
+                    self.enc.put_slice(b"\n\n");
                 }
             }
             *seq += 1;
@@ -453,8 +456,8 @@ pub(crate) struct PumpSpec {
 impl Pump {
     pub(crate) fn new(source: PumpSource, spec: PumpSpec, env: Arc<StreamEnv>) -> Self {
         let tracker = match &spec.resume_after {
-            Some(id) => EventTracker::resuming_from(id, TrackerConfig::default(), None),
-            None => EventTracker::new(None),
+            Some(id) => EventTracker::resuming_from(id, TrackerConfig::default()),
+            None => EventTracker::new(),
         };
         let mut pool = None;
         let source = match source {
@@ -474,7 +477,6 @@ impl Pump {
                 enc: BytesMut::new(),
                 taken: Vec::new(),
                 marks: Vec::with_capacity(16),
-                last_up: spec.resume_after.unwrap_or_default(),
                 last_data: None,
                 server_retry: None,
                 healthy: false,
@@ -564,11 +566,15 @@ impl Pump {
                         self.fw.put_message(&msg, &mut seq);
                     }
                     self.fw.taken = taken;
+                    // Whatever was encoded (the priming event included)
+                    // goes out now, as its own events; a queue's end stays
+                    // and is seen on the next poll.
+                    if !self.fw.marks.is_empty() {
+                        self.after_batch(seq);
+                        return Poll::Ready(Pumped::Events(self.fw.enc.split().freeze()));
+                    }
                     match polled {
-                        Poll::Ready(None) => {
-                            self.after_batch(seq);
-                            return Poll::Ready(Pumped::Events(self.fw.enc.split().freeze()));
-                        }
+                        Poll::Ready(None) => continue,
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Some(QueueEnd::Complete)) => {
                             self.source = Source::Done;
@@ -598,11 +604,9 @@ impl Pump {
                 Source::Waiting(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     let last = self.fw.tracker.last_event_id();
-                    let req = self.env.resume_request(
-                        self.upstream_session.as_ref(),
-                        self.version,
-                        last.as_ref().map(|e| e.as_str()),
-                    );
+                    let req =
+                        self.env
+                            .resume_request(self.upstream_session.as_ref(), self.version, last);
                     metrics::counter!("shadowcat_upstream_reconnects_total").increment(1);
                     tracing::debug!(session = %self.session, stream = self.stream.0, last_event_id = ?last, "reconnecting to the upstream");
                     self.source = Source::Connecting(self.env.connect(req, self.pool.as_ref()));
@@ -658,8 +662,7 @@ impl Pump {
             self.policy.set_server_retry(retry);
         }
         if let Some(sink) = &self.sink {
-            let last = self.fw.tracker.last_event_id();
-            sink.point(last.as_ref().map(|e| e.as_str()), next_seq - 1);
+            sink.point(self.fw.tracker.last_event_id(), next_seq - 1);
         }
     }
 
@@ -717,8 +720,7 @@ impl Pump {
         let body = body.to_string();
         match &self.fw.sealer {
             Some(sealer) => {
-                let carried = (!self.fw.last_up.is_empty()).then_some(self.fw.last_up.as_str());
-                sealer.write_id_line(&mut self.fw.enc, seq, carried);
+                sealer.write_id_line(&mut self.fw.enc, seq, self.fw.tracker.last_event_id());
                 let _ = OutgoingEvent::new()
                     .data(body.as_bytes())
                     .encode(&mut self.fw.enc);

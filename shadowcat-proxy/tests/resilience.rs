@@ -348,6 +348,11 @@ async fn sse_polling_upstream_gives_one_unbroken_stream() {
             .await
     );
     tally.assert_exactly_once(count);
+    assert_eq!(
+        tally.retry,
+        Some(5),
+        "the upstream's retry: reaches the client"
+    );
     assert!(
         h.upstream.resumes() >= count / 40,
         "polled: {}",

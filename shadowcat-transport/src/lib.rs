@@ -3,8 +3,9 @@
 //! reconnect policy.
 //!
 //! Architecture invariant: this crate knows nothing about sessions or
-//! persistence. It reports resumption-point changes through [`EventIdSink`],
-//! a trait it owns; whoever persists them implements it elsewhere.
+//! persistence. Whoever reads a stream owns its [`EventTracker`] and asks
+//! it for the resumption point ([`EventTracker::last_event_id`]) when it
+//! persists one; nothing here calls out.
 //!
 //! Unsafe code is denied, with one exception: `stdio`'s two OS calls
 //! (the parent-death signal set between fork and exec, and signalling a
@@ -15,10 +16,10 @@ pub mod reconnect;
 pub mod sse;
 pub mod tracker;
 
-pub use tracker::{EventIdSink, EventTracker};
+pub use tracker::EventTracker;
 
 pub use reconnect::{Decision, Failure, GiveUp, ReconnectConfig, ReconnectPolicy};
-pub use tracker::{EventId, Recorded, TrackerConfig, TrackerConfigError, TrackerStats};
+pub use tracker::{Recorded, TrackerConfig, TrackerConfigError, TrackerStats};
 
 pub use sse::{
     DecodeError, Decoder, DecoderLimits, EncodeError, OutgoingEvent, SseEvent, SseItem, Utf8Bytes,

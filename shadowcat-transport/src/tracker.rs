@@ -6,10 +6,10 @@
 //!
 //! # Hot path
 //!
-//! [`EventTracker::record`] runs once per SSE event. It takes a
-//! `parking_lot::Mutex` (synchronous, held for a few dozen instructions,
-//! never across an `.await`), hashes the id, scans a fixed ring of hashes
-//! and copies the id into an inline buffer. It spawns nothing, awaits
+//! [`EventTracker::record`] runs once per SSE event. The tracker is owned
+//! by its stream's reader (`&mut self`, no lock: nothing is shared); it
+//! hashes the id, scans a fixed ring of hashes and copies the id into an
+//! inline buffer. It spawns nothing, awaits
 //! nothing and allocates nothing in steady state: ids up to
 //! [`INLINE_ID_BYTES`] bytes live inline; a longer id grows the buffer once
 //! and that capacity is reused afterwards.
@@ -19,8 +19,7 @@
 //! WHATWG says an empty `id:` field resets the last event id. The proxy
 //! treats that as "this event has no id": [`EventTracker::record`] with an
 //! empty id returns [`Recorded::Fresh`] (deliver it, it cannot be deduped),
-//! leaves the resumption point and the window alone and does not call the
-//! sink. Keeping the last real id is the safe choice for resumption: a
+//! and leaves the resumption point and the window alone. Keeping the last real id is the safe choice for resumption: a
 //! reconnect with it loses nothing, a reconnect without it may.
 //!
 //! # Dedup window
@@ -34,9 +33,7 @@
 //! make its own stream drop its own events.
 
 use std::fmt;
-use std::sync::Arc;
 
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 /// Ids up to this many bytes are stored inline: recording or cloning them
@@ -49,16 +46,6 @@ pub const DEFAULT_WINDOW: usize = 64;
 /// Largest dedup window a [`TrackerConfig`] accepts, in ids. `record` scans
 /// the whole window, so its cost grows linearly with it.
 pub const MAX_WINDOW: usize = 1024;
-
-/// Receives a stream's resumption-point changes from its [`EventTracker`].
-///
-/// One sink belongs to one stream; whoever creates it knows which stream
-/// (and session) that is, the tracker does not. Implementations must not
-/// block or await: the persistence writer on the other side coalesces.
-pub trait EventIdSink: Send + Sync + fmt::Debug {
-    /// The stream's resumption point is now `event_id`.
-    fn resumption_point(&self, event_id: &str);
-}
 
 /// A bad [`TrackerConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,69 +110,12 @@ pub struct TrackerStats {
     pub empty: u64,
 }
 
-/// An owned SSE event id. Ids up to [`INLINE_ID_BYTES`] bytes are stored
-/// inline, so creating or cloning one does not allocate.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId(SmallVec<[u8; INLINE_ID_BYTES]>);
-
-impl EventId {
-    /// Copies `id`; allocates only if it is longer than [`INLINE_ID_BYTES`].
-    pub fn new(id: &str) -> Self {
-        Self(SmallVec::from_slice(id.as_bytes()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Only ever built from `&str`, so this cannot fail; it checks at most
-        // a few dozen bytes and is off the per-event path.
-        std::str::from_utf8(&self.0).expect("EventId holds UTF-8 by construction")
-    }
-
-    /// Whether the id is stored inline (no heap allocation).
-    pub fn is_inline(&self) -> bool {
-        !self.0.spilled()
-    }
-}
-
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl AsRef<str> for EventId {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl From<&str> for EventId {
-    fn from(id: &str) -> Self {
-        Self::new(id)
-    }
-}
-
-impl PartialEq<str> for EventId {
-    fn eq(&self, other: &str) -> bool {
-        self.0.as_slice() == other.as_bytes()
-    }
-}
-
-impl PartialEq<&str> for EventId {
-    fn eq(&self, other: &&str) -> bool {
-        self.0.as_slice() == other.as_bytes()
-    }
-}
-
-/// The state behind the lock.
-#[derive(Debug)]
-struct State {
+/// Per-stream event id tracking: the resumption point and a bounded dedup
+/// window. Owned by the one reader of its stream.
+///
+/// See the [module docs](self) for the hot-path guarantees, the empty-id
+/// rule and the window semantics.
+pub struct EventTracker {
     /// Bytes of the resumption point; valid UTF-8 (copied from a `&str`).
     last: SmallVec<[u8; INLINE_ID_BYTES]>,
     /// Whether `last` holds a resumption point.
@@ -199,7 +129,55 @@ struct State {
     stats: TrackerStats,
 }
 
-impl State {
+impl fmt::Debug for EventTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventTracker")
+            .field("last_event_id", &self.last_event_id())
+            .field("window", &self.ring.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Default for EventTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventTracker {
+    /// A tracker with the default window and no resumption point.
+    pub fn new() -> Self {
+        Self::with_config(TrackerConfig::default())
+    }
+
+    /// A tracker with `config` and no resumption point. Allocates the dedup
+    /// window once, here.
+    pub fn with_config(config: TrackerConfig) -> Self {
+        EventTracker {
+            last: SmallVec::new(),
+            has_last: false,
+            ring: vec![0; config.window].into_boxed_slice(),
+            next: 0,
+            filled: 0,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// A tracker resuming a stream whose last delivered event was `id`
+    /// (e.g. the upstream id a client's event id carries).
+    ///
+    /// `id` becomes the resumption point and enters the dedup window, so a
+    /// replay that repeats it is dropped. An empty `id` means no
+    /// resumption point.
+    pub fn resuming_from(id: &str, config: TrackerConfig) -> Self {
+        let mut tracker = Self::with_config(config);
+        if !id.is_empty() {
+            tracker.remember(id, id_hash(id.as_bytes()));
+        }
+        tracker
+    }
+
     fn contains(&self, hash: u64) -> bool {
         // Fixed-size chunks with a branch-free fold inside, so the compiler
         // can unroll and vectorise; the window is a small bounded constant.
@@ -229,146 +207,61 @@ impl State {
         self.has_last = true;
     }
 
-    fn last_event_id(&self) -> Option<EventId> {
-        self.has_last
-            .then(|| EventId(SmallVec::from_slice(&self.last)))
-    }
-}
-
-/// Per-stream event id tracking: the resumption point and a bounded dedup
-/// window. `Sync`: concurrent `record`s of the same id yield exactly one
-/// [`Recorded::Fresh`].
-///
-/// See the [module docs](self) for the hot-path guarantees, the empty-id
-/// rule and the window semantics.
-pub struct EventTracker {
-    state: Mutex<State>,
-    sink: Option<Arc<dyn EventIdSink>>,
-}
-
-impl fmt::Debug for EventTracker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = f.debug_struct("EventTracker");
-        // `try_lock`: formatting must never wait on (or deadlock with) a
-        // `record` in progress, e.g. from inside a sink.
-        match self.state.try_lock() {
-            Some(state) => out
-                .field("last_event_id", &state.last_event_id())
-                .field("window", &state.ring.len())
-                .field("stats", &state.stats),
-            None => out.field("state", &"<locked>"),
-        };
-        out.field("sink", &self.sink).finish()
-    }
-}
-
-impl EventTracker {
-    /// A tracker with the default window and no resumption point.
-    ///
-    /// `sink`, if any, hears every resumption-point change, in order; it is
-    /// called while the tracker's lock is held, so it must not block.
-    pub fn new(sink: Option<Arc<dyn EventIdSink>>) -> Self {
-        Self::with_config(TrackerConfig::default(), sink)
-    }
-
-    /// A tracker with `config` and no resumption point. Allocates the dedup
-    /// window once, here.
-    pub fn with_config(config: TrackerConfig, sink: Option<Arc<dyn EventIdSink>>) -> Self {
-        let state = State {
-            last: SmallVec::new(),
-            has_last: false,
-            ring: vec![0; config.window].into_boxed_slice(),
-            next: 0,
-            filled: 0,
-            stats: TrackerStats::default(),
-        };
-        Self {
-            state: Mutex::new(state),
-            sink,
-        }
-    }
-
-    /// A tracker resuming a stream whose last delivered event was `id`
-    /// (e.g. a persisted resumption point after a restart).
-    ///
-    /// `id` becomes the resumption point and enters the dedup window, so a
-    /// replay that repeats it is dropped. The sink is not called: the point
-    /// is already known to whoever supplied it. An empty `id` means no
-    /// resumption point.
-    pub fn resuming_from(
-        id: &str,
-        config: TrackerConfig,
-        sink: Option<Arc<dyn EventIdSink>>,
-    ) -> Self {
-        let tracker = Self::with_config(config, sink);
-        if !id.is_empty() {
-            tracker.state.lock().remember(id, id_hash(id.as_bytes()));
-        }
-        tracker
-    }
-
     /// Records the id of an event about to be delivered and says whether to
     /// deliver it.
     ///
-    /// A fresh id becomes the resumption point, enters the dedup window and
-    /// is reported to the sink (under the lock, so reports are ordered). A
-    /// duplicate changes nothing and is not reported. An empty id is always
+    /// A fresh id becomes the resumption point and enters the dedup window.
+    /// A duplicate changes nothing. An empty id is always
     /// [`Recorded::Fresh`] and changes nothing (see the module docs).
     ///
     /// Bounded time: one hash of `id`, one scan of the window. No allocation
     /// unless `id` is longer than [`INLINE_ID_BYTES`] and longer than any id
     /// recorded before.
-    pub fn record(&self, id: &str) -> Recorded {
+    pub fn record(&mut self, id: &str) -> Recorded {
         if id.is_empty() {
-            self.state.lock().stats.empty += 1;
+            self.stats.empty += 1;
             return Recorded::Fresh;
         }
         let hash = id_hash(id.as_bytes());
-        let mut state = self.state.lock();
-        if state.contains(hash) {
-            state.stats.duplicate += 1;
+        if self.contains(hash) {
+            self.stats.duplicate += 1;
             return Recorded::Duplicate;
         }
-        state.remember(id, hash);
-        state.stats.fresh += 1;
-        if let Some(sink) = &self.sink {
-            sink.resumption_point(id);
-        }
+        self.remember(id, hash);
+        self.stats.fresh += 1;
         Recorded::Fresh
     }
 
     /// The resumption point: the last fresh id (or the seeded one), to send
-    /// as `Last-Event-ID`. No allocation for inline-sized ids.
-    pub fn last_event_id(&self) -> Option<EventId> {
-        self.state.lock().last_event_id()
+    /// as `Last-Event-ID`. Borrowed: no copy.
+    pub fn last_event_id(&self) -> Option<&str> {
+        if !self.has_last {
+            return None;
+        }
+        // Copied from a `&str` in `remember`: always UTF-8.
+        std::str::from_utf8(&self.last).ok()
     }
 
     /// Counts of fresh, duplicate and empty ids so far.
     pub fn stats(&self) -> TrackerStats {
-        self.state.lock().stats
+        self.stats
     }
 
     /// The dedup window size, in ids.
     pub fn window(&self) -> usize {
-        self.state.lock().ring.len()
+        self.ring.len()
     }
 
-    /// Heap bytes this tracker owns: the window (`8 * window`), the id
-    /// buffer if a long id made it spill, and the sink's `Arc` allocation
-    /// (two reference counts plus the sink value itself; not anything the
-    /// sink points to, which may be shared).
+    /// Heap bytes this tracker owns: the window (`8 * window`) and the id
+    /// buffer if a long id made it spill.
     pub fn heap_bytes(&self) -> usize {
-        let state = self.state.lock();
-        let ring = std::mem::size_of_val::<[u64]>(&state.ring);
-        let last = if state.last.spilled() {
-            state.last.capacity()
+        let ring = std::mem::size_of_val::<[u64]>(&self.ring);
+        let last = if self.last.spilled() {
+            self.last.capacity()
         } else {
             0
         };
-        let sink = self.sink.as_ref().map_or(0, |sink| {
-            2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<dyn EventIdSink>(&**sink)
-        });
-        ring + last + sink
+        ring + last
     }
 
     /// Total bytes per tracked stream: `size_of::<EventTracker>()` plus
@@ -425,7 +318,7 @@ mod tests {
 
     #[test]
     fn window_wraps_and_forgets_oldest() {
-        let tracker = EventTracker::with_config(TrackerConfig::with_window(3).unwrap(), None);
+        let mut tracker = EventTracker::with_config(TrackerConfig::with_window(3).unwrap());
         for id in ["a", "b", "c", "d"] {
             assert_eq!(tracker.record(id), Recorded::Fresh);
         }

@@ -1,36 +1,16 @@
-//! `EventTracker` behaviour: fresh/duplicate, resumption point, sink
-//! reports, seeding, empty and long ids, config limits, memory per stream,
-//! and a model-based property test of the dedup window.
+//! `EventTracker` behaviour: fresh/duplicate, resumption point, seeding,
+//! empty and long ids, config limits, memory per stream, and a model-based
+//! property test of the dedup window.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use parking_lot::Mutex;
 use proptest::prelude::*;
-use shadowcat_transport::tracker::{DEFAULT_WINDOW, INLINE_ID_BYTES, MAX_WINDOW};
-use shadowcat_transport::{
-    EventId, EventIdSink, EventTracker, Recorded, TrackerConfig, TrackerConfigError,
-};
-
-/// A sink that remembers every report.
-#[derive(Debug, Default)]
-struct Recording(Mutex<Vec<String>>);
-
-impl EventIdSink for Recording {
-    fn resumption_point(&self, event_id: &str) {
-        self.0.lock().push(event_id.to_owned());
-    }
-}
-
-fn recording() -> (Arc<Recording>, Option<Arc<dyn EventIdSink>>) {
-    let sink = Arc::new(Recording::default());
-    let dyn_sink: Arc<dyn EventIdSink> = sink.clone();
-    (sink, Some(dyn_sink))
-}
+use shadowcat_transport::tracker::{DEFAULT_WINDOW, MAX_WINDOW};
+use shadowcat_transport::{EventTracker, Recorded, TrackerConfig, TrackerConfigError};
 
 #[test]
 fn fresh_then_duplicate() {
-    let tracker = EventTracker::new(None);
+    let mut tracker = EventTracker::new();
     assert_eq!(tracker.last_event_id(), None);
     assert_eq!(tracker.record("17/1"), Recorded::Fresh);
     assert_eq!(tracker.record("17/1"), Recorded::Duplicate);
@@ -41,9 +21,8 @@ fn fresh_then_duplicate() {
 }
 
 #[test]
-fn duplicates_never_move_the_resumption_point_nor_call_the_sink() {
-    let (sink, dyn_sink) = recording();
-    let tracker = EventTracker::new(dyn_sink);
+fn duplicates_never_move_the_resumption_point() {
+    let mut tracker = EventTracker::new();
     for id in ["a/1", "a/2", "a/3"] {
         assert_eq!(tracker.record(id), Recorded::Fresh);
     }
@@ -51,83 +30,62 @@ fn duplicates_never_move_the_resumption_point_nor_call_the_sink() {
     for id in ["a/1", "a/2"] {
         assert_eq!(tracker.record(id), Recorded::Duplicate);
     }
-    assert_eq!(tracker.last_event_id().unwrap(), "a/3");
-    assert_eq!(*sink.0.lock(), ["a/1", "a/2", "a/3"]);
+    assert_eq!(tracker.last_event_id(), Some("a/3"));
 }
 
 #[test]
-fn sink_hears_every_fresh_id_in_order() {
-    let (sink, dyn_sink) = recording();
-    let tracker = EventTracker::new(dyn_sink);
-    let ids: Vec<String> = (0..200).map(|i| format!("s/{i}")).collect();
-    for id in &ids {
-        assert_eq!(tracker.record(id), Recorded::Fresh);
-        assert_eq!(tracker.last_event_id().unwrap().as_str(), id);
+fn the_point_follows_every_fresh_id() {
+    let mut tracker = EventTracker::new();
+    for i in 0..200 {
+        let id = format!("s/{i}");
+        assert_eq!(tracker.record(&id), Recorded::Fresh);
+        assert_eq!(tracker.last_event_id(), Some(id.as_str()));
     }
-    assert_eq!(*sink.0.lock(), ids);
 }
 
 #[test]
-fn resuming_from_seeds_point_and_window_without_reporting() {
-    let (sink, dyn_sink) = recording();
-    let tracker = EventTracker::resuming_from("9/41", TrackerConfig::default(), dyn_sink);
-    assert_eq!(tracker.last_event_id().unwrap(), "9/41");
+fn resuming_from_seeds_point_and_window() {
+    let mut tracker = EventTracker::resuming_from("9/41", TrackerConfig::default());
+    assert_eq!(tracker.last_event_id(), Some("9/41"));
     assert_eq!(tracker.record("9/41"), Recorded::Duplicate);
-    assert!(sink.0.lock().is_empty());
     assert_eq!(tracker.record("9/42"), Recorded::Fresh);
-    assert_eq!(*sink.0.lock(), ["9/42"]);
+    assert_eq!(tracker.last_event_id(), Some("9/42"));
     assert_eq!(tracker.stats().fresh, 1);
 }
 
 #[test]
 fn resuming_from_empty_means_no_point() {
-    let tracker = EventTracker::resuming_from("", TrackerConfig::default(), None);
+    let tracker = EventTracker::resuming_from("", TrackerConfig::default());
     assert_eq!(tracker.last_event_id(), None);
 }
 
 #[test]
 fn empty_ids_are_delivered_and_change_nothing() {
-    let (sink, dyn_sink) = recording();
-    let tracker = EventTracker::new(dyn_sink);
+    let mut tracker = EventTracker::new();
     assert_eq!(tracker.record(""), Recorded::Fresh);
     assert_eq!(tracker.last_event_id(), None);
     assert_eq!(tracker.record("x"), Recorded::Fresh);
     assert_eq!(tracker.record(""), Recorded::Fresh);
     assert_eq!(tracker.record(""), Recorded::Fresh);
-    assert_eq!(tracker.last_event_id().unwrap(), "x");
-    assert_eq!(*sink.0.lock(), ["x"]);
+    assert_eq!(tracker.last_event_id(), Some("x"));
     let stats = tracker.stats();
     assert_eq!((stats.fresh, stats.duplicate, stats.empty), (1, 0, 3));
 }
 
 #[test]
 fn long_and_unicode_ids_round_trip() {
-    let tracker = EventTracker::new(None);
+    let mut tracker = EventTracker::new();
     let long = "é".repeat(100); // 200 bytes, spills
     assert_eq!(tracker.record(&long), Recorded::Fresh);
-    let last = tracker.last_event_id().unwrap();
-    assert_eq!(last.as_str(), long);
-    assert!(!last.is_inline());
+    assert_eq!(tracker.last_event_id(), Some(long.as_str()));
     assert_eq!(tracker.record(&long), Recorded::Duplicate);
     // The spilled buffer is counted.
     assert!(tracker.heap_bytes() >= DEFAULT_WINDOW * 8 + long.len());
     // Shorter ids afterwards reuse it.
+    let before = tracker.heap_bytes();
     assert_eq!(tracker.record("ü/1"), Recorded::Fresh);
-    assert_eq!(tracker.last_event_id().unwrap(), "ü/1");
-    assert!(tracker.last_event_id().unwrap().is_inline());
-}
-
-#[test]
-fn event_id_is_inline_up_to_the_limit() {
-    let at = "x".repeat(INLINE_ID_BYTES);
-    let over = "x".repeat(INLINE_ID_BYTES + 1);
-    assert!(EventId::new(&at).is_inline());
-    assert!(!EventId::new(&over).is_inline());
-    let id = EventId::from("17/4711");
-    assert_eq!(id.clone(), id);
-    assert_eq!(id.to_string(), "17/4711");
-    assert_eq!(format!("{id:?}"), "\"17/4711\"");
-    assert_eq!(id.as_ref(), "17/4711");
+    assert_eq!(tracker.last_event_id(), Some("ü/1"));
+    assert_eq!(tracker.heap_bytes(), before);
 }
 
 #[test]
@@ -145,42 +103,35 @@ fn window_limits_are_typed_errors() {
         MAX_WINDOW
     );
     assert_eq!(TrackerConfig::default().window(), DEFAULT_WINDOW);
-    let tracker = EventTracker::with_config(TrackerConfig::with_window(5).unwrap(), None);
+    let tracker = EventTracker::with_config(TrackerConfig::with_window(5).unwrap());
     assert_eq!(tracker.window(), 5);
 }
 
 #[test]
 fn memory_per_stream_is_at_most_one_kilobyte() {
-    let plain = EventTracker::new(None);
-    assert_eq!(plain.heap_bytes(), DEFAULT_WINDOW * 8);
-    let (_sink, dyn_sink) = recording();
-    let with_sink = EventTracker::new(dyn_sink);
-    // Arc header (two counts) plus the sink value.
-    let sink_bytes = 2 * size_of::<usize>() + size_of::<Recording>();
-    assert_eq!(with_sink.heap_bytes(), DEFAULT_WINDOW * 8 + sink_bytes);
-    for tracker in [&plain, &with_sink] {
-        for i in 0..1000 {
-            tracker.record(&format!("0b5e4c3a-9f1d-4e2b-8a7c-6d5e4f3a2b1c/{i}"));
-        }
-        // Steady state does not grow it.
-        assert_eq!(
-            tracker.memory_footprint(),
-            size_of::<EventTracker>() + tracker.heap_bytes()
-        );
-        assert!(
-            tracker.memory_footprint() <= 1024,
-            "{} bytes per stream",
-            tracker.memory_footprint()
-        );
+    let mut tracker = EventTracker::new();
+    assert_eq!(tracker.heap_bytes(), DEFAULT_WINDOW * 8);
+    for i in 0..1000 {
+        tracker.record(&format!("0b5e4c3a-9f1d-4e2b-8a7c-6d5e4f3a2b1c/{i}"));
     }
-    assert_eq!(plain.heap_bytes(), DEFAULT_WINDOW * 8);
+    // Steady state does not grow it.
+    assert_eq!(
+        tracker.memory_footprint(),
+        size_of::<EventTracker>() + tracker.heap_bytes()
+    );
+    assert!(
+        tracker.memory_footprint() <= 1024,
+        "{} bytes per stream",
+        tracker.memory_footprint()
+    );
+    assert_eq!(tracker.heap_bytes(), DEFAULT_WINDOW * 8);
 }
 
 #[test]
 fn no_collisions_among_many_realistic_ids() {
     // A window as large as allowed, fed with distinct ids: a hash collision
     // would show up as a false duplicate.
-    let tracker = EventTracker::with_config(TrackerConfig::with_window(MAX_WINDOW).unwrap(), None);
+    let mut tracker = EventTracker::with_config(TrackerConfig::with_window(MAX_WINDOW).unwrap());
     for stream in 0..20 {
         for seq in 0..5_000 {
             let id = format!("{stream}/{seq}");
@@ -221,13 +172,12 @@ proptest! {
         window in 1usize..10,
         ids in proptest::collection::vec("[a-d]{0,2}", 0..200),
     ) {
-        let tracker =
-            EventTracker::with_config(TrackerConfig::with_window(window).unwrap(), None);
+        let mut tracker = EventTracker::with_config(TrackerConfig::with_window(window).unwrap());
         let mut model = Model { window, seen: VecDeque::new(), last: None };
         for id in &ids {
             prop_assert_eq!(tracker.record(id), model.record(id), "id {:?}", id);
             prop_assert_eq!(
-                tracker.last_event_id().map(|e| e.as_str().to_owned()),
+                tracker.last_event_id().map(str::to_owned),
                 model.last.clone()
             );
         }

@@ -16,6 +16,8 @@ use super::WAIT;
 pub(crate) struct Block {
     pub(crate) id: Option<String>,
     pub(crate) data: Option<String>,
+    /// A `retry:` field, in milliseconds.
+    pub(crate) retry: Option<u64>,
 }
 
 /// Reads blocks from a response body.
@@ -42,6 +44,7 @@ impl SseClient {
                 let mut block = Block {
                     id: None,
                     data: None,
+                    retry: None,
                 };
                 for line in text.lines() {
                     if let Some(v) = line.strip_prefix("id: ") {
@@ -50,6 +53,8 @@ impl SseClient {
                         block.data = Some(v.to_owned());
                     } else if line == "data:" {
                         block.data = Some(String::new());
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        block.retry = v.parse().ok();
                     }
                 }
                 if block.id.is_none() && block.data.is_none() {
@@ -90,6 +95,8 @@ pub(crate) struct Tally {
     pub(crate) last_id: Option<String>,
     /// The longest time from a resume request to its first block.
     pub(crate) worst_resume: Duration,
+    /// The last `retry:` seen, in milliseconds.
+    pub(crate) retry: Option<u64>,
 }
 
 impl Tally {
@@ -104,6 +111,9 @@ impl Tally {
     pub(crate) fn see(&mut self, block: &Block) {
         if let Some(id) = &block.id {
             self.last_id = Some(id.clone());
+        }
+        if block.retry.is_some() {
+            self.retry = block.retry;
         }
         let Some(data) = block.data.as_deref() else {
             return;
