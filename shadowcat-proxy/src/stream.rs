@@ -270,11 +270,11 @@ impl Forwarder {
                     } else {
                         None
                     };
-                    if let Some(id) = own {
-                        if self.tracker.record(id) == Recorded::Duplicate {
-                            self.duplicates += 1;
-                            continue;
-                        }
+                    if let Some(id) = own
+                        && self.tracker.record(id) == Recorded::Duplicate
+                    {
+                        self.duplicates += 1;
+                        continue;
                     }
                     let Some(sealer) = &self.sealer else {
                         // Lines: data only; never an empty-data event.
