@@ -221,18 +221,20 @@ impl TestUpstream {
         self.state.resumes.load(Ordering::SeqCst)
     }
 
-    /// Waits up to `timeout` until every event of every `progress` stream
-    /// started so far was handed to a connection; true if so.
+    /// Waits up to `timeout` until a `progress` stream has started and
+    /// every event of every one started so far was handed to a
+    /// connection; true if so.
     pub async fn wait_all_sent(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.state.all_sent.notified();
-            let done = self
-                .state
-                .logs
-                .lock()
-                .values()
-                .all(|l| l.sent.load(Ordering::SeqCst) >= l.last());
+            let done = {
+                let logs = self.state.logs.lock();
+                !logs.is_empty()
+                    && logs
+                        .values()
+                        .all(|l| l.sent.load(Ordering::SeqCst) >= l.last())
+            };
             if done {
                 return true;
             }

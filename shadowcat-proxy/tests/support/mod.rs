@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod relay;
 pub(crate) mod sse;
 
 use std::sync::Arc;
@@ -214,6 +215,28 @@ pub(crate) async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
             return Some(data);
         }
     }
+}
+
+/// `target/<profile>/mcp-stdio-fixture` (the `benches` crate's stdio MCP
+/// server), built on first use.
+pub(crate) fn stdio_fixture() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("mcp-stdio-fixture");
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-q", "-p", "benches", "--bin", "mcp-stdio-fixture"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building mcp-stdio-fixture: {status}");
+    }
+    path
 }
 
 /// Asserts a JSON-RPC error body with `code`.

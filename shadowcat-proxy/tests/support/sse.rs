@@ -20,6 +20,15 @@ pub(crate) struct Block {
     pub(crate) retry: Option<u64>,
 }
 
+/// Why a stream gave no block.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// No frame within the wait.
+    Stalled,
+    /// The stream broke (connection reset, truncated body, bad UTF-8).
+    Broke(String),
+}
+
 /// Reads blocks from a response body.
 pub(crate) struct SseClient {
     body: Incoming,
@@ -37,10 +46,19 @@ impl SseClient {
     /// The next event or id-only block; `Ok(None)` at a clean end, `Err`
     /// when the stream broke. Comments (keep-alives) are skipped.
     pub(crate) async fn next(&mut self) -> Result<Option<Block>, String> {
+        self.next_within(WAIT).await.map_err(|e| match e {
+            ReadError::Stalled => "no frame in time".to_owned(),
+            ReadError::Broke(e) => e,
+        })
+    }
+
+    /// As [`SseClient::next`], telling a stall (no frame within `wait`)
+    /// from a broken stream.
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Result<Option<Block>, ReadError> {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(raw).map_err(|e| e.to_string())?;
+                let text = String::from_utf8(raw).map_err(|e| ReadError::Broke(e.to_string()))?;
                 let mut block = Block {
                     id: None,
                     data: None,
@@ -62,12 +80,12 @@ impl SseClient {
                 }
                 return Ok(Some(block));
             }
-            let frame = tokio::time::timeout(WAIT, self.body.frame())
+            let frame = tokio::time::timeout(wait, self.body.frame())
                 .await
-                .map_err(|_| "no frame in time".to_owned())?;
+                .map_err(|_| ReadError::Stalled)?;
             match frame {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(ReadError::Broke(e.to_string())),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         let data: Bytes = data;
