@@ -1062,13 +1062,22 @@ impl Shared {
                 format!("cannot resume after Last-Event-ID {text:?}: {cause}"),
             )
         };
-        let Some(up_id) = id.upstream.clone() else {
-            return Err(gap(
-                StatusCode::GONE,
-                format!(
-                    "{held_cause}; the id carries no upstream event id to resume the upstream from"
-                ),
-            ));
+        let up_id = match id.upstream.clone() {
+            Some(up) => up,
+            // Too long to carry: the persisted point, when it is exactly
+            // where the client stopped.
+            None => match self.persisted_point(session, &id).await {
+                Some(up) => up,
+                None => {
+                    return Err(gap(
+                        StatusCode::GONE,
+                        format!(
+                            "{held_cause}; the id carries no upstream event id, and the store holds none for event {} of the stream",
+                            id.seq
+                        ),
+                    ));
+                }
+            },
         };
         let slot = self.stream_slot(session)?;
         let req =
@@ -1108,6 +1117,30 @@ impl Shared {
         metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(session = %session.id, "client resumes from the upstream");
         Ok(self.stream_response(body, session, None))
+    }
+
+    /// The upstream event id persisted for `id`'s stream, if the stored
+    /// point is exactly the client's event (an older point would skip
+    /// events, a newer one repeat them).
+    async fn persisted_point(&self, session: &SessionEntry, id: &ClientEventId) -> Option<String> {
+        let stored = match self.sessions.store().get(&session.id).await {
+            Ok(s) => s?,
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
+                tracing::warn!(session = %session.id, error = %e, "could not read the stored resumption point");
+                return None;
+            }
+        };
+        let point = &stored
+            .streams
+            .iter()
+            .find(|p| p.stream.0 == id.stream)?
+            .point;
+        if point.client_seq != id.seq {
+            tracing::debug!(session = %session.id, stream = id.stream, stored = point.client_seq, wanted = id.seq, "stored resumption point is not the client's");
+            return None;
+        }
+        point.upstream_event_id.clone()
     }
 
     /// A POST when the upstream is a stdio program.

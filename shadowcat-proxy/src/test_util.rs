@@ -9,7 +9,8 @@
 //!
 //! Tools:
 //! - `echo` `{text}`: a JSON response with the text.
-//! - `progress` `{count, gated, cuts, poll}`: an SSE stream of `count`
+//! - `progress` `{count, gated, cuts, poll, stall, long_ids}`: an SSE
+//!   stream of `count`
 //!   progress notifications, each with an id, then the result. With
 //!   `gated`, it stops after the first notification until
 //!   [`TestUpstream::release`]. Otherwise the stream is kept in a per-stream
@@ -20,7 +21,9 @@
 //!   connection and a clean end after half an event, on a first one always
 //!   the latter: an abort may lose unflushed data). `poll` is SSE polling: the first connection
 //!   sends the priming event and `retry:` and closes, each resume at most
-//!   `poll` events.
+//!   `poll` events. `stall` stops the first connection after that event
+//!   until [`TestUpstream::release`]; `long_ids` makes event ids longer
+//!   than a client id carries.
 //! - `forever`: an SSE stream of notifications every 10 ms (at most 3,000)
 //!   that never sends a result; [`TestUpstream::wait_cancelled`] tells when
 //!   the proxy dropped it.
@@ -83,6 +86,9 @@ struct StreamLog {
     priming: bool,
     poll: Option<u64>,
     cuts: Mutex<BTreeSet<u64>>,
+    /// The first connection stops after this event until
+    /// [`TestUpstream::release`].
+    stall: Option<u64>,
     /// Highest event number handed to a connection.
     sent: AtomicU64,
 }
@@ -424,8 +430,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
                     if gated {
                         progress_stream(&st, &version, id, count, gated)
                     } else {
+                        let mut name = stream_name(&st);
+                        if args["long_ids"].as_bool().unwrap_or(false) {
+                            // Too long for a client id to carry.
+                            name.push_str(&"_".repeat(200));
+                        }
                         let log = Arc::new(StreamLog {
-                            name: stream_name(&st),
+                            name,
+                            stall: args["stall"].as_u64(),
                             id,
                             count,
                             priming: version == "2025-11-25",
@@ -572,11 +584,22 @@ fn serve_log(st: &Arc<State>, log: Arc<StreamLog>, from: u64, first: bool) -> Re
                     cut = Some(i - 1);
                     break;
                 }
+                if first && log.stall == Some(i - 1) {
+                    break;
+                }
             }
             if log.sent.load(Ordering::SeqCst) >= log.last() {
                 st.all_sent.notify_waiters();
             }
             if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            if first
+                && log.stall == Some(i - 1)
+                && tokio::time::timeout(GATE_TIMEOUT, st.gate.notified())
+                    .await
+                    .is_err()
+            {
                 return;
             }
             if let Some(at) = cut {

@@ -16,6 +16,7 @@ use metrics::{
 };
 use parking_lot::Mutex;
 use serde_json::json;
+use shadowcat_proxy::ClientEventId;
 use shadowcat_proxy::replay::ReplayLimits;
 use support::sse::{SseClient, Tally};
 use support::{Harness, assert_rpc_error, call};
@@ -135,4 +136,56 @@ async fn upstream_without_event_store_gives_clear_errors_and_is_counted() {
         count("shadowcat_upstream_reconnect_failures_total"),
         failures + 1
     );
+}
+
+/// An upstream id too long for a client id to carry: after a restart the
+/// proxy resumes the upstream from the persisted point, which is exactly
+/// the client's last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_id_too_long_to_carry_resumes_from_the_persisted_point() {
+    let mut h = Harness::start_with(|c| {
+        c.limits.reconnect.base = Duration::from_millis(1);
+        c.limits.reconnect.cap = Duration::from_millis(5);
+    })
+    .await;
+    let version = "2025-11-25";
+    let sid = h.init(version).await;
+    let hs = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", version),
+    ];
+    let args = json!({"count": 50, "stall": 20, "long_ids": true});
+    let resp = h.post(&hs, &call(7, "progress", args)).await;
+    let mut client = SseClient::new(resp.into_body());
+    let mut tally = Tally::new();
+    // Two priming events (the proxy's and the upstream's), 20 notifications.
+    assert!(!tally.read(&mut client, 22).await);
+    assert_eq!(tally.next, 21, "{tally:?}");
+    let last = tally.last_id.clone().unwrap();
+    let id = ClientEventId::parse(&last).unwrap();
+    assert!(
+        id.upstream.is_none(),
+        "the upstream id is too long to carry"
+    );
+    drop(client);
+    h.restart().await;
+    let resumes = h.upstream.resumes();
+    h.upstream.release();
+    let resp = h.resume(&sid, version, Some(&last)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        tally
+            .read(&mut SseClient::new(resp.into_body()), u64::MAX)
+            .await
+    );
+    assert_eq!(h.upstream.resumes(), resumes + 1, "resumed upstream");
+    let asked = h.upstream.requests();
+    let asked = asked
+        .iter()
+        .rev()
+        .find_map(|r| r.headers.get("last-event-id"))
+        .unwrap();
+    assert!(asked.to_str().unwrap().ends_with("-20"), "{asked:?}");
+    assert_eq!((tally.lost, tally.duplicated), (0, 0), "{tally:?}");
+    assert_eq!((tally.delivered, tally.results), (50, 1));
 }

@@ -36,6 +36,7 @@ pub(crate) struct Harness {
     pub(crate) upstream: TestUpstream,
     pub(crate) store: Arc<MemoryStore>,
     pub(crate) proxy: std::net::SocketAddr,
+    config: ReverseProxyConfig,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -53,41 +54,43 @@ impl Harness {
         config.bind = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let store = Arc::new(MemoryStore::new());
-        let writer = BatchingWriter::start(
-            Arc::clone(&store) as Arc<dyn SessionStore>,
-            WriterConfig {
-                flush_interval: Duration::from_millis(10),
-                ..WriterConfig::default()
-            },
-        );
-        let proxy = ReverseProxy::bind(
-            config,
-            Arc::clone(&store) as Arc<dyn SessionStore>,
-            Some(writer.handle()),
-        )
-        .await
-        .expect("proxy binds");
-        let addr = proxy.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            proxy
-                .serve_with_drain(
-                    async {
-                        let _ = stopped.await;
-                    },
-                    Duration::from_secs(2),
-                )
-                .await
-                .expect("proxy serves");
-        });
+        let (proxy, stop, task, writer) = serve(config.clone(), Arc::clone(&store)).await;
         Harness {
             upstream,
             store,
-            proxy: addr,
+            proxy,
+            config,
             client: Client::builder(TokioExecutor::new()).build_http(),
             stop: Some(stop),
             task: Some(task),
             writer: Some(writer),
+        }
+    }
+
+    /// Restarts the proxy on the same store (the writer flushed on the
+    /// way down), on a new port.
+    pub(crate) async fn restart(&mut self) {
+        self.shut_down().await;
+        let (proxy, stop, task, writer) = serve(self.config.clone(), Arc::clone(&self.store)).await;
+        self.proxy = proxy;
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self.writer = Some(writer);
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("proxy stops in time")
+                .expect("proxy task ends cleanly");
+        }
+        if let Some(writer) = self.writer.take() {
+            let report = writer.shutdown().await;
+            assert!(report.is_complete(), "{report:?}");
         }
     }
 
@@ -156,21 +159,49 @@ impl Harness {
     /// Stops the proxy (draining), then flushes the writer; returns the
     /// store.
     pub(crate) async fn stop(mut self) -> Arc<MemoryStore> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("proxy stops in time")
-                .expect("proxy task ends cleanly");
-        }
-        if let Some(writer) = self.writer.take() {
-            let report = writer.shutdown().await;
-            assert!(report.is_complete(), "{report:?}");
-        }
+        self.shut_down().await;
         Arc::clone(&self.store)
     }
+}
+
+/// Starts a proxy with `config` on `store`, with its batching writer.
+async fn serve(
+    config: ReverseProxyConfig,
+    store: Arc<MemoryStore>,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<()>,
+    BatchingWriter,
+) {
+    let writer = BatchingWriter::start(
+        Arc::clone(&store) as Arc<dyn SessionStore>,
+        WriterConfig {
+            flush_interval: Duration::from_millis(10),
+            ..WriterConfig::default()
+        },
+    );
+    let proxy = ReverseProxy::bind(
+        config,
+        store as Arc<dyn SessionStore>,
+        Some(writer.handle()),
+    )
+    .await
+    .expect("proxy binds");
+    let addr = proxy.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        proxy
+            .serve_with_drain(
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("proxy serves");
+    });
+    (addr, stop, task, writer)
 }
 
 impl Drop for Harness {
