@@ -122,6 +122,9 @@ pub(crate) enum BridgeError {
     /// The client reused the id of a request still in flight.
     #[error("request id {0} is already in flight in this session; use a new id")]
     DuplicateId(String),
+    /// The request's id is neither a string nor an integer.
+    #[error("the request id must be a string or an integer (MCP)")]
+    BadId,
 }
 
 // ---- JSON-RPC probing -------------------------------------------------
@@ -337,7 +340,7 @@ impl ChildSession {
             match (&p.method, &p.id) {
                 (Some(_), Some(id)) => {
                     let Some(key) = IdKey::of(id) else {
-                        return Err(BridgeError::DuplicateId("of an unusable type".into()));
+                        return Err(BridgeError::BadId);
                     };
                     let token = p
                         .params
@@ -743,6 +746,58 @@ async fn check_children(bridge: Weak<StdioBridge>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ProtocolVersion;
+    use shadowcat_session::{MemoryStore, SessionStore};
+
+    /// A bridge whose children are `cat`: they echo what they are sent and
+    /// never answer, so every request stays in flight.
+    fn cat_bridge(
+        store: Arc<dyn SessionStore>,
+        idle_timeout: Duration,
+        writer: Option<WriterHandle>,
+    ) -> (Arc<StdioBridge>, Arc<Sessions>) {
+        let mut config = StdioUpstream::new(ChildCommand::new("cat"));
+        config.idle_timeout = idle_timeout;
+        config.check_interval = Duration::from_millis(10);
+        let sessions = Arc::new(Sessions::new(store, config.label()));
+        let bridge = StdioBridge::start(
+            config,
+            ReplayLimits::default(),
+            Arc::clone(&sessions),
+            writer,
+        )
+        .unwrap();
+        (bridge, sessions)
+    }
+
+    fn request(id: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_strings_or_integers_and_never_confused() {
+        let store = Arc::new(MemoryStore::new());
+        let (bridge, sessions) = cat_bridge(store, Duration::from_secs(3600), None);
+        let s = sessions
+            .create(None, ProtocolVersion::ASSUMED)
+            .await
+            .unwrap();
+        let child = bridge.spawn(&s.id).await.unwrap();
+        for id in ["1.5", "2.5", "1.5", "true", "false"] {
+            let e = child.send(request(id)).await.unwrap_err();
+            assert!(matches!(e, BridgeError::BadId), "id {id}: {e}");
+            assert!(e.to_string().contains("string or an integer"), "{e}");
+        }
+        for id in ["7", r#""7""#, "-7", "8"] {
+            let sent = child.send(request(id)).await;
+            assert!(matches!(sent, Ok(Sent::Request(_))), "id {id}: {sent:?}");
+        }
+        let e = child.send(request(r#""7""#)).await.unwrap_err();
+        assert!(matches!(e, BridgeError::DuplicateId(_)), "{e}");
+        assert!(bridge.shutdown(Duration::from_secs(10)).await);
+    }
 
     #[test]
     fn probes() {
