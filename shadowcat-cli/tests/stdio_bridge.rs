@@ -4,7 +4,8 @@
 //! routed to the request's stream and answered by POST, a client cut and
 //! `Last-Event-ID` resume with exactly-once delivery, a crashed child and an
 //! over-long line ending the session with a JSON-RPC error and then 404,
-//! DELETE stopping the child, `max_children`, no child outliving a
+//! DELETE stopping the child, `max_children`, a request id that is not a
+//! string or an integer refused as an invalid request, no child outliving a
 //! SIGKILLed proxy) and `shadowcat forward stdio --upstream URL` through
 //! upstream cuts with no gap. `bridge_cost` measures round trips/s, events/s
 //! and the bridge's own CPU (utime + stime from /proc).
@@ -475,6 +476,42 @@ async fn crashed_child_or_long_line_ends_the_session_with_an_error() {
             .contains("max_children")
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn float_or_bool_request_id_is_an_invalid_request() {
+    let proxy = Proxy::start(&[]);
+    let c = client();
+    let url = proxy.url();
+    let sid = initialize(&c, &url).await;
+    for id in [json!(1.5), json!(2.5), json!(true), json!(false)] {
+        let resp = post(
+            &c,
+            &url,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}),
+        )
+        .await;
+        assert_eq!(resp.status(), 400, "id {id}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], -32600, "id {id}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("string or an integer"), "id {id}: {msg}");
+    }
+    // The session is unharmed: integer and string ids still work.
+    for id in [json!(1), json!("1")] {
+        let resp = post(
+            &c,
+            &url,
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}),
+        )
+        .await;
+        let (_, list) = Sse::new(resp).next().await.unwrap();
+        assert_eq!(list["id"], id);
+        assert!(list.get("result").is_some(), "{list}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

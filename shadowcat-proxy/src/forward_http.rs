@@ -13,7 +13,8 @@
 //! initialize the GET stream is opened for server-initiated messages (405:
 //! the server has none). A request that cannot be answered (404 on the
 //! session, an error status, a stream that cannot be resumed) gets a
-//! JSON-RPC error naming the cause.
+//! JSON-RPC error naming the cause, and so does one whose JSON answer
+//! cannot be relayed (over `max_response_bytes`, cut short, empty).
 //!
 //! Per message: one task (the POST), no lock on the path of an event; the
 //! client's output is one writer task fed by a channel.
@@ -26,7 +27,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -57,7 +58,8 @@ pub struct HttpForwardConfig {
     pub bearer: Option<String>,
     /// The longest line accepted from the client. Default 8 MiB.
     pub max_client_line_len: usize,
-    /// The largest JSON response body accepted. Default 8 MiB.
+    /// The largest JSON response body accepted; a larger answer is
+    /// replaced by a JSON-RPC error. Default 8 MiB.
     pub max_response_bytes: usize,
     /// How long to wait for the upstream's response head. Default 60 s.
     pub response_timeout: Duration,
@@ -254,8 +256,10 @@ impl Relay {
                 .await;
         }
         if !status.is_success() {
-            let body = read_limited(resp.into_body(), 2048).await;
-            let text = String::from_utf8_lossy(&body);
+            let text = match read_limited(resp.into_body(), 2048).await {
+                Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                Err(e) => format!("({e})"),
+            };
             return self
                 .fail(&id, format!("the upstream answered HTTP {status}: {text}"))
                 .await;
@@ -267,8 +271,21 @@ impl Relay {
             let kind = StreamKind::Request(id.clone());
             return self.pump(resp.into_body(), kind, init).await;
         }
-        let body = read_limited(resp.into_body(), self.max_response_bytes).await;
+        let body = match read_limited(resp.into_body(), self.max_response_bytes).await {
+            Ok(b) => b,
+            Err(e) => return self.fail(&id, e.to_string()).await,
+        };
         if body.iter().all(u8::is_ascii_whitespace) {
+            if id.is_some() {
+                metrics::counter!("shadowcat_upstream_errors_total", "kind" => "body_empty")
+                    .increment(1);
+                return self
+                    .fail(
+                        &id,
+                        format!("the upstream answered HTTP {status} with an empty body, not a JSON-RPC response"),
+                    )
+                    .await;
+            }
             return Vec::new();
         }
         let mut line = BytesMut::from(&one_line(body)[..]);
@@ -281,7 +298,8 @@ impl Relay {
 
     /// Logs a failed request and answers it with a JSON-RPC error line.
     async fn fail(&self, id: &Option<Value>, cause: String) -> Vec<u8> {
-        tracing::warn!(cause, "upstream request failed");
+        let request = id.as_ref().map(Value::to_string);
+        tracing::warn!(id = request, cause, "upstream request failed");
         if let Some(id) = id {
             let _ = self.out.send(error_line(id, &cause)).await;
         }
@@ -309,12 +327,29 @@ impl Relay {
     }
 }
 
-async fn read_limited(body: Incoming, max: usize) -> Bytes {
+/// Why an upstream response body was not read whole.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the upstream's response body is over the limit of {0} bytes; it was not relayed")]
+    TooLarge(usize),
+    #[error("the upstream's response body could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// The whole body, at most `max` bytes; a failure is counted (the caller
+/// logs it and answers the client).
+async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            metrics::counter!("shadowcat_upstream_errors_total", "kind" => "body_too_large")
+                .increment(1);
+            Err(BodyError::TooLarge(max))
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "upstream response body unreadable or too large");
-            Bytes::new()
+            metrics::counter!("shadowcat_upstream_errors_total", "kind" => "body_unreadable")
+                .increment(1);
+            Err(BodyError::Unreadable(e.to_string()))
         }
     }
 }

@@ -201,11 +201,15 @@ fn check(w: Wire) -> Result<MessageInfo, BodyError> {
         }
     };
     if let Some(id) = &w.id
-        && !(id.is_string() || id.is_number() || (id.is_null() && kind == Kind::Response))
+        && !(id.is_string()
+            || id.is_i64()
+            || id.is_u64()
+            || (id.is_null() && kind == Kind::Response))
     {
-        return Err(BodyError::Invalid(
-            "\"id\" must be a string or a number".into(),
-        ));
+        return Err(BodyError::Invalid(Cow::Owned(format!(
+            "\"id\" must be a string or an integer (MCP), not {}",
+            id_type(id)
+        ))));
     }
     let (meta_version, requested_version) = match w.params {
         Some(p) => (
@@ -221,6 +225,18 @@ fn check(w: Wire) -> Result<MessageInfo, BodyError> {
         meta_version,
         requested_version,
     })
+}
+
+/// An unusable id, for the error message (large ones by type only).
+fn id_type(id: &Value) -> Cow<'static, str> {
+    match id {
+        Value::Number(n) => Cow::Owned(n.to_string()),
+        Value::Bool(b) => Cow::Owned(b.to_string()),
+        Value::Null => "null".into(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
 }
 
 /// A JSON-RPC error response body: `{"jsonrpc":"2.0","id":…,"error":{…}}`.
@@ -287,6 +303,43 @@ mod tests {
             let got = parse_body(body).expect_err(&String::from_utf8_lossy(body));
             assert_eq!(got.code(), *code, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn ids_are_strings_or_integers() {
+        for id in [
+            "1.5",
+            "1.0",
+            "1e3",
+            "-0.5",
+            "100000000000000000000",
+            "true",
+            "false",
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            let got = parse_body(body.as_bytes()).expect_err(&body);
+            assert_eq!(got.code(), INVALID_REQUEST, "{body}");
+            assert!(
+                got.to_string().contains("must be a string or an integer"),
+                "{body}: {got}"
+            );
+        }
+        let got = parse_body(br#"{"jsonrpc":"2.0","id":true,"result":{}}"#).unwrap_err();
+        assert_eq!(got.code(), INVALID_REQUEST);
+        for id in [
+            "0",
+            "-7",
+            "18446744073709551615",
+            "-9223372036854775808",
+            r#""7""#,
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            let b = parse_body(body.as_bytes()).expect(&body);
+            assert_eq!(b.messages()[0].kind, Kind::Request, "{body}");
+        }
+        let b =
+            parse_body(br#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).unwrap();
+        assert_eq!(b.messages()[0].kind, Kind::Response);
     }
 
     #[test]

@@ -1345,7 +1345,9 @@ fn bridge_rejection(e: &BridgeError) -> Rejection {
         }
         BridgeError::Spawn(_) => (StatusCode::BAD_GATEWAY, jsonrpc::INTERNAL_ERROR),
         BridgeError::Gone(_) => (StatusCode::NOT_FOUND, jsonrpc::SERVER_ERROR),
-        BridgeError::DuplicateId(_) => (StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST),
+        BridgeError::DuplicateId(_) | BridgeError::BadId => {
+            (StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST)
+        }
     };
     Rejection::new(status, code, e.to_string())
 }

@@ -33,7 +33,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -122,6 +122,9 @@ pub(crate) enum BridgeError {
     /// The client reused the id of a request still in flight.
     #[error("request id {0} is already in flight in this session; use a new id")]
     DuplicateId(String),
+    /// The request's id is neither a string nor an integer.
+    #[error("the request id must be a string or an integer (MCP)")]
+    BadId,
 }
 
 // ---- JSON-RPC probing -------------------------------------------------
@@ -292,6 +295,8 @@ pub(crate) struct ChildSession {
     pub(crate) get_stream: Mutex<Weak<StreamShared>>,
     last_active: AtomicU64,
     stop: Notify,
+    /// Set once a stop was asked for: the check task leaves it alone.
+    stopping: AtomicBool,
     dead: Mutex<Option<Arc<str>>>,
     limits: ReplayLimits,
 }
@@ -319,6 +324,12 @@ impl ChildSession {
         self.last_active.store(now_millis(), Ordering::Relaxed);
     }
 
+    /// Asks the child's task to stop the child.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.notify_one();
+    }
+
     fn gone(&self) -> Option<Arc<str>> {
         self.dead.lock().clone()
     }
@@ -337,7 +348,7 @@ impl ChildSession {
             match (&p.method, &p.id) {
                 (Some(_), Some(id)) => {
                     let Some(key) = IdKey::of(id) else {
-                        return Err(BridgeError::DuplicateId("of an unusable type".into()));
+                        return Err(BridgeError::BadId);
                     };
                     let token = p
                         .params
@@ -622,6 +633,7 @@ impl StdioBridge {
             get_stream: Mutex::new(Weak::new()),
             last_active: AtomicU64::new(now_millis()),
             stop: Notify::new(),
+            stopping: AtomicBool::new(false),
             dead: Mutex::new(None),
             limits: self.limits,
         });
@@ -664,15 +676,22 @@ impl StdioBridge {
             tracing::warn!(session = %cs.id, pid = cs.pid, %cause, "stdio server ended its session");
             // The streams end on their own with the error; the session
             // goes now, so the next request gets 404.
-            if let Some(w) = &self.writer {
-                w.forget(&cs.id);
-            }
-            if let Err(e) = self.sessions.remove_keep_streams(&cs.id).await {
-                metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
-                tracing::warn!(session = %cs.id, error = %e, "could not remove the session of an ended stdio server");
-            }
+            self.drop_session(&cs.id, "its stdio server ended").await;
         } else {
             tracing::info!(session = %cs.id, pid = cs.pid, %status, "stdio server stopped");
+        }
+    }
+
+    /// Ends session `id` for good: the writer forgets it, and it leaves
+    /// the cache and the store (its streams end on their own). A store
+    /// error is logged and counted.
+    async fn drop_session(&self, id: &SessionId, why: &'static str) {
+        if let Some(w) = &self.writer {
+            w.forget(id);
+        }
+        if let Err(e) = self.sessions.remove_keep_streams(id).await {
+            metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
+            tracing::warn!(session = %id, error = %e, why, "could not remove an ended stdio session from the store");
         }
     }
 
@@ -684,7 +703,7 @@ impl StdioBridge {
     /// Stops the child of session `id` (DELETE, expiry).
     pub(crate) fn stop(&self, id: &SessionId) {
         if let Some(cs) = self.child(id) {
-            cs.stop.notify_one();
+            cs.stop();
         }
     }
 
@@ -694,7 +713,7 @@ impl StdioBridge {
         self.spawner.lock().take();
         let all: Vec<_> = self.children.lock().values().cloned().collect();
         for cs in &all {
-            cs.stop.notify_one();
+            cs.stop();
         }
         let mut live = self.live.subscribe();
         let done = tokio::time::timeout(wait, live.wait_for(|n| *n == 0)).await;
@@ -717,19 +736,22 @@ async fn check_children(bridge: Weak<StdioBridge>) {
         let idle_ms = u64::try_from(b.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let now = now_millis();
         for cs in all {
+            if cs.stopping.load(Ordering::Relaxed) {
+                continue;
+            }
             let idle = now.saturating_sub(cs.last_active.load(Ordering::Relaxed)) > idle_ms;
             if idle && !cs.busy() {
                 tracing::info!(session = %cs.id, "stdio session idle past the timeout; stopping its server");
-                b.sessions.remove_keep_streams(&cs.id).await.ok();
-                cs.stop.notify_one();
+                b.drop_session(&cs.id, "idle past the timeout").await;
+                cs.stop();
                 continue;
             }
             match b.sessions.store().get(&cs.id).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     tracing::info!(session = %cs.id, "session gone from the store; stopping its stdio server");
-                    b.sessions.remove_keep_streams(&cs.id).await.ok();
-                    cs.stop.notify_one();
+                    b.drop_session(&cs.id, "gone from the store").await;
+                    cs.stop();
                 }
                 Err(e) => {
                     metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
@@ -743,6 +765,67 @@ async fn check_children(bridge: Weak<StdioBridge>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ProtocolVersion;
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use shadowcat_session::{
+        BatchingWriter, MemoryStore, Page, ResumptionPoint, Session, SessionStore, StoreError,
+        StreamId, UnixMillis, Update, WriterConfig,
+    };
+
+    /// Every wait in these tests is bounded by this.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A bridge whose children are `cat`: they echo what they are sent and
+    /// never answer, so every request stays in flight.
+    fn cat_bridge(
+        store: Arc<dyn SessionStore>,
+        idle_timeout: Duration,
+        writer: Option<WriterHandle>,
+    ) -> (Arc<StdioBridge>, Arc<Sessions>) {
+        let mut config = StdioUpstream::new(ChildCommand::new("cat"));
+        config.idle_timeout = idle_timeout;
+        config.check_interval = Duration::from_millis(10);
+        let sessions = Arc::new(Sessions::new(store, config.label()));
+        let bridge = StdioBridge::start(
+            config,
+            ReplayLimits::default(),
+            Arc::clone(&sessions),
+            writer,
+        )
+        .unwrap();
+        (bridge, sessions)
+    }
+
+    fn request(id: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_strings_or_integers_and_never_confused() {
+        let store = Arc::new(MemoryStore::new());
+        let (bridge, sessions) = cat_bridge(store, Duration::from_secs(3600), None);
+        let s = sessions
+            .create(None, ProtocolVersion::ASSUMED)
+            .await
+            .unwrap();
+        let child = bridge.spawn(&s.id).await.unwrap();
+        for id in ["1.5", "2.5", "1.5", "true", "false"] {
+            let e = child.send(request(id)).await.unwrap_err();
+            assert!(matches!(e, BridgeError::BadId), "id {id}: {e}");
+            assert!(e.to_string().contains("string or an integer"), "{e}");
+        }
+        for id in ["7", r#""7""#, "-7", "8"] {
+            let sent = child.send(request(id)).await;
+            assert!(matches!(sent, Ok(Sent::Request(_))), "id {id}: {sent:?}");
+        }
+        let e = child.send(request(r#""7""#)).await.unwrap_err();
+        assert!(matches!(e, BridgeError::DuplicateId(_)), "{e}");
+        assert!(bridge.shutdown(Duration::from_secs(10)).await);
+    }
 
     #[test]
     fn probes() {
@@ -762,5 +845,177 @@ mod tests {
             &one_line(Bytes::from_static(b"{\n\"a\":\r\n1}"))[..],
             b"{ \"a\":  1}"
         );
+    }
+
+    /// A memory store whose `delete` fails while `fail_delete` is set.
+    #[derive(Debug, Default)]
+    struct FailingStore {
+        inner: MemoryStore,
+        fail_delete: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for FailingStore {
+        fn kind(&self) -> &'static str {
+            "failing"
+        }
+        async fn create(&self, session: &Session) -> Result<(), StoreError> {
+            self.inner.create(session).await
+        }
+        async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn update(&self, session: &Session) -> Result<(), StoreError> {
+            self.inner.update(session).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+            if self.fail_delete.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable {
+                    store: "failing",
+                    message: "down for the test".into(),
+                });
+            }
+            self.inner.delete(id).await
+        }
+        async fn list(&self, after: Option<&SessionId>, limit: usize) -> Result<Page, StoreError> {
+            self.inner.list(after, limit).await
+        }
+        async fn count(&self) -> Result<u64, StoreError> {
+            self.inner.count().await
+        }
+        async fn store_last_event_id(
+            &self,
+            session: &SessionId,
+            stream: StreamId,
+            point: &ResumptionPoint,
+        ) -> Result<(), StoreError> {
+            self.inner.store_last_event_id(session, stream, point).await
+        }
+        async fn get_last_event_id(
+            &self,
+            session: &SessionId,
+            stream: StreamId,
+        ) -> Result<Option<ResumptionPoint>, StoreError> {
+            self.inner.get_last_event_id(session, stream).await
+        }
+        async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
+            self.inner.apply_batch(updates).await
+        }
+        async fn expire_idle(
+            &self,
+            now: UnixMillis,
+            max_idle: Duration,
+        ) -> Result<u64, StoreError> {
+            self.inner.expire_idle(now, max_idle).await
+        }
+    }
+
+    type Counts = Arc<Mutex<HashMap<String, u64>>>;
+
+    /// Counts counters by `name{label=value,…}`; installed per test thread.
+    #[derive(Debug, Default)]
+    struct Counting(Counts);
+
+    #[derive(Debug)]
+    struct Named(String, Counts);
+
+    impl CounterFn for Named {
+        fn increment(&self, value: u64) {
+            *self.1.lock().entry(self.0.clone()).or_default() += value;
+        }
+        fn absolute(&self, value: u64) {
+            self.1.lock().insert(self.0.clone(), value);
+        }
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            Counter::from_arc(Arc::new(Named(name, Arc::clone(&self.0))))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Runs `test` on a current-thread runtime with `recorder` installed,
+    /// so every task it spawns reports there.
+    fn with_counts<F: std::future::Future<Output = ()>>(recorder: &Counting, test: F) {
+        metrics::with_local_recorder(recorder, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(test);
+        });
+    }
+
+    /// A stdio session whose child the check task ends (idle, or gone from
+    /// the store) while the store refuses deletes: the writer forgets it,
+    /// and the failed removal is counted.
+    fn check_task_ends_session(idle_timeout: Duration, gone: bool) {
+        let recorder = Counting::default();
+        with_counts(&recorder, async {
+            let store = Arc::new(FailingStore::default());
+            let writer = BatchingWriter::start(
+                Arc::clone(&store) as Arc<dyn SessionStore>,
+                WriterConfig {
+                    flush_interval: Duration::from_secs(3600),
+                    ..WriterConfig::default()
+                },
+            );
+            let handle = writer.handle();
+            let (bridge, sessions) = cat_bridge(
+                Arc::clone(&store) as Arc<dyn SessionStore>,
+                idle_timeout,
+                Some(handle.clone()),
+            );
+            let s = sessions
+                .create(None, ProtocolVersion::ASSUMED)
+                .await
+                .unwrap();
+            handle.touch(&s.id, now_millis());
+            assert_eq!(handle.stats().queued, 1, "the writer holds a touch");
+            if gone {
+                // Another instance deleted it; this store now fails.
+                assert!(store.inner.delete(&s.id).await.unwrap());
+            }
+            store.fail_delete.store(true, Ordering::Relaxed);
+            bridge.spawn(&s.id).await.unwrap();
+            let mut live = bridge.live.subscribe();
+            tokio::time::timeout(WAIT, live.wait_for(|n| *n == 0))
+                .await
+                .expect("the check task stops the child")
+                .unwrap();
+            assert_eq!(handle.stats().queued, 0, "the writer forgot the session");
+            assert!(bridge.child(&s.id).is_none());
+            drop(writer);
+        });
+        let counts = recorder.0.lock();
+        assert_eq!(
+            counts.get("shadowcat_store_errors_total{op=delete}"),
+            Some(&1),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn idle_session_is_forgotten_and_a_failed_removal_counted() {
+        check_task_ends_session(Duration::ZERO, false);
+    }
+
+    #[test]
+    fn session_gone_from_the_store_is_forgotten_and_a_failed_removal_counted() {
+        check_task_ends_session(Duration::from_secs(3600), true);
     }
 }
