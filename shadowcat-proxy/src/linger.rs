@@ -1,10 +1,12 @@
-//! Complete streams no client holds are kept for the linger time (a client
-//! may still resume to fetch the final response), then released, so memory
-//! follows the streams in use, not the streams that ever finished.
+//! The one linger mechanism: a stream whose last client went is kept for
+//! the linger time (`detached_linger`) so the client can come back with
+//! `Last-Event-ID` (for the rest of the stream, or the tail it may not have
+//! received), then released, so memory follows the streams in use.
 //!
 //! One queue per proxy (in its `StreamEnv`) and at most one sweeper task
 //! for it, on the proxy's runtime: keeping a stream is a lock and a push,
-//! with no task or timer per stream.
+//! with no task or timer per stream. A stream that is not complete also
+//! has its detached reader ([`crate::stream`]), which only reads.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::stream::StreamShared;
 
-/// The kept complete streams of one proxy, oldest deadline first.
+/// The streams of one proxy that no client holds, oldest deadline first.
 #[derive(Debug, Default)]
 pub(crate) struct Linger {
     kept: Mutex<VecDeque<(Instant, Weak<StreamShared>)>>,

@@ -761,8 +761,8 @@ struct StreamState {
     generation: u64,
     next_subscriber: u64,
     waiters: Vec<(u64, Waker)>,
-    /// A complete stream with no client is dropped after this (checked when
-    /// the session opens another stream).
+    /// With no client attached: released by the linger sweeper at this
+    /// time.
     keep_until: Option<Instant>,
 }
 
@@ -933,8 +933,7 @@ impl StreamShared {
         }
     }
 
-    /// Releases a complete stream whose linger time is over, unless a
-    /// client attached again.
+    /// Releases a stream no client came back to within its linger time.
     pub(crate) fn release_if_kept(&self, now: Instant) {
         let due = {
             let st = self.state.lock();
@@ -943,7 +942,7 @@ impl StreamShared {
         if due {
             tracing::debug!(
                 stream = self.id.0,
-                "complete stream released after its linger time"
+                "no client came back for the stream within its linger time; releasing it"
             );
             self.release();
         }
@@ -1005,49 +1004,23 @@ impl StreamShared {
         }
     }
 
-    /// The last client went: read on while detached, release after the
-    /// linger time unless a client came back.
-    fn detached(self: Arc<Self>, generation: u64) {
-        if *self.env.closing.borrow() {
-            self.release();
-            return;
-        }
+    /// The last client went from a stream that is not complete: one task
+    /// reads the upstream on into the buffer until a client attaches or
+    /// the stream ends (the linger sweeper releases it meanwhile if no
+    /// client comes back in time).
+    fn read_detached(self: Arc<Self>, generation: u64) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             self.release();
             return;
         };
-        rt.spawn(run_detached(self, generation));
-    }
-}
-
-/// The task of a stream no client is attached to.
-async fn run_detached(stream: Arc<StreamShared>, generation: u64) {
-    let deadline = Instant::now() + stream.env.linger;
-    let mut closing = stream.env.closing.clone();
-    let read = std::future::poll_fn(|cx| stream.poll_detached(cx, generation));
-    let linger = async {
-        // Ended with no client, or nothing to read: keep the buffer until
-        // the deadline.
-        if read.await {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    };
-    tokio::select! {
-        () = linger => {}
-        () = tokio::time::sleep_until(deadline) => {}
-        _ = closing.wait_for(|c| *c) => {}
-    }
-    let still_detached = {
-        let st = stream.state.lock();
-        st.attached == 0 && st.generation == generation
-    };
-    if still_detached {
-        tracing::debug!(
-            stream = stream.id.0,
-            "no client came back for the stream; releasing it"
-        );
-        stream.release();
+        rt.spawn(async move {
+            let mut closing = self.env.closing.clone();
+            let read = std::future::poll_fn(|cx| self.poll_detached(cx, generation));
+            tokio::select! {
+                _ = read => {}
+                _ = closing.wait_for(|c| *c) => self.release(),
+            }
+        });
     }
 }
 
@@ -1187,31 +1160,36 @@ impl StreamBody {
 
 impl Drop for StreamBody {
     fn drop(&mut self) {
+        let stream = &self.stream;
+        let until = Instant::now() + stream.env.linger;
         let (last, generation, complete) = {
-            let mut st = self.stream.state.lock();
+            let mut st = stream.state.lock();
             st.attached -= 1;
             st.waiters.retain(|(id, _)| *id != self.me);
             // Whoever waits may have to read the upstream now.
             st.wake_others(self.me);
+            if st.attached == 0 {
+                st.keep_until = Some(until);
+            }
             (st.attached == 0, st.generation, st.end.is_some())
         };
         if !last {
             return;
         }
+        if *stream.env.closing.borrow() {
+            stream.release();
+            return;
+        }
+        // Kept for the linger time for the client to come back (written
+        // is not received, or it left early), then released by the one
+        // linger sweeper unless a client attached again.
+        stream.env.lingering.keep(stream, until);
         if complete {
-            // Nothing more comes from the upstream; the client may still
-            // have missed the tail (written is not received, or it left
-            // early). Kept for the linger time,
-            // then released by the linger sweeper (or the session's next
-            // stream, whichever comes first).
-            let until = Instant::now() + self.stream.env.linger;
-            self.stream.state.lock().keep_until = Some(until);
-            self.stream.env.lingering.keep(&self.stream, until);
-            if let Some(reg) = self.stream.registry.upgrade() {
-                reg.keep_complete(&self.stream, self.stream.env.max_kept);
+            if let Some(reg) = stream.registry.upgrade() {
+                reg.keep_complete(stream, stream.env.max_kept);
             }
         } else {
-            Arc::clone(&self.stream).detached(generation);
+            Arc::clone(stream).read_detached(generation);
         }
     }
 }
