@@ -28,10 +28,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use serde_json::Value;
 use shadowcat_session::{SessionId, StreamId};
@@ -44,6 +40,7 @@ use crate::replay::ReplayLimits;
 use crate::reverse::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
 use crate::stdio_upstream::one_line;
 use crate::stream::{Pump, PumpSource, PumpSpec, Pumped, StreamEnv, StreamKind};
+use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
 /// Batches waiting for the client's stdout; when it is full, upstream reads
 /// wait (backpressure) instead of memory growing.
@@ -179,9 +176,12 @@ impl Relay {
         req
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<http::Response<Incoming>, String> {
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, String> {
         let timeout = self.env.response_timeout;
-        match tokio::time::timeout(timeout, self.env.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.env.pool.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => "request")
@@ -199,7 +199,7 @@ impl Relay {
     /// Reads an SSE stream with a pump in line mode until it ends; every
     /// batch goes to the client. Returns the lines written (for
     /// initialize).
-    async fn pump(&self, body: Incoming, kind: StreamKind, keep: bool) -> Vec<u8> {
+    async fn pump(&self, body: UpstreamBody, kind: StreamKind, keep: bool) -> Vec<u8> {
         let spec = PumpSpec {
             kind,
             session: self.label.clone(),
@@ -211,7 +211,7 @@ impl Relay {
             slot: None,
             resume_after: None,
         };
-        let mut pump = Pump::new(PumpSource::Http(body), spec, Arc::clone(&self.env));
+        let mut pump = Pump::new(PumpSource::Upstream(body), spec, Arc::clone(&self.env));
         let mut kept = Vec::new();
         let mut seq = 1;
         loop {
@@ -338,7 +338,7 @@ enum BodyError {
 
 /// The whole body, at most `max` bytes; a failure is counted (the caller
 /// logs it and answers the client).
-async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+async fn read_limited(body: UpstreamBody, max: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -383,15 +383,9 @@ pub async fn relay_http(
         }
         None => None,
     };
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector);
     let (closing_tx, closing) = watch::channel(false);
     let env = Arc::new(StreamEnv {
-        client,
+        pool: UpstreamPool::new(&config.upstream, config.connect_timeout),
         uri: config.upstream.clone(),
         bearer,
         response_timeout: config.response_timeout,

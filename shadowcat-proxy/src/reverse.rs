@@ -12,9 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle, now_millis};
 use tokio::net::{TcpListener, TcpSocket};
@@ -29,9 +27,7 @@ use crate::protocol::ProtocolVersion;
 use crate::sessions::{SessionEntry, Sessions};
 use crate::sink::WriterSink;
 use crate::stdio_upstream::{BridgeError, ChildSession, Sent, StdioBridge};
-use crate::stream::{
-    Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared, UpstreamClient,
-};
+use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
 use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
 /// `Mcp-Session-Id`.
@@ -177,13 +173,6 @@ impl ReverseProxy {
             source,
         })?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let (closing_tx, closing) = watch::channel(false);
         let label = match &config.upstream_cmd {
             Some(cmd) => cmd.label(),
@@ -204,10 +193,9 @@ impl ReverseProxy {
             ),
             None => None,
         };
-        let client: UpstreamClient = client;
         let pool = UpstreamPool::new(&config.upstream, config.limits.upstream_connect_timeout);
         let env = Arc::new(StreamEnv {
-            client: client.clone(),
+            pool: Arc::clone(&pool),
             uri: config.upstream.clone(),
             bearer: bearer.clone(),
             response_timeout: config.limits.upstream_response_timeout,

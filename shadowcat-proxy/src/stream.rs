@@ -44,9 +44,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use serde_json::Value;
 use shadowcat_session::{SessionId, StreamId};
@@ -67,9 +64,6 @@ use crate::replay::{ReplayBuffer, ReplayLimits};
 use crate::sink::WriterSink;
 use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
-/// The pooled upstream HTTP client.
-pub(crate) type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
 /// Initial capacity of a pump's encoding buffer.
 const ENC_CAPACITY: usize = 8 * 1024;
 /// Events already received are sent together up to this many bytes.
@@ -81,7 +75,8 @@ const DRAIN_WAITER: u64 = u64::MAX;
 /// the stream settings.
 #[derive(Debug)]
 pub(crate) struct StreamEnv {
-    pub(crate) client: UpstreamClient,
+    /// Connections to the upstream (reconnects go there too).
+    pub(crate) pool: Arc<UpstreamPool>,
     pub(crate) uri: http::Uri,
     pub(crate) bearer: Option<HeaderValue>,
     pub(crate) response_timeout: Duration,
@@ -131,24 +126,13 @@ impl StreamEnv {
         req
     }
 
-    /// Sends `req` through `pool` when given, else through the pooled
-    /// client.
-    fn connect(&self, req: Request<Full<Bytes>>, pool: Option<&Arc<UpstreamPool>>) -> Connecting {
+    /// Sends `req` through the pool, bounded by the response timeout.
+    fn connect(&self, req: Request<Full<Bytes>>) -> Connecting {
         let timeout = self.response_timeout;
-        if let Some(pool) = pool {
-            let pool = Arc::clone(pool);
-            return Box::pin(async move {
-                match tokio::time::timeout(timeout, pool.request(req)).await {
-                    Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(e)) => Err(format!("the upstream could not be reached: {e}")),
-                    Err(_) => Err(format!("the upstream did not answer within {timeout:?}")),
-                }
-            });
-        }
-        let fut = self.client.request(req);
+        let pool = Arc::clone(&self.pool);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::from)),
+            match tokio::time::timeout(timeout, pool.request(req)).await {
+                Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(e)) => Err(format!("the upstream could not be reached: {e}")),
                 Err(_) => Err(format!("the upstream did not answer within {timeout:?}")),
             }
@@ -189,8 +173,6 @@ enum Cause {
 /// Where a pump reads its stream from.
 #[derive(Debug)]
 pub(crate) enum PumpSource {
-    /// An upstream HTTP response body (SSE) from the pooled client.
-    Http(Incoming),
     /// An upstream HTTP response body (SSE) that drives its connection.
     Upstream(UpstreamBody),
     /// Messages a stdio child's router put on this stream's queue.
@@ -406,8 +388,6 @@ pub(crate) struct Pump {
     policy: ReconnectPolicy,
     kind: StreamKind,
     env: Arc<StreamEnv>,
-    /// Where reconnects go when the stream came from a pool.
-    pool: Option<Arc<UpstreamPool>>,
     upstream_session: Option<HeaderValue>,
     version: ProtocolVersion,
     sink: Option<WriterSink>,
@@ -459,13 +439,8 @@ impl Pump {
             Some(id) => EventTracker::resuming_from(id, TrackerConfig::default()),
             None => EventTracker::new(),
         };
-        let mut pool = None;
         let source = match source {
-            PumpSource::Http(body) => Source::Body(body.into()),
-            PumpSource::Upstream(body) => {
-                pool = body.pool();
-                Source::Body(body)
-            }
+            PumpSource::Upstream(body) => Source::Body(body),
             PumpSource::Queue(q) => Source::Queue(q),
         };
         Pump {
@@ -488,7 +463,6 @@ impl Pump {
             policy: ReconnectPolicy::new(env.reconnect),
             kind: spec.kind,
             env,
-            pool,
             upstream_session: spec.upstream_session,
             version: spec.version,
             sink: spec.sink,
@@ -609,7 +583,7 @@ impl Pump {
                             .resume_request(self.upstream_session.as_ref(), self.version, last);
                     metrics::counter!("shadowcat_upstream_reconnects_total").increment(1);
                     tracing::debug!(session = %self.session, stream = self.stream.0, last_event_id = ?last, "reconnecting to the upstream");
-                    self.source = Source::Connecting(self.env.connect(req, self.pool.as_ref()));
+                    self.source = Source::Connecting(self.env.connect(req));
                 }
                 Source::Connecting(fut) => {
                     let answer = ready!(fut.as_mut().poll(cx));

@@ -1,9 +1,9 @@
 //! Upstream HTTP/1 connections driven by the task that reads them.
 //!
-//! A pooled client (hyper-util's legacy `Client`) runs each connection in
-//! its own task and hands the response body over a channel, one chunk per
-//! cross-task wake-up; a forwarder then finds one chunk ready per poll and
-//! the client gets one write per event. Here the connection future travels
+//! A pooled client that runs each connection in its own task hands the
+//! response body over a channel, one chunk per cross-task wake-up; a
+//! forwarder then finds one chunk ready per poll and the client gets one
+//! write per event. Here the connection future travels
 //! with the response body ([`UpstreamBody`]): whoever polls the body polls
 //! the connection when the body has nothing ready, so everything already
 //! received on the socket is decoded and forwarded in one wake-up, with no
@@ -169,11 +169,7 @@ impl UpstreamPool {
                             pool: Arc::clone(self),
                         })
                     });
-                    return Ok(resp.map(|body| UpstreamBody {
-                        body,
-                        driven,
-                        pool: Some(Arc::clone(self)),
-                    }));
+                    return Ok(resp.map(|body| UpstreamBody { body, driven }));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => {
@@ -276,8 +272,6 @@ struct Driven {
 pub(crate) struct UpstreamBody {
     body: Incoming,
     driven: Option<Box<Driven>>,
-    /// The pool it came from (reconnects go there).
-    pool: Option<Arc<UpstreamPool>>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -288,23 +282,7 @@ impl std::fmt::Debug for UpstreamBody {
     }
 }
 
-impl From<Incoming> for UpstreamBody {
-    /// A body whose connection runs elsewhere (a pooled legacy client).
-    fn from(body: Incoming) -> Self {
-        UpstreamBody {
-            body,
-            driven: None,
-            pool: None,
-        }
-    }
-}
-
 impl UpstreamBody {
-    /// The pool this body's connection came from.
-    pub(crate) fn pool(&self) -> Option<Arc<UpstreamPool>> {
-        self.pool.clone()
-    }
-
     /// The body ended cleanly: an idle keep-alive connection goes back to
     /// the pool.
     fn finished(&mut self, cx: &mut Context<'_>) {
