@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
 use parking_lot::Mutex;
 use shadowcat_session::{
-    BatchingWriter, MemoryStore, Page, RedbStore, ResumptionPoint, Session, SessionId,
-    SessionStore, StoreError, StreamId, UnixMillis, Update, WriterConfig,
+    BatchingWriter, MemoryStore, Page, RedbStore, Session, SessionId, SessionStore, StoreError,
+    StreamId, UnixMillis, Update, WriterConfig,
 };
 
 /// Event ids cycled through: realistic upstream ids of two lengths.
@@ -249,23 +249,6 @@ impl SessionStore for RecordingStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         self.inner.count().await
-    }
-
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError> {
-        self.inner.store_last_event_id(session, stream, point).await
-    }
-
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError> {
-        self.inner.get_last_event_id(session, stream).await
     }
 
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {

@@ -133,11 +133,8 @@ async fn store_writes_per_event_and_tasks_within_goal() {
     assert_eq!(total.dropped(), 0);
     assert_eq!(most_tasks, with_writer, "tasks alive grew with events");
     for id in &ids {
-        let point = store
-            .get_last_event_id(id, StreamId(0))
-            .await
-            .expect("read")
-            .expect("point written");
+        let session = store.get(id).await.expect("read").expect("session");
+        let point = session.stream(StreamId(0)).expect("point written");
         assert_eq!(point.client_seq, steps - 1, "newest id persisted");
     }
 }

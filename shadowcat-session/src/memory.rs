@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::model::{ResumptionPoint, Session, SessionId, StreamId, UnixMillis, Update};
+use crate::model::{Session, SessionId, UnixMillis, Update};
 use crate::store::{Page, SessionStore, StoreError, is_idle};
 
 /// An in-memory [`SessionStore`]; forgets everything on drop.
@@ -82,33 +82,6 @@ impl SessionStore for MemoryStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.sessions.lock().len() as u64)
-    }
-
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError> {
-        match self.sessions.lock().get_mut(session) {
-            Some(s) => {
-                s.set_stream(stream, point.clone());
-                Ok(())
-            }
-            None => Err(StoreError::NotFound(session.clone())),
-        }
-    }
-
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError> {
-        Ok(self
-            .sessions
-            .lock()
-            .get(session)
-            .and_then(|s| s.stream(stream).cloned()))
     }
 
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {

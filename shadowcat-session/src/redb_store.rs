@@ -755,48 +755,6 @@ impl SessionStore for RedbStore {
         .await
     }
 
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError> {
-        let session = session.clone();
-        let mut buf =
-            Vec::with_capacity(16 + point.upstream_event_id.as_ref().map_or(0, String::len));
-        encode_point(point, &mut buf);
-        self.run("store_last_event_id", move |db| {
-            let txn = db.begin_write()?;
-            if !exists(&txn, session.as_str())? {
-                return Err(StoreError::NotFound(session).into());
-            }
-            txn.open_table(POINTS)?
-                .insert((session.as_str(), stream.0), buf.as_slice())?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError> {
-        let session = session.clone();
-        self.run("get_last_event_id", move |db| {
-            let txn = db.begin_read()?;
-            let points = txn.open_table(POINTS)?;
-            let Some(v) = points.get((session.as_str(), stream.0))? else {
-                return Ok(None);
-            };
-            decode_point(v.value())
-                .map(Some)
-                .ok_or_else(|| corrupt(session.as_str(), "undecodable resumption point"))
-        })
-        .await
-    }
-
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
@@ -962,14 +920,9 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let err = store
-            .get_last_event_id(&s.id, StreamId(3))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-        assert!(err.to_string().contains("victim"), "{err}");
         let err = store.get(&s.id).await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("victim"), "{err}");
         let err = store.list(None, 10).await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         assert!(!err.is_retryable());
@@ -1125,9 +1078,10 @@ mod tests {
             assert!(!matches!(err, StoreError::Corrupt { .. }), "{err:?}");
 
             *fail.lock() = None;
+            let got = store.get(&s.id).await.unwrap().unwrap();
             assert_eq!(
-                store.get_last_event_id(&s.id, StreamId(0)).await.unwrap(),
-                Some(point(Some("1"), 1)),
+                got.stream(StreamId(0)),
+                Some(&point(Some("1"), 1)),
                 "{kind:?}: the failed batch is absent, the committed one present"
             );
             store.apply_batch(&touch(&s.id, 3)).await.unwrap();

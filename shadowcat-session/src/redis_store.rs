@@ -593,51 +593,6 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError> {
-        self.bounded("store_last_event_id", async {
-            let key = self.session_key(session);
-            let value = encode_point(point);
-            let applied: u64 = self
-                .eval(Lua::Apply, |cmd| {
-                    cmd.arg(1).arg(&key).arg(self.idle_ttl_ms);
-                    cmd.arg("")
-                        .arg(1)
-                        .arg(point_field(stream))
-                        .arg(&value)
-                        .arg(0);
-                })
-                .await?;
-            if applied == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::NotFound(session.clone()))
-            }
-        })
-        .await
-    }
-
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError> {
-        self.bounded("get_last_event_id", async {
-            let key = self.session_key(session);
-            let value: Option<String> = self
-                .query(redis::cmd("HGET").arg(&key).arg(point_field(stream)))
-                .await?;
-            value
-                .map(|v| decode_point(&v).ok_or_else(|| corrupt(format!("{key}: bad point {v:?}"))))
-                .transpose()
-        })
-        .await
-    }
-
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{ResumptionPoint, Session, SessionId, StreamId, UnixMillis, Update};
+use crate::model::{Session, SessionId, UnixMillis, Update};
 
 /// Why a store call failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +13,7 @@ pub enum StoreError {
     /// `create` for an id that exists.
     #[error("session {0} already exists")]
     AlreadyExists(SessionId),
-    /// `update` (or a point write) for a session the store does not have.
+    /// `update` for a session the store does not have.
     #[error("session {0} not found")]
     NotFound(SessionId),
     /// The store cannot be reached right now (connection refused or lost,
@@ -96,25 +96,10 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// How many sessions the store holds.
     async fn count(&self) -> Result<u64, StoreError>;
 
-    /// Sets one stream's resumption point. [`StoreError::NotFound`] if the
-    /// session does not exist.
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError>;
-
-    /// One stream's resumption point: `None` if the session or the stream
-    /// is unknown.
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError>;
-
     /// Applies many updates in one round trip (one transaction or one
     /// pipeline), in order. Updates for unknown sessions are skipped.
+    /// The one path from the writer to the store for resumption points;
+    /// `get` reads them back in [`Session::streams`].
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError>;
 
     /// Removes every session whose `last_activity` is older than

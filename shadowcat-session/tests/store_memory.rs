@@ -1,6 +1,7 @@
 //! The conformance suite against `MemoryStore`.
 
 mod conformance;
+mod support;
 
 use std::sync::Arc;
 

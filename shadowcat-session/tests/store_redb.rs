@@ -2,6 +2,7 @@
 //! the cost of one batch commit.
 
 mod conformance;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //! global allocator (hence the local `unsafe`).
 #![allow(unsafe_code)]
 
+mod support;
 mod writer_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

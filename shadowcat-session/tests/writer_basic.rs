@@ -2,6 +2,7 @@
 //! trigger, `forget`, the pending-map bound and config checks. Paused tokio
 //! time: flushes happen at exact virtual instants.
 
+mod support;
 mod writer_support;
 
 use std::sync::Arc;

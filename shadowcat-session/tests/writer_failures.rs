@@ -3,6 +3,7 @@
 //! breaker, bounded attempts, non-retryable errors and poison updates.
 //! Paused tokio time keeps backoffs and cooldowns exact and fast.
 
+mod support;
 mod writer_support;
 
 use std::time::Duration;

@@ -129,10 +129,8 @@ async fn writer_recovers_by_itself_after_redis_restarts() {
     assert_eq!(stats.breaker, BreakerState::Closed, "and closed again");
     assert_eq!(stats.dropped(), 0, "{stats:?}");
     for id in &ids {
-        let point = store
-            .get_last_event_id(id, StreamId(0))
+        let point = support::point_of(&*store, id, StreamId(0))
             .await
-            .expect("read")
             .expect("point written after the restart");
         assert_eq!(point.client_seq, produced.last_seq, "{id}");
         assert_eq!(

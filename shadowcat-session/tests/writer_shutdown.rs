@@ -2,6 +2,7 @@
 //! reported (and the deadline respected) when the store is down or stalled,
 //! and dropping the writer stops its task. Paused tokio time.
 
+mod support;
 mod writer_support;
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! producer never waits on the store: submits return at once while the
 //! store is stalled mid-write.
 
+mod support;
 mod writer_support;
 
 use std::time::{Duration, Instant};

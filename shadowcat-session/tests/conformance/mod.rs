@@ -1,6 +1,6 @@
 //! The store conformance suite: written once, run against every
 //! `SessionStore` (memory, redb, Redis). Each check gets a fresh, empty
-//! store from the caller's factory.
+//! store from the caller's factory. Needs `mod support;` beside it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +10,8 @@ use shadowcat_session::{
     ResumeKey, ResumptionPoint, Session, SessionId, SessionStore, StoreError, StreamId, Update,
     now_millis,
 };
+
+use crate::support::point_of;
 
 fn session(upstream: &str) -> Session {
     let mut s = Session::new(SessionId::generate().unwrap(), upstream, "2025-11-25");
@@ -25,6 +27,14 @@ fn point(id: &str, seq: u64) -> ResumptionPoint {
     }
 }
 
+fn set(session: &SessionId, stream: u32, point: ResumptionPoint) -> Update {
+    Update::Point {
+        session: session.clone(),
+        stream: StreamId(stream),
+        point,
+    }
+}
+
 /// Runs every check, each against a fresh store from `make`.
 pub(crate) async fn run_all<F, Fut>(make: F)
 where
@@ -36,7 +46,7 @@ where
     update_replaces_and_unknown_is_not_found(make().await).await;
     delete_removes_everything(make().await).await;
     list_pages_in_id_order(make().await).await;
-    last_event_id_per_stream(make().await).await;
+    points_per_stream(make().await).await;
     batch_applies_in_order_and_skips_unknown(make().await).await;
     batch_end_stream_and_touch(make().await).await;
     expire_idle_removes_only_idle(make().await).await;
@@ -102,7 +112,7 @@ async fn update_replaces_and_unknown_is_not_found(store: Arc<dyn SessionStore>) 
         store.kind()
     );
     assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(1)).await.unwrap(),
+        point_of(&*store, &s.id, StreamId(1)).await,
         None,
         "{}: update drops streams the new record lacks",
         store.kind()
@@ -119,19 +129,20 @@ async fn delete_removes_everything(store: Arc<dyn SessionStore>) {
     s.set_stream(StreamId(0), point("x", 3));
     store.create(&s).await.unwrap();
     store
-        .store_last_event_id(&s.id, StreamId(4), &point("y", 9))
+        .apply_batch(&[set(&s.id, 4, point("y", 9))])
         .await
         .unwrap();
+    assert_eq!(
+        point_of(&*store, &s.id, StreamId(4)).await,
+        Some(point("y", 9))
+    );
     assert!(store.delete(&s.id).await.unwrap());
     assert!(
         !store.delete(&s.id).await.unwrap(),
         "second delete finds nothing"
     );
     assert!(store.get(&s.id).await.unwrap().is_none());
-    assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(4)).await.unwrap(),
-        None
-    );
+    assert_eq!(point_of(&*store, &s.id, StreamId(4)).await, None);
     assert_eq!(store.count().await.unwrap(), 0, "{}: no leak", store.kind());
     // A recreated session with the same id starts clean.
     let fresh = Session::new(s.id.clone(), "u", "2025-11-25");
@@ -169,31 +180,29 @@ async fn list_pages_in_id_order(store: Arc<dyn SessionStore>) {
     assert!(empty.sessions.is_empty() && empty.next.is_none());
 }
 
-async fn last_event_id_per_stream(store: Arc<dyn SessionStore>) {
+async fn points_per_stream(store: Arc<dyn SessionStore>) {
     let s = session("u");
     store.create(&s).await.unwrap();
-    assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(0)).await.unwrap(),
-        None
-    );
+    assert_eq!(point_of(&*store, &s.id, StreamId(0)).await, None);
+    // One batch per write: a later batch overwrites an earlier one.
     store
-        .store_last_event_id(&s.id, StreamId(0), &point("g-1", 1))
+        .apply_batch(&[set(&s.id, 0, point("g-1", 1))])
         .await
         .unwrap();
     store
-        .store_last_event_id(&s.id, StreamId(7), &point("p-1", 1))
+        .apply_batch(&[set(&s.id, 7, point("p-1", 1))])
         .await
         .unwrap();
     store
-        .store_last_event_id(&s.id, StreamId(0), &point("g-2", 2))
+        .apply_batch(&[set(&s.id, 0, point("g-2", 2))])
         .await
         .unwrap();
     assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(0)).await.unwrap(),
+        point_of(&*store, &s.id, StreamId(0)).await,
         Some(point("g-2", 2))
     );
     assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(7)).await.unwrap(),
+        point_of(&*store, &s.id, StreamId(7)).await,
         Some(point("p-1", 1)),
         "{}: streams never cross",
         store.kind()
@@ -203,13 +212,10 @@ async fn last_event_id_per_stream(store: Arc<dyn SessionStore>) {
         client_seq: 4,
     };
     store
-        .store_last_event_id(&s.id, StreamId(8), &no_id)
+        .apply_batch(&[set(&s.id, 8, no_id.clone())])
         .await
         .unwrap();
-    assert_eq!(
-        store.get_last_event_id(&s.id, StreamId(8)).await.unwrap(),
-        Some(no_id)
-    );
+    assert_eq!(point_of(&*store, &s.id, StreamId(8)).await, Some(no_id));
     let got = store.get(&s.id).await.unwrap().unwrap();
     let order: Vec<u32> = got.streams.iter().map(|p| p.stream.0).collect();
     assert_eq!(
@@ -219,12 +225,12 @@ async fn last_event_id_per_stream(store: Arc<dyn SessionStore>) {
         store.kind()
     );
 
+    // A point for an unknown session is skipped and never creates it.
     let ghost = SessionId::generate().unwrap();
-    let err = store
-        .store_last_event_id(&ghost, StreamId(0), &point("z", 1))
+    store
+        .apply_batch(&[set(&ghost, 0, point("z", 1))])
         .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+        .unwrap();
     assert!(
         store.get(&ghost).await.unwrap().is_none(),
         "no resurrection"
@@ -261,13 +267,13 @@ async fn batch_applies_in_order_and_skips_unknown(store: Arc<dyn SessionStore>) 
     ];
     store.apply_batch(&batch).await.unwrap();
     assert_eq!(
-        store.get_last_event_id(&a.id, StreamId(0)).await.unwrap(),
+        point_of(&*store, &a.id, StreamId(0)).await,
         Some(point("a-2", 2)),
         "{}: later update in a batch wins",
         store.kind()
     );
     assert_eq!(
-        store.get_last_event_id(&b.id, StreamId(3)).await.unwrap(),
+        point_of(&*store, &b.id, StreamId(3)).await,
         Some(point("b-9", 9))
     );
     assert!(

@@ -1,6 +1,7 @@
 //! Test doubles for the `BatchingWriter` tests: `FlakyStore`, a real
 //! `MemoryStore` behind a switchboard that fails, stalls or rejects
 //! `apply_batch` on demand and records every write it lets through.
+//! Needs `mod support;` beside `mod writer_support;`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -11,8 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use shadowcat_session::{
-    MemoryStore, Page, ResumptionPoint, Session, SessionId, SessionStore, StoreError, StreamId,
-    UnixMillis, Update,
+    MemoryStore, Page, Session, SessionId, SessionStore, StoreError, StreamId, UnixMillis, Update,
 };
 use tokio::sync::watch;
 
@@ -230,23 +230,6 @@ impl SessionStore for FlakyStore {
         self.inner.count().await
     }
 
-    async fn store_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-        point: &ResumptionPoint,
-    ) -> Result<(), StoreError> {
-        self.inner.store_last_event_id(session, stream, point).await
-    }
-
-    async fn get_last_event_id(
-        &self,
-        session: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<ResumptionPoint>, StoreError> {
-        self.inner.get_last_event_id(session, stream).await
-    }
-
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
         self.calls.send_modify(|c| *c += 1);
         let result = self.try_apply(updates).await;
@@ -280,9 +263,7 @@ pub(crate) async fn stored(
     session: &SessionId,
     stream: StreamId,
 ) -> Option<(Option<String>, u64)> {
-    store
-        .get_last_event_id(session, stream)
+    crate::support::point_of(store, session, stream)
         .await
-        .expect("read point")
         .map(|p| (p.upstream_event_id, p.client_seq))
 }
