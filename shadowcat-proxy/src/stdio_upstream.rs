@@ -770,8 +770,8 @@ mod tests {
         Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     };
     use shadowcat_session::{
-        BatchingWriter, MemoryStore, Page, ResumptionPoint, Session, SessionStore, StoreError,
-        StreamId, UnixMillis, Update, WriterConfig,
+        BatchingWriter, MemoryStore, Page, Session, SessionStore, StoreError, UnixMillis, Update,
+        WriterConfig,
     };
 
     /// Every wait in these tests is bounded by this.
@@ -882,21 +882,6 @@ mod tests {
         }
         async fn count(&self) -> Result<u64, StoreError> {
             self.inner.count().await
-        }
-        async fn store_last_event_id(
-            &self,
-            session: &SessionId,
-            stream: StreamId,
-            point: &ResumptionPoint,
-        ) -> Result<(), StoreError> {
-            self.inner.store_last_event_id(session, stream, point).await
-        }
-        async fn get_last_event_id(
-            &self,
-            session: &SessionId,
-            stream: StreamId,
-        ) -> Result<Option<ResumptionPoint>, StoreError> {
-            self.inner.get_last_event_id(session, stream).await
         }
         async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError> {
             self.inner.apply_batch(updates).await
