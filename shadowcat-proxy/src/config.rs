@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use shadowcat_transport::ReconnectConfig;
 
-use crate::replay::ReplayLimits;
 use crate::stdio_upstream::StdioUpstream;
+use crate::stream::replay::ReplayLimits;
 
 /// Everything the reverse proxy needs to know to run.
 ///

@@ -36,9 +36,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::protocol::ProtocolVersion;
-use crate::replay::ReplayLimits;
 use crate::reverse::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
 use crate::stdio_upstream::one_line;
+use crate::stream::replay::ReplayLimits;
 use crate::stream::{Pump, PumpSource, PumpSpec, Pumped, StreamEnv, StreamKind};
 use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 

@@ -49,9 +49,9 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::queue::{MessageQueue, Pushed, QueueEnd};
-use crate::replay::ReplayLimits;
 use crate::sessions::Sessions;
 use crate::stream::StreamShared;
+use crate::stream::replay::ReplayLimits;
 
 /// A stdio MCP server run once per session.
 #[derive(Debug, Clone)]

@@ -1,0 +1,531 @@
+//! The engine of one resumable stream: its shared state (the replay
+//! buffer, the reader, who is attached), the client bodies that read it
+//! from their cursors, and a session's registry of streams.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use parking_lot::Mutex;
+use shadowcat_session::StreamId;
+use shadowcat_transport::sse::encode_comment;
+use tokio::time::{Instant, Sleep};
+
+use super::reader::{Pump, Pumped};
+use super::replay::ReplayBuffer;
+use super::{COALESCE_BYTES, End, StreamEnv};
+use crate::body::{BoxError, Closing};
+
+/// Waiter id of the detached reader task.
+const DRAIN_WAITER: u64 = u64::MAX;
+
+struct StreamState {
+    buffer: ReplayBuffer,
+    /// `None` while someone polls it, or once the stream ended.
+    pump: Option<Box<Pump>>,
+    end: Option<End>,
+    attached: u32,
+    /// Bumped on every attach: tells a detached reader it was superseded.
+    generation: u64,
+    next_subscriber: u64,
+    waiters: Vec<(u64, Waker)>,
+    /// With no client attached: released by the linger sweeper at this
+    /// time.
+    keep_until: Option<Instant>,
+}
+
+impl StreamState {
+    fn register(&mut self, who: u64, waker: &Waker) {
+        if let Some((_, w)) = self.waiters.iter_mut().find(|(id, _)| *id == who) {
+            if !w.will_wake(waker) {
+                w.clone_from(waker);
+            }
+        } else {
+            self.waiters.push((who, waker.clone()));
+        }
+    }
+
+    fn wake_others(&mut self, me: u64) {
+        self.waiters.retain(|(id, w)| {
+            if *id == me {
+                true
+            } else {
+                w.wake_by_ref();
+                false
+            }
+        });
+    }
+
+    fn append(&mut self, batch: &Bytes, marks: &[usize]) {
+        let mut from = 0;
+        for &to in marks {
+            self.buffer.push(batch.slice(from..to));
+            from = to;
+        }
+    }
+}
+
+/// One resumable stream of a session.
+pub(crate) struct StreamShared {
+    pub(crate) id: StreamId,
+    state: Mutex<StreamState>,
+    registry: Weak<StreamRegistry>,
+    env: Arc<StreamEnv>,
+}
+
+impl std::fmt::Debug for StreamShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamShared")
+            .field("id", &self.id.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a client cannot resume from a stream's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotHeld {
+    /// The events after the client's position were evicted: more than the
+    /// retention was written after it.
+    Evicted,
+    /// The stream was released.
+    Released,
+}
+
+impl NotHeld {
+    /// The limit that was exceeded (a metric label).
+    pub(crate) fn limit(self) -> &'static str {
+        match self {
+            NotHeld::Evicted => "replay_retain_bytes",
+            NotHeld::Released => "detached_linger",
+        }
+    }
+
+    /// Why, for a person: the limit and its value.
+    pub(crate) fn cause(self, env: &StreamEnv) -> String {
+        match self {
+            NotHeld::Evicted => format!(
+                "the proxy no longer holds the events after it: more than replay_retain_bytes ({} bytes) were written to the client after it",
+                env.replay.retain_bytes
+            ),
+            NotHeld::Released => format!(
+                "the proxy released the stream: no client came back within detached_linger ({:?}), or it was one of more than max_kept_complete_streams ({}) complete streams",
+                env.linger, env.max_kept
+            ),
+        }
+    }
+}
+
+impl StreamShared {
+    /// A new stream read from `pump`, registered in `registry`.
+    pub(crate) fn start(
+        registry: &Arc<StreamRegistry>,
+        id: StreamId,
+        pump: Pump,
+        env: Arc<StreamEnv>,
+    ) -> Arc<Self> {
+        let stream = Arc::new(StreamShared {
+            id,
+            state: Mutex::new(StreamState {
+                buffer: ReplayBuffer::new(env.replay, 1),
+                pump: Some(Box::new(pump)),
+                end: None,
+                attached: 0,
+                generation: 0,
+                next_subscriber: 0,
+                waiters: Vec::new(),
+                keep_until: None,
+            }),
+            registry: Arc::downgrade(registry),
+            env,
+        });
+        registry.insert(Arc::clone(&stream));
+        stream
+    }
+
+    /// Attaches a client that wants the events from `from` on.
+    pub(crate) fn attach(self: &Arc<Self>, from: u64) -> Result<StreamBody, NotHeld> {
+        let mut st = self.state.lock();
+        if st.end == Some(End::Released) {
+            return Err(NotHeld::Released);
+        }
+        if !st.buffer.reaches(from) {
+            return Err(NotHeld::Evicted);
+        }
+        st.attached += 1;
+        st.generation += 1;
+        st.keep_until = None;
+        let me = st.next_subscriber;
+        st.next_subscriber += 1;
+        // A detached reader stops; another client's body re-polls.
+        st.wake_others(me);
+        drop(st);
+        let mut closing = self.env.closing.clone();
+        Ok(StreamBody {
+            stream: Arc::clone(self),
+            me,
+            cursor: from,
+            out: BytesMut::new(),
+            keepalive: Box::pin(tokio::time::sleep(self.env.keepalive)),
+            closing: Box::pin(async move {
+                let _ = closing.wait_for(|c| *c).await;
+            }),
+            done: false,
+        })
+    }
+
+    /// Attaches a client from the first event no client was sent (a new
+    /// GET on a stdio session takes over its GET stream).
+    pub(crate) fn attach_unsent(self: &Arc<Self>) -> Result<StreamBody, NotHeld> {
+        let from = {
+            let st = self.state.lock();
+            (st.buffer.written() + 1).max(st.buffer.first_seq())
+        };
+        self.attach(from)
+    }
+
+    /// Ends the stream now: the upstream side closes, the buffer goes,
+    /// attached clients end.
+    pub(crate) fn release(&self) {
+        let pump = {
+            let mut st = self.state.lock();
+            st.end = Some(End::Released);
+            st.buffer.clear();
+            for (_, w) in st.waiters.drain(..) {
+                w.wake();
+            }
+            st.pump.take()
+        };
+        drop(pump);
+        if let Some(reg) = self.registry.upgrade() {
+            reg.remove(self);
+        }
+    }
+
+    /// Releases a stream no client came back to within its linger time.
+    pub(crate) fn release_if_kept(&self, now: Instant) {
+        let due = {
+            let st = self.state.lock();
+            st.attached == 0 && st.keep_until.is_some_and(|t| t <= now)
+        };
+        if due {
+            tracing::debug!(
+                stream = self.id.0,
+                "no client came back for the stream within its linger time; releasing it"
+            );
+            self.release();
+        }
+    }
+
+    /// The detached reader: reads the upstream into the buffer while no
+    /// client is attached. Ready when a client attached (true) or the
+    /// stream ended (false).
+    fn poll_detached(&self, cx: &mut Context<'_>, generation: u64) -> Poll<bool> {
+        loop {
+            let mut st = self.state.lock();
+            if st.attached > 0 || st.generation != generation {
+                // The upstream may hold this task's waker: whoever waits
+                // reads it from now on.
+                st.waiters.retain(|(id, _)| *id != DRAIN_WAITER);
+                st.wake_others(DRAIN_WAITER);
+                return Poll::Ready(true);
+            }
+            if st.end.is_some() {
+                return Poll::Ready(false);
+            }
+            st.buffer.evict();
+            if st.buffer.is_full() {
+                // Full of events a client may not have: stop reading, so
+                // a resuming client gets everything.
+                st.register(DRAIN_WAITER, cx.waker());
+                return Poll::Pending;
+            }
+            let Some(mut pump) = st.pump.take() else {
+                st.register(DRAIN_WAITER, cx.waker());
+                return Poll::Pending;
+            };
+            let next = st.buffer.next_seq();
+            drop(st);
+            let polled = pump.poll(cx, next);
+            let mut st = self.state.lock();
+            match polled {
+                Poll::Ready(Pumped::Events(batch)) => {
+                    st.append(&batch, pump.marks());
+                    st.pump = Some(pump);
+                    st.wake_others(DRAIN_WAITER);
+                }
+                Poll::Ready(Pumped::Ended(end, last)) => {
+                    if let Some(last) = last {
+                        st.buffer.push(last);
+                    }
+                    st.end = Some(end);
+                    st.wake_others(DRAIN_WAITER);
+                    drop(st);
+                    drop(pump);
+                    return Poll::Ready(false);
+                }
+                Poll::Pending => {
+                    st.pump = Some(pump);
+                    st.register(DRAIN_WAITER, cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// The last client went from a stream that is not complete: one task
+    /// reads the upstream on into the buffer until a client attaches or
+    /// the stream ends (the linger sweeper releases it meanwhile if no
+    /// client comes back in time).
+    fn read_detached(self: Arc<Self>, generation: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.release();
+            return;
+        };
+        rt.spawn(async move {
+            let mut closing = self.env.closing.clone();
+            let read = std::future::poll_fn(|cx| self.poll_detached(cx, generation));
+            tokio::select! {
+                _ = read => {}
+                _ = closing.wait_for(|c| *c) => self.release(),
+            }
+        });
+    }
+}
+
+/// One client's view of a stream: its cursor in the buffer.
+pub(crate) struct StreamBody {
+    stream: Arc<StreamShared>,
+    me: u64,
+    cursor: u64,
+    out: BytesMut,
+    keepalive: Pin<Box<Sleep>>,
+    closing: Closing,
+    done: bool,
+}
+
+impl std::fmt::Debug for StreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamBody")
+            .field("stream", &self.stream.id.0)
+            .field("cursor", &self.cursor)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client fell behind the buffer (another client read the upstream on).
+#[derive(Debug, thiserror::Error)]
+#[error("the client fell behind the replay buffer; reconnect with Last-Event-ID")]
+pub(crate) struct FellBehind;
+
+impl StreamBody {
+    /// The stream this body reads.
+    pub(crate) fn shared(&self) -> &Arc<StreamShared> {
+        &self.stream
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.closing.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        loop {
+            let mut st = self.stream.state.lock();
+            if st.end == Some(End::Released) {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            if self.cursor < st.buffer.next_seq() {
+                match st
+                    .buffer
+                    .copy_from(self.cursor, &mut self.out, COALESCE_BYTES)
+                {
+                    Ok(next) => {
+                        self.cursor = next;
+                        st.buffer.mark_written(next - 1);
+                        drop(st);
+                        self.reset_keepalive();
+                        return Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))));
+                    }
+                    Err(_) => {
+                        drop(st);
+                        self.done = true;
+                        metrics::counter!("shadowcat_sse_stream_errors_total", "kind" => "behind")
+                            .increment(1);
+                        return Poll::Ready(Some(Err(Box::new(FellBehind))));
+                    }
+                }
+            }
+            if st.end.is_some() {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            let Some(mut pump) = st.pump.take() else {
+                st.register(self.me, cx.waker());
+                drop(st);
+                return self.poll_keepalive(cx);
+            };
+            let next = st.buffer.next_seq();
+            drop(st);
+            let polled = pump.poll(cx, next);
+            let mut st = self.stream.state.lock();
+            match polled {
+                Poll::Ready(Pumped::Events(batch)) => {
+                    st.append(&batch, pump.marks());
+                    st.pump = Some(pump);
+                    self.cursor = st.buffer.next_seq();
+                    st.buffer.mark_written(self.cursor - 1);
+                    st.buffer.evict();
+                    st.wake_others(self.me);
+                    drop(st);
+                    self.reset_keepalive();
+                    return Poll::Ready(Some(Ok(Frame::data(batch))));
+                }
+                Poll::Ready(Pumped::Ended(end, last)) => {
+                    if let Some(last) = last {
+                        st.buffer.push(last);
+                    }
+                    st.end = Some(end);
+                    st.wake_others(self.me);
+                    drop(st);
+                    drop(pump);
+                }
+                Poll::Pending => {
+                    st.pump = Some(pump);
+                    st.register(self.me, cx.waker());
+                    drop(st);
+                    return self.poll_keepalive(cx);
+                }
+            }
+        }
+    }
+
+    fn poll_keepalive(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        ready!(self.keepalive.as_mut().poll(cx));
+        self.reset_keepalive();
+        let _ = encode_comment(&mut self.out, "");
+        Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze()))))
+    }
+
+    fn reset_keepalive(&mut self) {
+        let at = Instant::now() + self.stream.env.keepalive;
+        self.keepalive.as_mut().reset(at);
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        let stream = &self.stream;
+        let until = Instant::now() + stream.env.linger;
+        let (last, generation, complete) = {
+            let mut st = stream.state.lock();
+            st.attached -= 1;
+            st.waiters.retain(|(id, _)| *id != self.me);
+            // Whoever waits may have to read the upstream now.
+            st.wake_others(self.me);
+            if st.attached == 0 {
+                st.keep_until = Some(until);
+            }
+            (st.attached == 0, st.generation, st.end.is_some())
+        };
+        if !last {
+            return;
+        }
+        if *stream.env.closing.borrow() {
+            stream.release();
+            return;
+        }
+        // Kept for the linger time for the client to come back (written
+        // is not received, or it left early), then released by the one
+        // linger sweeper unless a client attached again.
+        stream.env.lingering.keep(stream, until);
+        if complete {
+            if let Some(reg) = stream.registry.upgrade() {
+                reg.keep_complete(stream, stream.env.max_kept);
+            }
+        } else {
+            Arc::clone(stream).read_detached(generation);
+        }
+    }
+}
+
+/// A session's streams on this instance.
+#[derive(Debug, Default)]
+pub(crate) struct StreamRegistry {
+    streams: Mutex<HashMap<u32, Arc<StreamShared>>>,
+    /// Complete streams kept for their linger time, oldest first.
+    kept: Mutex<VecDeque<Weak<StreamShared>>>,
+}
+
+impl StreamRegistry {
+    pub(crate) fn get(&self, id: u32) -> Option<Arc<StreamShared>> {
+        self.streams.lock().get(&id).cloned()
+    }
+
+    /// Adds a stream. Complete streams past their linger time are released
+    /// by the linger sweeper, and the oldest beyond the per-session cap by
+    /// [`StreamRegistry::keep_complete`]: nothing here scans the map.
+    fn insert(&self, stream: Arc<StreamShared>) {
+        self.streams.lock().insert(stream.id.0, stream);
+    }
+
+    /// Records that `stream` completed and is kept for its linger time;
+    /// releases the oldest kept stream when more than `max` are kept.
+    fn keep_complete(&self, stream: &Arc<StreamShared>, max: usize) {
+        let evicted = {
+            let mut kept = self.kept.lock();
+            // At most `max + 1` entries: a bounded, short scan. A stream
+            // kept again (a client came back and left) keeps its place.
+            kept.retain(|w| w.strong_count() > 0);
+            if kept
+                .iter()
+                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(stream)))
+            {
+                return;
+            }
+            kept.push_back(Arc::downgrade(stream));
+            if kept.len() > max.max(1) {
+                kept.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = evicted.and_then(|w| w.upgrade()) {
+            old.release_if_kept(Instant::now() + old.env.linger);
+        }
+    }
+
+    fn remove(&self, stream: &StreamShared) {
+        let mut map = self.streams.lock();
+        if map
+            .get(&stream.id.0)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), stream))
+        {
+            map.remove(&stream.id.0);
+        }
+    }
+
+    /// Releases every stream (the session ended).
+    pub(crate) fn release_all(&self) {
+        let all: Vec<_> = self.streams.lock().drain().map(|(_, s)| s).collect();
+        for s in all {
+            s.release();
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The reader of a stream's source: the [`Pump`] takes what its
+//! [`Source`] has, decodes it, drops replayed duplicates with the stream's
+//! one `EventTracker`, seals client ids and encodes one batch of events
+//! (the [`Forwarder`]); it hands the stream's resumption point to the
+//! writer once per batch.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::Value;
+use shadowcat_session::{SessionId, StreamId};
+use shadowcat_transport::sse::{DecodeError, Decoder, OutgoingEvent, SseItem, put_decimal};
+use shadowcat_transport::{EventTracker, Recorded, TrackerConfig};
+
+use super::source::{HttpSource, QueueSource, Read, Source};
+use super::{End, StreamEnv, StreamKind};
+use crate::body::StreamSlot;
+use crate::event_id::StreamSealer;
+use crate::protocol::ProtocolVersion;
+use crate::queue::MessageQueue;
+use crate::sink::WriterSink;
+use crate::upstream_conn::UpstreamBody;
+
+/// Initial capacity of a pump's encoding buffer.
+const ENC_CAPACITY: usize = 8 * 1024;
+
+/// Decodes upstream chunks and encodes sealed client events.
+pub(crate) struct Forwarder {
+    decoder: Decoder,
+    tracker: EventTracker,
+    /// Seals client ids (SSE output); `None`: the output is one JSON-RPC
+    /// message per line (the stdio forward proxy).
+    sealer: Option<StreamSealer>,
+    enc: BytesMut,
+    /// Messages taken from a queue, reused batch to batch.
+    pub(super) taken: Vec<Bytes>,
+    /// End offsets in `enc` of the events of the current batch.
+    marks: Vec<usize>,
+    last_data: Option<Bytes>,
+    /// The upstream's last `retry:`, for the reconnect policy.
+    pub(super) server_retry: Option<Duration>,
+    /// An event arrived since the source last looked.
+    pub(super) healthy: bool,
+    events: u64,
+    duplicates: u64,
+    /// The client speaks 2025-11-25 or later: priming events (an id and
+    /// empty `data`) are part of its protocol. Older clients get id-only
+    /// blocks instead: some crash on an empty data line.
+    prime_clients: bool,
+}
+
+/// Ends a priming block: `data:` with an empty value for clients that
+/// expect priming events, a bare blank line (id only) for the others.
+fn end_priming(enc: &mut BytesMut, prime_clients: bool) {
+    if prime_clients {
+        enc.put_slice(b"data:\n\n");
+    } else {
+        enc.put_u8(b'\n');
+    }
+}
+
+impl Forwarder {
+    /// The upstream's last event id (the stream's resumption point).
+    pub(super) fn last_event_id(&self) -> Option<&str> {
+        self.tracker.last_event_id()
+    }
+
+    /// Bytes encoded for the current batch.
+    pub(super) fn encoded(&self) -> usize {
+        self.enc.len()
+    }
+
+    /// The upstream body ended: drops a partial event. True if there was
+    /// one.
+    pub(super) fn finish(&mut self) -> bool {
+        self.decoder.finish()
+    }
+
+    /// The proxy's own priming event at the start of a request's stream, so
+    /// a client cut before the first message still holds an id to resume
+    /// from (2025-11-25 and later; a no-op for older clients).
+    fn put_priming(&mut self, seq: &mut u64) {
+        let Some(sealer) = &self.sealer else {
+            return;
+        };
+        if !self.prime_clients {
+            return;
+        }
+        sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+        end_priming(&mut self.enc, true);
+        *seq += 1;
+        self.marks.push(self.enc.len());
+    }
+
+    /// Decodes `chunk`; every deliverable event gets sequence number `*seq`
+    /// (then incremented) and is encoded into `enc`.
+    pub(super) fn forward(&mut self, chunk: Bytes, seq: &mut u64) -> Result<(), DecodeError> {
+        self.ensure_capacity();
+        self.decoder.push(chunk);
+        for item in self.decoder.by_ref() {
+            match item? {
+                SseItem::Event(ev) => {
+                    let own = if ev.has_own_id {
+                        ev.id.as_deref().filter(|s| !s.is_empty())
+                    } else {
+                        None
+                    };
+                    if let Some(id) = own
+                        && self.tracker.record(id) == Recorded::Duplicate
+                    {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    let Some(sealer) = &self.sealer else {
+                        // Lines: data only; never an empty-data event.
+                        if !ev.data.is_empty() {
+                            put_line(&mut self.enc, &ev.data);
+                            self.last_data = Some(ev.data.clone());
+                            self.events += 1;
+                            *seq += 1;
+                            self.marks.push(self.enc.len());
+                        }
+                        self.healthy = true;
+                        continue;
+                    };
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+                    if ev.is_priming() {
+                        // A priming block: the client's last event id
+                        // moves; never a JSON-RPC message.
+                        end_priming(&mut self.enc, self.prime_clients);
+                    } else {
+                        let mut out = OutgoingEvent::new().data(&ev.data);
+                        if let Some(name) = ev.event.as_deref() {
+                            out = out.event(name);
+                        }
+                        // Decoded names hold no line break: cannot fail.
+                        let _ = out.encode(&mut self.enc);
+                        self.last_data = Some(ev.data.clone());
+                        self.events += 1;
+                    }
+                }
+                SseItem::IdOnly(id) => {
+                    let Some(id) = id.as_deref().filter(|s| !s.is_empty()) else {
+                        continue;
+                    };
+                    if self.tracker.record(id) == Recorded::Duplicate {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    let Some(sealer) = &self.sealer else {
+                        self.healthy = true;
+                        continue;
+                    };
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+                    end_priming(&mut self.enc, self.prime_clients);
+                }
+                SseItem::Retry(ms) => {
+                    self.server_retry = Some(Duration::from_millis(ms));
+                    let Some(sealer) = &self.sealer else {
+                        continue;
+                    };
+                    // Passed on as its own id-only block: the client's
+                    // reconnect delay follows the server's.
+                    sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+                    self.enc.put_slice(b"retry: ");
+                    put_decimal(&mut self.enc, ms);
+                    self.enc.put_slice(b"\n\n");
+                }
+            }
+            *seq += 1;
+            self.marks.push(self.enc.len());
+            self.healthy = true;
+        }
+        Ok(())
+    }
+
+    /// An idle stream holds no encoding buffer: it is allocated with the
+    /// first input.
+    fn ensure_capacity(&mut self) {
+        if self.enc.capacity() == 0 {
+            self.enc = BytesMut::with_capacity(ENC_CAPACITY);
+        }
+    }
+
+    /// Encodes one message from a queue as the event with number `*seq`.
+    pub(super) fn put_message(&mut self, msg: &Bytes, seq: &mut u64) {
+        self.ensure_capacity();
+        match &self.sealer {
+            Some(sealer) => {
+                sealer.write_id_line(&mut self.enc, *seq, None);
+                // A line from the child holds no line break: cannot fail.
+                let _ = OutgoingEvent::new().data(msg).encode(&mut self.enc);
+            }
+            None => put_line(&mut self.enc, msg),
+        }
+        self.last_data = Some(msg.clone());
+        self.events += 1;
+        *seq += 1;
+        self.marks.push(self.enc.len());
+    }
+
+    /// True when the last message sent was a JSON-RPC response.
+    pub(super) fn response_seen(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            #[serde(default)]
+            method: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            id: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            result: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            error: Option<serde::de::IgnoredAny>,
+        }
+        let Some(data) = &self.last_data else {
+            return false;
+        };
+        serde_json::from_slice::<Probe>(data).is_ok_and(|p| {
+            p.method.is_none() && p.id.is_some() && (p.result.is_some() || p.error.is_some())
+        })
+    }
+}
+
+/// One JSON-RPC message as one line: JSON holds no raw line break inside
+/// strings, so breaks between tokens become spaces.
+fn put_line(enc: &mut BytesMut, data: &[u8]) {
+    let at = enc.len();
+    enc.extend_from_slice(data);
+    for b in &mut enc[at..] {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    enc.put_u8(b'\n');
+}
+
+/// Where a pump reads its stream from.
+#[derive(Debug)]
+pub(crate) enum PumpSource {
+    /// An upstream HTTP response body (SSE) that drives its connection.
+    Upstream(UpstreamBody),
+    /// Messages a stdio child's router put on this stream's queue.
+    Queue(Arc<MessageQueue>),
+}
+
+/// The upstream side of one stream: reads its source, encodes.
+pub(crate) struct Pump {
+    source: Source,
+    fw: Forwarder,
+    kind: StreamKind,
+    sink: Option<WriterSink>,
+    session: SessionId,
+    stream: StreamId,
+    _slot: Option<StreamSlot>,
+    /// Whether the stream's own priming event went out.
+    primed: bool,
+    /// The stream completed or failed (its resumption point is no longer
+    /// needed).
+    ended: bool,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump")
+            .field("session", &self.session)
+            .field("stream", &self.stream.0)
+            .field("kind", &self.kind)
+            .field("events", &self.fw.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one poll of the pump produced.
+pub(crate) enum Pumped {
+    /// A batch of events, cut at the pump's marks.
+    Events(Bytes),
+    /// The stream is over; with a last event (the JSON-RPC error) if any.
+    Ended(End, Option<Bytes>),
+}
+
+/// Everything needed to start a pump.
+#[derive(Debug)]
+pub(crate) struct PumpSpec {
+    pub(crate) kind: StreamKind,
+    pub(crate) session: SessionId,
+    pub(crate) stream: StreamId,
+    /// `None`: one JSON-RPC message per line instead of SSE.
+    pub(crate) sealer: Option<StreamSealer>,
+    pub(crate) upstream_session: Option<http::HeaderValue>,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) sink: Option<WriterSink>,
+    pub(crate) slot: Option<StreamSlot>,
+    /// The upstream event id the stream resumes after, if it does.
+    pub(crate) resume_after: Option<String>,
+}
+
+impl Pump {
+    pub(crate) fn new(source: PumpSource, spec: PumpSpec, env: Arc<StreamEnv>) -> Self {
+        let tracker = match &spec.resume_after {
+            Some(id) => EventTracker::resuming_from(id, TrackerConfig::default()),
+            None => EventTracker::new(),
+        };
+        let request = matches!(spec.kind, StreamKind::Request(_));
+        let source = match source {
+            PumpSource::Upstream(body) => Source::Http(HttpSource::new(
+                body,
+                env,
+                spec.upstream_session,
+                spec.version,
+                request,
+            )),
+            PumpSource::Queue(q) => Source::Queue(QueueSource::new(q, request)),
+        };
+        Pump {
+            source,
+            fw: Forwarder {
+                decoder: Decoder::default(),
+                tracker,
+                sealer: spec.sealer,
+                enc: BytesMut::new(),
+                taken: Vec::new(),
+                marks: Vec::with_capacity(16),
+                last_data: None,
+                server_retry: None,
+                healthy: false,
+                events: 0,
+                duplicates: 0,
+                prime_clients: spec.version >= ProtocolVersion::V2025_11_25,
+            },
+            primed: false,
+            ended: false,
+            kind: spec.kind,
+            sink: spec.sink,
+            session: spec.session,
+            stream: spec.stream,
+            _slot: spec.slot,
+        }
+    }
+
+    /// End offsets of the last batch's events.
+    pub(crate) fn marks(&self) -> &[usize] {
+        &self.fw.marks
+    }
+
+    /// Drives the source until it produced events, ended, or has nothing.
+    /// The first event gets sequence number `next_seq`.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, next_seq: u64) -> Poll<Pumped> {
+        self.fw.marks.clear();
+        let mut seq = next_seq;
+        if !self.primed {
+            self.primed = true;
+            // Request streams only: a client cut before the first message
+            // needs an id to resume with. A GET stream without one simply
+            // reconnects without Last-Event-ID.
+            if matches!(self.kind, StreamKind::Request(_)) {
+                self.fw.put_priming(&mut seq);
+            }
+        }
+        loop {
+            let read = self.source.poll_read(cx, &mut self.fw, &mut seq);
+            // Events encoded go out first, each with its own number; an end
+            // is reported again on the next poll.
+            if !self.fw.marks.is_empty() {
+                if let Some(sink) = &self.sink {
+                    sink.point(self.fw.tracker.last_event_id(), seq - 1);
+                }
+                return Poll::Ready(Pumped::Events(self.fw.enc.split().freeze()));
+            }
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Read::More) => {}
+                Poll::Ready(Read::Complete) => {
+                    self.ended = true;
+                    return Poll::Ready(Pumped::Ended(End::Complete, None));
+                }
+                Poll::Ready(Read::Failed(cause)) => return Poll::Ready(self.fail(&cause, seq)),
+            }
+        }
+    }
+
+    fn fail(&mut self, cause: &str, seq: u64) -> Pumped {
+        self.ended = true;
+        metrics::counter!("shadowcat_upstream_reconnect_failures_total").increment(1);
+        tracing::warn!(session = %self.session, stream = self.stream.0, cause, "upstream stream lost; ending the client's stream");
+        let StreamKind::Request(id) = &self.kind else {
+            return Pumped::Ended(End::Failed, None);
+        };
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id.clone().unwrap_or(Value::Null),
+            "error": {"code": crate::jsonrpc::SERVER_ERROR, "message": cause},
+        });
+        let body = body.to_string();
+        match &self.fw.sealer {
+            Some(sealer) => {
+                sealer.write_id_line(&mut self.fw.enc, seq, self.fw.tracker.last_event_id());
+                let _ = OutgoingEvent::new()
+                    .data(body.as_bytes())
+                    .encode(&mut self.fw.enc);
+            }
+            None => put_line(&mut self.fw.enc, body.as_bytes()),
+        }
+        Pumped::Ended(End::Failed, Some(self.fw.enc.split().freeze()))
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        metrics::counter!("shadowcat_sse_events_total").increment(self.fw.events);
+        if self.fw.duplicates > 0 {
+            metrics::counter!("shadowcat_sse_duplicates_dropped_total")
+                .increment(self.fw.duplicates);
+        }
+        if self.ended
+            && let Some(sink) = &self.sink
+        {
+            sink.end();
+        }
+        tracing::debug!(session = %self.session, stream = self.stream.0, events = self.fw.events, duplicates = self.fw.duplicates, "upstream side of the stream closed");
+    }
+}
