@@ -41,7 +41,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shadowcat_session::{SessionId, WriterHandle, now_millis};
+use shadowcat_session::{SessionId, now_millis};
 use shadowcat_transport::{
     ChildCommand, LineError, LineReader, LineWriter, StdioChild, StdioConfig, StdioError,
 };
@@ -513,7 +513,6 @@ pub(crate) struct StdioBridge {
     live: watch::Sender<usize>,
     spawner: Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>>,
     sessions: Arc<Sessions>,
-    writer: Option<WriterHandle>,
 }
 
 impl fmt::Debug for StdioBridge {
@@ -542,7 +541,6 @@ impl StdioBridge {
         config: StdioUpstream,
         limits: ReplayLimits,
         sessions: Arc<Sessions>,
-        writer: Option<WriterHandle>,
     ) -> Result<Arc<Self>, std::io::Error> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
         let handle = tokio::runtime::Handle::current();
@@ -564,7 +562,6 @@ impl StdioBridge {
             live: watch::Sender::new(0),
             spawner: Mutex::new(Some(tx)),
             sessions,
-            writer,
         });
         tokio::spawn(check_children(Arc::downgrade(&bridge)));
         Ok(bridge)
@@ -664,15 +661,22 @@ impl StdioBridge {
             tracing::warn!(session = %cs.id, pid = cs.pid, %cause, "stdio server ended its session");
             // The streams end on their own with the error; the session
             // goes now, so the next request gets 404.
-            if let Some(w) = &self.writer {
-                w.forget(&cs.id);
-            }
             if let Err(e) = self.sessions.remove_keep_streams(&cs.id).await {
                 metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
                 tracing::warn!(session = %cs.id, error = %e, "could not remove the session of an ended stdio server");
             }
         } else {
             tracing::info!(session = %cs.id, pid = cs.pid, %status, "stdio server stopped");
+        }
+    }
+
+    /// Removes session `id` (cache, writer, store) as its child stops;
+    /// the child's streams end on their own. Store errors are logged and
+    /// counted (the store's sweeper removes the session later).
+    async fn remove_session(&self, id: &SessionId) {
+        if let Err(e) = self.sessions.remove_keep_streams(id).await {
+            metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
+            tracing::warn!(session = %id, error = %e, "could not remove the session of a stopped stdio server");
         }
     }
 
@@ -720,7 +724,7 @@ async fn check_children(bridge: Weak<StdioBridge>) {
             let idle = now.saturating_sub(cs.last_active.load(Ordering::Relaxed)) > idle_ms;
             if idle && !cs.busy() {
                 tracing::info!(session = %cs.id, "stdio session idle past the timeout; stopping its server");
-                b.sessions.remove_keep_streams(&cs.id).await.ok();
+                b.remove_session(&cs.id).await;
                 cs.stop.notify_one();
                 continue;
             }
@@ -728,7 +732,7 @@ async fn check_children(bridge: Weak<StdioBridge>) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     tracing::info!(session = %cs.id, "session gone from the store; stopping its stdio server");
-                    b.sessions.remove_keep_streams(&cs.id).await.ok();
+                    b.remove_session(&cs.id).await;
                     cs.stop.notify_one();
                 }
                 Err(e) => {
