@@ -98,7 +98,7 @@ pub(crate) struct ReverseArgs {
     pub(crate) max_cached_sessions: Option<usize>,
     /// Milliseconds a cached session is used before the store is asked
     /// again whether it still exists: a session expired or deleted (on any
-    /// instance) gets 404 and loses its streams here within this time
+    /// instance) gets 404, and its open streams here end, within this time
     /// [default: 2000].
     #[arg(long, env = "SHADOWCAT_SESSION_REVALIDATE_INTERVAL_MS")]
     pub(crate) session_revalidate_interval_ms: Option<u64>,
