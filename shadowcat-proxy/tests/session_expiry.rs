@@ -1,14 +1,19 @@
 //! Sessions end on every instance: through a real proxy, a session the
 //! idle sweeper expired or another instance deleted from the shared store
-//! gets 404 within the revalidation interval, and its open streams on
-//! this instance end without waiting for a request.
+//! gets 404 within the revalidation interval, its open streams on this
+//! instance end without waiting for a request, and a stdio session's
+//! server is stopped.
 
 mod support;
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use shadowcat_proxy::StdioUpstream;
+use shadowcat_proxy::forward::ChildCommand;
 use shadowcat_session::{IdleSweeper, SessionId, SessionStore, SweeperConfig};
 use support::*;
 use tokio::time::Instant;
@@ -153,5 +158,78 @@ async fn the_streams_of_a_deleted_session_end_without_a_request() {
     eprintln!("deleted elsewhere: its GET stream ended after {took:?}");
     assert!(took < REVALIDATE + SLACK, "ended after {took:?}");
     assert_eq!(tools_list(&h, &sid, 3).await, http::StatusCode::NOT_FOUND);
+    h.stop().await;
+}
+
+/// `target/<profile>/mcp-stdio-fixture`, built on first use.
+fn fixture() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("mcp-stdio-fixture");
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "benches", "--bin", "mcp-stdio-fixture"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "building the fixture");
+    }
+    path
+}
+
+/// This process's running children that run `program`.
+fn children_running(program: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // A zombie has exited: only a running process counts.
+            let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            });
+            if running && String::from_utf8_lossy(&cmd).contains(program) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_deleted_stdio_session_stops_its_server() {
+    let fixture = fixture();
+    let h = Harness::start_with(|c| {
+        c.limits.session_revalidate_interval = REVALIDATE;
+        let mut up = StdioUpstream::new(ChildCommand::new(fixture.clone()));
+        up.check_interval = Duration::from_millis(100);
+        c.upstream_cmd = Some(up);
+    })
+    .await;
+    let sid = h.init("2025-06-18").await;
+    let name = fixture.file_name().unwrap().to_str().unwrap();
+    let pids = children_running(name);
+    assert_eq!(pids.len(), 1, "one server for the session: {pids:?}");
+    let deleted = SessionId::parse(&sid).unwrap();
+    assert!(h.store.delete(&deleted).await.unwrap());
+    let since = Instant::now();
+    while !children_running(name).is_empty() {
+        assert!(
+            since.elapsed() < WAIT,
+            "the stdio server outlived its deleted session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "deleted elsewhere: its stdio server stopped after {:?}",
+        since.elapsed()
+    );
+    assert_eq!(tools_list(&h, &sid, 2).await, http::StatusCode::NOT_FOUND);
     h.stop().await;
 }
