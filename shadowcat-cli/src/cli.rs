@@ -80,7 +80,7 @@ pub(crate) struct ReverseArgs {
     #[arg(long, env = "SHADOWCAT_DRAIN_TIMEOUT_SECS")]
     pub(crate) drain_timeout_secs: Option<u64>,
     /// Seconds a session may stay unused before it is removed from the
-    /// store [default: 1800].
+    /// store and from memory [default: 1800].
     #[arg(long, env = "SHADOWCAT_SESSION_IDLE_TIMEOUT_SECS")]
     pub(crate) session_idle_timeout_secs: Option<u64>,
     /// Serve the stdio MCP server given after `--` (one child per session)
@@ -91,6 +91,17 @@ pub(crate) struct ReverseArgs {
     /// [default: 64].
     #[arg(long, env = "SHADOWCAT_MAX_CHILDREN")]
     pub(crate) max_children: Option<usize>,
+    /// Most sessions kept in this instance's memory (the store keeps them
+    /// all); past it the least recently used one with no open stream goes
+    /// and is read from the store on its next request [default: 10000].
+    #[arg(long, env = "SHADOWCAT_MAX_CACHED_SESSIONS")]
+    pub(crate) max_cached_sessions: Option<usize>,
+    /// Milliseconds a cached session is used before the store is asked
+    /// again whether it still exists: a session expired or deleted (on any
+    /// instance) gets 404, and its open streams here end, within this time
+    /// [default: 2000].
+    #[arg(long, env = "SHADOWCAT_SESSION_REVALIDATE_INTERVAL_MS")]
+    pub(crate) session_revalidate_interval_ms: Option<u64>,
     /// The stdio server and its arguments, after `--` (with
     /// --upstream-cmd).
     #[arg(last = true, value_name = "PROGRAM")]

@@ -72,6 +72,8 @@ struct FileLimits {
     reconnect_max_attempts: Option<u32>,
     max_children: Option<usize>,
     max_child_line_bytes: Option<usize>,
+    max_cached_sessions: Option<usize>,
+    session_revalidate_interval_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -233,6 +235,25 @@ impl ReverseSettings {
         if let Some(v) = f.reconnect_max_attempts {
             l.reconnect.max_attempts = v;
         }
+        if let Some(v) = args.max_cached_sessions.or(f.max_cached_sessions) {
+            if v == 0 {
+                return Err(CliError::Config(
+                    "max_cached_sessions must be at least 1".into(),
+                ));
+            }
+            l.max_cached_sessions = v;
+        }
+        if let Some(v) = args
+            .session_revalidate_interval_ms
+            .or(f.session_revalidate_interval_ms)
+        {
+            if v == 0 {
+                return Err(CliError::Config(
+                    "session_revalidate_interval_ms must be at least 1".into(),
+                ));
+            }
+            l.session_revalidate_interval = ms(v);
+        }
         let admin_bind = args
             .admin_bind
             .or(file.admin_bind)
@@ -251,6 +272,7 @@ impl ReverseSettings {
             ));
         }
         let max_idle = Duration::from_secs(idle);
+        proxy.limits.session_idle_timeout = max_idle;
         if let Some(up) = &mut proxy.upstream_cmd {
             up.idle_timeout = max_idle;
             up.check_interval =
@@ -312,6 +334,8 @@ mod tests {
             session_idle_timeout_secs: None,
             upstream_cmd: false,
             max_children: None,
+            max_cached_sessions: None,
+            session_revalidate_interval_ms: None,
             program: vec![],
         }
     }
@@ -333,11 +357,14 @@ mod tests {
             detached_linger_ms = 1500
             max_kept_complete_streams = 3
             reconnect_max_attempts = 4
+            max_cached_sessions = 7
+            session_revalidate_interval_ms = 300
             "#,
         )
         .unwrap();
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.bind = Some("127.0.0.1:7001".parse().unwrap());
+        a.session_revalidate_interval_ms = Some(400);
         let s = ReverseSettings::resolve(a, file).unwrap();
         assert_eq!(s.proxy.upstream, "http://127.0.0.1:2/mcp");
         assert_eq!(s.proxy.bind.port(), 7001);
@@ -349,6 +376,12 @@ mod tests {
         assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
         assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);
         assert_eq!(s.proxy.limits.reconnect.max_attempts, 4);
+        assert_eq!(s.proxy.limits.max_cached_sessions, 7);
+        assert_eq!(
+            s.proxy.limits.session_revalidate_interval,
+            Duration::from_millis(400),
+            "the flag wins"
+        );
         assert_eq!(
             s.proxy.limits.keepalive_interval,
             Duration::from_millis(250)
@@ -374,8 +407,19 @@ mod tests {
         let s = ReverseSettings::resolve(args(None), file).unwrap();
         assert_eq!(s.sweeper.max_idle, Duration::from_secs(40));
         assert_eq!(s.sweeper.interval, Duration::from_secs(10));
+        assert_eq!(
+            s.proxy.limits.session_idle_timeout,
+            Duration::from_secs(40),
+            "the cache drops idle sessions after the same time"
+        );
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.session_idle_timeout_secs = Some(0);
+        assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.max_cached_sessions = Some(0);
+        assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.session_revalidate_interval_ms = Some(0);
         assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
     }
 

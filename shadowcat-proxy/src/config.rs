@@ -135,6 +135,21 @@ pub struct Limits {
     /// How the proxy reconnects an upstream stream that dropped. Default:
     /// the transport crate's defaults (200 ms base, 30 s cap, 10 attempts).
     pub reconnect: ReconnectConfig,
+    /// Most sessions this instance keeps in memory (the store keeps them
+    /// all). Past it the least recently used one with no open stream
+    /// leaves memory and is read from the store on its next request.
+    /// Default 10,000.
+    pub max_cached_sessions: usize,
+    /// A cached session is read again from the store before use when the
+    /// store has not confirmed it for this long, and one with open streams
+    /// is checked this often without a request. So a session that left
+    /// the store (expired, or deleted by another instance) gets 404 and
+    /// its streams here are released within this time. Default 2 s.
+    pub session_revalidate_interval: Duration,
+    /// A cached session with no request and no open stream for this long
+    /// leaves this instance's memory; match the store sweeper's idle
+    /// timeout. Default 30 min.
+    pub session_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -156,6 +171,9 @@ impl Default for Limits {
             detached_linger: Duration::from_secs(60),
             max_kept_complete_streams: 16,
             reconnect: ReconnectConfig::default(),
+            max_cached_sessions: 10_000,
+            session_revalidate_interval: Duration::from_secs(2),
+            session_idle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -24,6 +24,8 @@ mod stream;
 mod upstream_conn;
 
 #[cfg(feature = "test-util")]
+pub mod session_layer;
+#[cfg(feature = "test-util")]
 pub mod test_util;
 
 pub use config::{Limits, OriginPolicy, ReverseProxyConfig};

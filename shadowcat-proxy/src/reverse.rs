@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use shadowcat_session::{SessionStore, WriterHandle, now_millis};
+use shadowcat_session::{SessionStore, WriterHandle};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
@@ -24,7 +24,7 @@ use crate::error::{ProxyError, Rejection};
 use crate::event_id::{ClientEventId, StreamSealer};
 use crate::jsonrpc::{self, Body as RpcBody};
 use crate::protocol::ProtocolVersion;
-use crate::sessions::{SessionEntry, Sessions};
+use crate::sessions::{CacheLimits, SessionEntry, Sessions};
 use crate::sink::WriterSink;
 use crate::stdio_upstream::{BridgeError, ChildSession, Sent, StdioBridge};
 use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
@@ -151,6 +151,14 @@ impl ReverseProxy {
                 "keepalive_interval must be above zero".into(),
             ));
         }
+        if config.limits.max_cached_sessions == 0
+            || config.limits.session_revalidate_interval.is_zero()
+            || config.limits.session_idle_timeout.is_zero()
+        {
+            return Err(ProxyError::Config(
+                "max_cached_sessions, session_revalidate_interval and session_idle_timeout must be above zero".into(),
+            ));
+        }
         let bearer = match &config.upstream_bearer {
             Some(token) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -178,18 +186,22 @@ impl ReverseProxy {
             Some(cmd) => cmd.label(),
             None => config.upstream.to_string(),
         };
-        let sessions = Arc::new(Sessions::new(store, label));
+        let sessions = Arc::new(Sessions::new(
+            store,
+            label,
+            writer.clone(),
+            CacheLimits::from_limits(&config.limits),
+        ));
+        tokio::spawn(crate::sessions::run_sweeper(
+            Arc::downgrade(&sessions),
+            closing.clone(),
+        ));
         let stdio = match &config.upstream_cmd {
             Some(cmd) => Some(
-                StdioBridge::start(
-                    cmd.clone(),
-                    config.limits.replay,
-                    Arc::clone(&sessions),
-                    writer.clone(),
-                )
-                .map_err(|e| {
-                    ProxyError::Config(format!("cannot start the stdio spawner thread: {e}"))
-                })?,
+                StdioBridge::start(cmd.clone(), config.limits.replay, Arc::clone(&sessions))
+                    .map_err(|e| {
+                        ProxyError::Config(format!("cannot start the stdio spawner thread: {e}"))
+                    })?,
             ),
             None => None,
         };
@@ -497,12 +509,7 @@ impl Shared {
             }
         };
         match self.sessions.lookup(&id).await {
-            Ok(Some(entry)) => {
-                if let Some(w) = &self.writer {
-                    w.touch(&entry.id, now_millis());
-                }
-                Ok(entry)
-            }
+            Ok(Some(entry)) => Ok(entry),
             Ok(None) => Err(Rejection::new(
                 StatusCode::NOT_FOUND,
                 jsonrpc::SERVER_ERROR,
@@ -818,9 +825,6 @@ impl Shared {
     }
 
     async fn forget(&self, session: &SessionEntry) {
-        if let Some(w) = &self.writer {
-            w.forget(&session.id);
-        }
         if let Err(e) = self.sessions.remove(&session.id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
             tracing::warn!(session = %session.id, error = %e, "could not remove the session from the store");

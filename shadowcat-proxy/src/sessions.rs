@@ -1,14 +1,34 @@
 //! Proxy sessions: the id the client holds mapped to the upstream's, kept
 //! in the [`SessionStore`] (the source of truth, so another instance or a
 //! restarted proxy can serve the session) with an in-process cache in front.
+//!
+//! The cache is bounded and follows the store:
+//! - at most [`CacheLimits::max_entries`] entries; past it the least
+//!   recently used entry with no open stream goes (its next request reads
+//!   it from the store again);
+//! - an entry the store has not confirmed for [`CacheLimits::revalidate`]
+//!   is read again before a request uses it; gone from the store means
+//!   evicted and 404;
+//! - one sweep task per proxy ([`run_sweeper`]), every `revalidate`: drops
+//!   entries with no open stream and no request for [`CacheLimits::idle`],
+//!   and checks entries with open streams against the store, so a session
+//!   deleted elsewhere loses its streams here without waiting for a request.
+//!
+//! An entry that leaves the cache releases its streams; one whose session
+//! left the store also drops its pending writer values.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use http::HeaderValue;
-use parking_lot::RwLock;
-use shadowcat_session::{ResumeKey, Session, SessionId, SessionStore, StoreError, StreamId};
+use parking_lot::Mutex;
+use shadowcat_session::{
+    ResumeKey, Session, SessionId, SessionStore, StoreError, StreamId, WriterHandle, now_millis,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::event_id::GET_STREAM_BIT;
 use crate::protocol::ProtocolVersion;
@@ -89,19 +109,227 @@ pub(crate) enum CreateError {
     Store(#[from] StoreError),
 }
 
-/// The live sessions: the store plus a cache.
+/// The cache's limits (from [`crate::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheLimits {
+    /// Most entries.
+    pub(crate) max_entries: usize,
+    /// How long an entry is used without asking the store; also the
+    /// sweep interval.
+    pub(crate) revalidate: Duration,
+    /// An entry with no open stream and no request for this long goes.
+    pub(crate) idle: Duration,
+}
+
+impl CacheLimits {
+    /// The cache limits in `limits`.
+    pub(crate) fn from_limits(limits: &crate::Limits) -> Self {
+        CacheLimits {
+            max_entries: limits.max_cached_sessions,
+            revalidate: limits.session_revalidate_interval,
+            idle: limits.session_idle_timeout,
+        }
+    }
+}
+
+/// In-use entries the capacity eviction moves to the back before it gives
+/// up (the cache then stays over its bound until streams end).
+const MAX_IN_USE_SKIPPED: usize = 32;
+
+/// Why an entry left the cache (the `reason` label of
+/// `shadowcat_session_cache_evictions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evicted {
+    /// The store no longer has the session.
+    Gone,
+    /// No request and no open stream for the idle timeout.
+    Idle,
+    /// Least recently used, past `max_entries`.
+    Capacity,
+}
+
+impl Evicted {
+    fn label(self) -> &'static str {
+        match self {
+            Evicted::Gone => "gone",
+            Evicted::Idle => "idle",
+            Evicted::Capacity => "capacity",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    entry: Arc<SessionEntry>,
+    /// Its key in [`Cache::order`].
+    tick: u64,
+    /// The last request on this instance.
+    used: Instant,
+    /// The last time the store confirmed the session.
+    checked: Instant,
+}
+
+/// The entries and their use order. Guarded by one lock, never held
+/// across an await.
+#[derive(Debug, Default)]
+struct Cache {
+    map: HashMap<SessionId, Cached>,
+    /// Use order, least recent first.
+    order: BTreeMap<u64, Arc<SessionEntry>>,
+    next_tick: u64,
+}
+
+/// What a cache hit needs next.
+enum Hit {
+    /// Confirmed by the store within the interval.
+    Fresh(Arc<SessionEntry>),
+    /// To be read again from the store before use.
+    Due(Arc<SessionEntry>),
+}
+
+fn in_use(e: &SessionEntry) -> bool {
+    e.open_streams.load(Ordering::Relaxed) > 0
+}
+
+impl Cache {
+    fn tick(&mut self) -> u64 {
+        self.next_tick += 1;
+        self.next_tick
+    }
+
+    /// Moves `id` to the back of the use order.
+    fn bump(&mut self, id: &str) -> Option<&mut Cached> {
+        let tick = self.tick();
+        let c = self.map.get_mut(id)?;
+        if let Some(e) = self.order.remove(&c.tick) {
+            self.order.insert(tick, e);
+        }
+        c.tick = tick;
+        Some(c)
+    }
+
+    /// A request for `id`: marks it used; due when the store has not
+    /// confirmed it for `revalidate` (and then counts as checked now, so
+    /// concurrent requests do not all ask).
+    fn hit(&mut self, id: &str, now: Instant, revalidate: Duration) -> Option<Hit> {
+        let c = self.bump(id)?;
+        c.used = now;
+        let entry = Arc::clone(&c.entry);
+        if now.saturating_duration_since(c.checked) >= revalidate {
+            c.checked = now;
+            Some(Hit::Due(entry))
+        } else {
+            Some(Hit::Fresh(entry))
+        }
+    }
+
+    /// Adds `entry` unless its id is cached (then returns the cached one);
+    /// pushes what the bound evicts onto `evicted`.
+    fn insert(
+        &mut self,
+        entry: Arc<SessionEntry>,
+        now: Instant,
+        max: usize,
+        evicted: &mut Vec<Arc<SessionEntry>>,
+    ) -> Arc<SessionEntry> {
+        if let Some(c) = self.map.get(entry.id.as_str()) {
+            return Arc::clone(&c.entry);
+        }
+        let tick = self.tick();
+        self.order.insert(tick, Arc::clone(&entry));
+        self.map.insert(
+            entry.id.clone(),
+            Cached {
+                entry: Arc::clone(&entry),
+                tick,
+                used: now,
+                checked: now,
+            },
+        );
+        let mut skipped = 0;
+        while self.map.len() > max {
+            let Some((old, victim)) = self.order.pop_first() else {
+                break;
+            };
+            if old == tick || (in_use(&victim) && skipped == MAX_IN_USE_SKIPPED) {
+                // Everything older has open streams: over the bound until
+                // streams end, rather than cut one.
+                self.order.insert(old, victim);
+                metrics::counter!("shadowcat_session_cache_over_capacity_total").increment(1);
+                tracing::debug!(
+                    cached = self.map.len(),
+                    max,
+                    "session cache over its bound: its oldest entries have open streams"
+                );
+                break;
+            }
+            if in_use(&victim) {
+                // Open streams are use: it moves to the back.
+                skipped += 1;
+                let back = self.tick();
+                if let Some(c) = self.map.get_mut(victim.id.as_str()) {
+                    c.tick = back;
+                    c.used = now;
+                }
+                self.order.insert(back, victim);
+                continue;
+            }
+            self.map.remove(victim.id.as_str());
+            evicted.push(victim);
+        }
+        entry
+    }
+
+    /// Removes `id`.
+    fn remove(&mut self, id: &str) -> Option<Arc<SessionEntry>> {
+        let c = self.map.remove(id)?;
+        self.order.remove(&c.tick);
+        Some(c.entry)
+    }
+
+    /// Removes `entry` if it is the cached one for its id.
+    fn remove_same(&mut self, entry: &Arc<SessionEntry>) -> bool {
+        match self.map.get(entry.id.as_str()) {
+            Some(c) if Arc::ptr_eq(&c.entry, entry) => {
+                self.remove(entry.id.as_str());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back table space far beyond the entries left (after a burst
+    /// of sessions ended).
+    fn shrink(&mut self) {
+        let want = 2 * self.map.len();
+        if self.map.capacity() > 2 * want {
+            self.map.shrink_to(want);
+        }
+    }
+}
+
+/// The live sessions: the store plus a bounded cache.
 #[derive(Debug)]
 pub(crate) struct Sessions {
     store: Arc<dyn SessionStore>,
-    cache: RwLock<HashMap<SessionId, Arc<SessionEntry>>>,
+    cache: Mutex<Cache>,
+    limits: CacheLimits,
+    writer: Option<WriterHandle>,
     upstream_label: String,
 }
 
 impl Sessions {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, upstream_label: String) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        upstream_label: String,
+        writer: Option<WriterHandle>,
+        limits: CacheLimits,
+    ) -> Self {
         Sessions {
             store,
-            cache: RwLock::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
+            limits,
+            writer,
             upstream_label,
         }
     }
@@ -115,11 +343,51 @@ impl Sessions {
         &self.store
     }
 
-    /// The session `id`: from the cache, else from the store.
+    /// How many sessions are cached.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn cached(&self) -> usize {
+        self.cache.lock().map.len()
+    }
+
+    /// A request uses session `id`: from the cache (read again from the
+    /// store when not confirmed within the revalidation interval), else
+    /// from the store. Records the activity with the writer.
     pub(crate) async fn lookup(&self, id: &str) -> Result<Option<Arc<SessionEntry>>, StoreError> {
-        if let Some(e) = self.cache.read().get(id) {
-            return Ok(Some(Arc::clone(e)));
+        let hit = self
+            .cache
+            .lock()
+            .hit(id, Instant::now(), self.limits.revalidate);
+        let entry = match hit {
+            Some(Hit::Fresh(e)) => Some(e),
+            Some(Hit::Due(e)) => self.revalidate(e).await,
+            None => self.load(id).await?,
+        };
+        if let (Some(e), Some(w)) = (&entry, &self.writer) {
+            w.touch(&e.id, now_millis());
         }
+        Ok(entry)
+    }
+
+    /// Asks the store whether `entry`'s session still exists. A store
+    /// error keeps the entry: a store outage must not end sessions.
+    async fn revalidate(&self, entry: Arc<SessionEntry>) -> Option<Arc<SessionEntry>> {
+        match self.store.get(&entry.id).await {
+            Ok(Some(_)) => Some(entry),
+            Ok(None) => {
+                self.evict_gone(&entry);
+                None
+            }
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "revalidate")
+                    .increment(1);
+                tracing::warn!(session = %entry.id, error = %e, "could not check a cached session against the store; using the cached entry");
+                Some(entry)
+            }
+        }
+    }
+
+    /// Session `id` from the store, cached.
+    async fn load(&self, id: &str) -> Result<Option<Arc<SessionEntry>>, StoreError> {
         let Ok(sid) = SessionId::parse(id) else {
             return Ok(None);
         };
@@ -139,9 +407,89 @@ impl Sessions {
                 });
             }
         };
-        let mut cache = self.cache.write();
-        let entry = cache.entry(sid).or_insert(entry);
-        Ok(Some(Arc::clone(entry)))
+        Ok(Some(self.cache_insert(entry)))
+    }
+
+    /// Caches `entry` (or returns the entry already cached for its id) and
+    /// releases what the bound evicts.
+    fn cache_insert(&self, entry: Arc<SessionEntry>) -> Arc<SessionEntry> {
+        let mut evicted = Vec::new();
+        let entry =
+            self.cache
+                .lock()
+                .insert(entry, Instant::now(), self.limits.max_entries, &mut evicted);
+        for e in evicted {
+            self.release(&e, Evicted::Capacity);
+        }
+        entry
+    }
+
+    /// A session a store read found gone: out of the cache, streams
+    /// released, pending writer values dropped.
+    fn evict_gone(&self, entry: &Arc<SessionEntry>) {
+        self.cache.lock().remove_same(entry);
+        self.release(entry, Evicted::Gone);
+        if let Some(w) = &self.writer {
+            w.forget(&entry.id);
+        }
+    }
+
+    /// Releases an evicted entry's streams; logs and counts the eviction.
+    fn release(&self, entry: &SessionEntry, why: Evicted) {
+        entry.streams.release_all();
+        metrics::counter!("shadowcat_session_cache_evictions_total", "reason" => why.label())
+            .increment(1);
+        tracing::debug!(session = %entry.id, reason = why.label(), "session left the cache");
+    }
+
+    /// One sweep of the cache: drops entries with no open stream and no
+    /// request for the idle timeout, and checks entries with open streams
+    /// against the store (gone: evicted, streams released).
+    pub(crate) async fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        let mut check = Vec::new();
+        {
+            let mut cache = self.cache.lock();
+            // The use order is oldest first: idle entries are at its front.
+            let cut = now.checked_sub(self.limits.idle);
+            for e in cache.order.values() {
+                let Some(c) = cache.map.get(e.id.as_str()) else {
+                    continue;
+                };
+                if cut.is_none_or(|cut| c.used > cut) {
+                    break;
+                }
+                if !in_use(e) {
+                    idle.push(Arc::clone(e));
+                }
+            }
+            for e in &idle {
+                cache.remove(e.id.as_str());
+            }
+            for c in cache.map.values_mut() {
+                if in_use(&c.entry) {
+                    c.checked = now;
+                    check.push(Arc::clone(&c.entry));
+                }
+            }
+            cache.shrink();
+            metrics::gauge!("shadowcat_session_cache_entries").set(cache.map.len() as f64);
+        }
+        for e in idle {
+            self.release(&e, Evicted::Idle);
+        }
+        for e in check {
+            match self.store.get(&e.id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => self.evict_gone(&e),
+                Err(err) => {
+                    metrics::counter!("shadowcat_store_errors_total", "op" => "revalidate")
+                        .increment(1);
+                    tracing::warn!(session = %e.id, error = %err, "could not check a cached session against the store");
+                }
+            }
+        }
     }
 
     /// A session stored before resume keys existed gets one now.
@@ -172,7 +520,7 @@ impl Sessions {
             .map(str::to_owned);
         self.store.create(&session).await?;
         let entry = Arc::new(SessionEntry {
-            id: id.clone(),
+            id,
             upstream_id,
             version,
             open_streams: Arc::new(AtomicU32::new(0)),
@@ -180,30 +528,194 @@ impl Sessions {
             streams: Arc::default(),
             next_stream: AtomicU32::new(stream_base()),
         });
-        self.cache.write().insert(id, Arc::clone(&entry));
-        Ok(entry)
+        Ok(self.cache_insert(entry))
     }
 
-    /// Removes a session from the cache and the store. True if the store
-    /// had it.
+    /// Removes a session from the cache, the writer and the store. True
+    /// if the store had it.
     pub(crate) async fn remove(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let removed = self.cache.write().remove(id);
+        let removed = self.cache.lock().remove(id.as_str());
         if let Some(entry) = removed {
             entry.streams.release_all();
+        }
+        if let Some(w) = &self.writer {
+            w.forget(id);
         }
         self.store.delete(id).await
     }
 
-    /// Removes a session from the cache and the store but lets its
-    /// streams end on their own (a stdio session whose server ended: its
-    /// streams still carry the error to their clients).
+    /// Removes a session from the cache, the writer and the store but lets
+    /// its streams end on their own (a stdio session whose server ended:
+    /// its streams still carry the error to their clients).
     pub(crate) async fn remove_keep_streams(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.cache.write().remove(id);
+        self.cache.lock().remove(id.as_str());
+        if let Some(w) = &self.writer {
+            w.forget(id);
+        }
         self.store.delete(id).await
     }
 
     /// How many sessions the store holds.
     pub(crate) async fn count(&self) -> Result<u64, StoreError> {
         self.store.count().await
+    }
+}
+
+/// The proxy's one cache sweeper: [`Sessions::sweep`] every revalidation
+/// interval until the proxy closes or its sessions are dropped.
+pub(crate) async fn run_sweeper(sessions: Weak<Sessions>, mut closing: watch::Receiver<bool>) {
+    let every = match sessions.upgrade() {
+        Some(s) => s.limits.revalidate.max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: skip it
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+        let Some(s) = sessions.upgrade() else { return };
+        s.sweep().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shadowcat_session::MemoryStore;
+
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn sessions(store: &Arc<MemoryStore>, max_entries: usize) -> Sessions {
+        let limits = CacheLimits {
+            max_entries,
+            revalidate: SECOND,
+            idle: 10 * SECOND,
+        };
+        let store = Arc::clone(store) as Arc<dyn SessionStore>;
+        Sessions::new(store, "http://127.0.0.1:1/mcp".into(), None, limits)
+    }
+
+    async fn create(s: &Sessions) -> Arc<SessionEntry> {
+        s.create(None, ProtocolVersion::ASSUMED).await.unwrap()
+    }
+
+    fn cached(s: &Sessions, e: &SessionEntry) -> bool {
+        s.cache.lock().map.contains_key(e.id.as_str())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_used_entry_goes_past_the_bound() {
+        let store = Arc::new(MemoryStore::new());
+        let s = sessions(&store, 2);
+        let a = create(&s).await;
+        let b = create(&s).await;
+        assert!(s.lookup(a.id.as_str()).await.unwrap().is_some());
+        let c = create(&s).await;
+        assert_eq!(s.cached(), 2);
+        assert!(!cached(&s, &b), "b was the least recently used");
+        assert!(cached(&s, &a) && cached(&s, &c));
+        // Evicted is not ended: the store still has it.
+        let again = s.lookup(b.id.as_str()).await.unwrap().expect("reloaded");
+        assert!(!Arc::ptr_eq(&again, &b));
+        assert!(!cached(&s, &a), "a went in turn");
+        assert_eq!(s.cached(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_with_open_streams_is_not_evicted_for_room() {
+        let store = Arc::new(MemoryStore::new());
+        let s = sessions(&store, 2);
+        let a = create(&s).await;
+        let b = create(&s).await;
+        a.open_streams.store(1, Ordering::Relaxed);
+        let _c = create(&s).await;
+        assert!(cached(&s, &a), "in use");
+        assert!(!cached(&s, &b));
+        b.open_streams.store(1, Ordering::Relaxed);
+        let b = s.lookup(b.id.as_str()).await.unwrap().unwrap();
+        b.open_streams.store(1, Ordering::Relaxed);
+        // a and b in use: c went for b; with only in-use entries left the
+        // cache stays over its bound rather than cut a stream.
+        let _d = create(&s).await;
+        assert!(cached(&s, &a) && cached(&s, &b));
+        assert_eq!(s.cached(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_gone_from_the_store_is_gone_after_the_interval() {
+        let store = Arc::new(MemoryStore::new());
+        let s = sessions(&store, 10);
+        let a = create(&s).await;
+        store.delete(&a.id).await.unwrap();
+        assert!(
+            s.lookup(a.id.as_str()).await.unwrap().is_some(),
+            "confirmed less than an interval ago: served from the cache"
+        );
+        tokio::time::advance(SECOND).await;
+        assert!(s.lookup(a.id.as_str()).await.unwrap().is_none());
+        assert_eq!(s.cached(), 0);
+        assert!(s.lookup(a.id.as_str()).await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_drops_idle_entries_and_checks_those_with_streams() {
+        let store = Arc::new(MemoryStore::new());
+        let s = sessions(&store, 10);
+        let idle = create(&s).await;
+        let used = create(&s).await;
+        let streaming = create(&s).await;
+        streaming.open_streams.store(1, Ordering::Relaxed);
+        tokio::time::advance(6 * SECOND).await;
+        assert!(s.lookup(used.id.as_str()).await.unwrap().is_some());
+        tokio::time::advance(4 * SECOND).await;
+        s.sweep().await;
+        assert!(!cached(&s, &idle), "no request for the idle timeout");
+        assert!(cached(&s, &used), "used 4 s ago");
+        assert!(cached(&s, &streaming), "open streams and still stored");
+        // Deleted elsewhere: the sweep finds out without a request.
+        store.delete(&streaming.id).await.unwrap();
+        s.sweep().await;
+        assert!(!cached(&s, &streaming));
+        assert_eq!(s.cached(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_or_gone_session_leaves_nothing_pending_in_the_writer() {
+        use shadowcat_session::{BatchingWriter, WriterConfig};
+        let store = Arc::new(MemoryStore::new());
+        let writer = BatchingWriter::start(
+            Arc::clone(&store) as Arc<dyn SessionStore>,
+            WriterConfig {
+                flush_interval: Duration::from_secs(3600),
+                ..WriterConfig::default()
+            },
+        );
+        let limits = CacheLimits {
+            max_entries: 10,
+            revalidate: SECOND,
+            idle: 10 * SECOND,
+        };
+        let dyn_store = Arc::clone(&store) as Arc<dyn SessionStore>;
+        let s = Sessions::new(dyn_store, "x".into(), Some(writer.handle()), limits);
+        let queued = || writer.handle().stats().queued;
+        // A stdio session stopped for idleness or a dead server.
+        let a = create(&s).await;
+        assert!(s.lookup(a.id.as_str()).await.unwrap().is_some());
+        assert_eq!(queued(), 1, "the request's activity is pending");
+        assert!(s.remove_keep_streams(&a.id).await.unwrap());
+        assert_eq!(queued(), 0);
+        // A session another instance deleted.
+        let b = create(&s).await;
+        assert!(s.lookup(b.id.as_str()).await.unwrap().is_some());
+        assert_eq!(queued(), 1);
+        store.delete(&b.id).await.unwrap();
+        tokio::time::advance(SECOND).await;
+        assert!(s.lookup(b.id.as_str()).await.unwrap().is_none());
+        assert_eq!(queued(), 0);
+        assert!(writer.shutdown().await.is_complete());
     }
 }

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shadowcat_session::{SessionId, WriterHandle, now_millis};
+use shadowcat_session::{SessionId, now_millis};
 use shadowcat_transport::{
     ChildCommand, LineError, LineReader, LineWriter, StdioChild, StdioConfig, StdioError,
 };
@@ -524,7 +524,6 @@ pub(crate) struct StdioBridge {
     live: watch::Sender<usize>,
     spawner: Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>>,
     sessions: Arc<Sessions>,
-    writer: Option<WriterHandle>,
 }
 
 impl fmt::Debug for StdioBridge {
@@ -553,7 +552,6 @@ impl StdioBridge {
         config: StdioUpstream,
         limits: ReplayLimits,
         sessions: Arc<Sessions>,
-        writer: Option<WriterHandle>,
     ) -> Result<Arc<Self>, std::io::Error> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
         let handle = tokio::runtime::Handle::current();
@@ -575,7 +573,6 @@ impl StdioBridge {
             live: watch::Sender::new(0),
             spawner: Mutex::new(Some(tx)),
             sessions,
-            writer,
         });
         tokio::spawn(check_children(Arc::downgrade(&bridge)));
         Ok(bridge)
@@ -682,13 +679,10 @@ impl StdioBridge {
         }
     }
 
-    /// Ends session `id` for good: the writer forgets it, and it leaves
-    /// the cache and the store (its streams end on their own). A store
-    /// error is logged and counted.
+    /// Ends session `id` for good: it leaves the cache, the writer and
+    /// the store (its streams end on their own). A store error is logged
+    /// and counted.
     async fn drop_session(&self, id: &SessionId, why: &'static str) {
-        if let Some(w) = &self.writer {
-            w.forget(id);
-        }
         if let Err(e) = self.sessions.remove_keep_streams(id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
             tracing::warn!(session = %id, error = %e, why, "could not remove an ended stdio session from the store");
@@ -782,19 +776,19 @@ mod tests {
     fn cat_bridge(
         store: Arc<dyn SessionStore>,
         idle_timeout: Duration,
-        writer: Option<WriterHandle>,
+        writer: Option<shadowcat_session::WriterHandle>,
     ) -> (Arc<StdioBridge>, Arc<Sessions>) {
         let mut config = StdioUpstream::new(ChildCommand::new("cat"));
         config.idle_timeout = idle_timeout;
         config.check_interval = Duration::from_millis(10);
-        let sessions = Arc::new(Sessions::new(store, config.label()));
-        let bridge = StdioBridge::start(
-            config,
-            ReplayLimits::default(),
-            Arc::clone(&sessions),
+        let sessions = Arc::new(Sessions::new(
+            store,
+            config.label(),
             writer,
-        )
-        .unwrap();
+            crate::sessions::CacheLimits::from_limits(&crate::Limits::default()),
+        ));
+        let bridge =
+            StdioBridge::start(config, ReplayLimits::default(), Arc::clone(&sessions)).unwrap();
         (bridge, sessions)
     }
 

@@ -1014,7 +1014,8 @@ impl Task {
         }
 
         self.build(started, mode);
-        let wrote = !self.batch.is_empty();
+        let updates = self.batch.len();
+        let wrote = updates > 0;
         if wrote {
             self.write(mode).await;
             self.settle(mode);
@@ -1033,6 +1034,14 @@ impl Task {
         let want = 2 * busy + MIN_TABLE;
         if self.taken.capacity() > 2 * want {
             self.taken.shrink_to(want);
+        }
+        // The batch buffers too (empty after `settle`), so a burst of
+        // sessions leaves no memory once they are gone.
+        let want = 2 * updates + MIN_TABLE;
+        if self.batch.capacity() > 2 * want {
+            self.batch.shrink_to(want);
+            self.attempts.shrink_to(want);
+            self.outcomes.shrink_to(want);
         }
 
         let now = Instant::now();

@@ -102,7 +102,8 @@ fn ci() -> Result<(), String> {
 }
 
 /// Deterministic gates: allocations per event, bytes per stream/session,
-/// tasks per event, store writes per event. Never wall-clock times.
+/// tasks per event, store writes per event, bytes left by ended sessions.
+/// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
     gates.args([
@@ -114,6 +115,8 @@ fn gates() -> Result<(), String> {
         "gates",
         "--test",
         "session_gates",
+        "--test",
+        "session_expiry_gate",
         "--",
         "--test-threads=1",
     ]);
