@@ -8,6 +8,8 @@
 
 pub mod body;
 pub mod config;
+#[cfg(test)]
+mod engine_tests;
 pub mod error;
 pub mod event_id;
 pub mod forward;
