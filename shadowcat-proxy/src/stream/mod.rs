@@ -61,6 +61,8 @@ use crate::protocol::ProtocolVersion;
 use crate::upstream_conn::{UpstreamBody, UpstreamPool};
 
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub(crate) mod linger;
 mod reader;
 pub mod replay;
