@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
@@ -74,6 +74,29 @@ pub(crate) struct StreamShared {
     state: Mutex<StreamState>,
     registry: Weak<StreamRegistry>,
     env: Arc<StreamEnv>,
+    /// The waker the reader is polled with: the source wakes every client
+    /// (and the detached reader) waiting on the stream, not just whichever
+    /// polled it last.
+    waker: Waker,
+}
+
+/// Wakes everyone waiting on a stream.
+struct WakeAll(Weak<StreamShared>);
+
+impl Wake for WakeAll {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(stream) = self.0.upgrade() else {
+            return;
+        };
+        let waiters = std::mem::take(&mut stream.state.lock().waiters);
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
 }
 
 impl std::fmt::Debug for StreamShared {
@@ -126,7 +149,8 @@ impl StreamShared {
         pump: Pump,
         env: Arc<StreamEnv>,
     ) -> Arc<Self> {
-        let stream = Arc::new(StreamShared {
+        let stream = Arc::new_cyclic(|me| StreamShared {
+            waker: Waker::from(Arc::new(WakeAll(me.clone()))),
             id,
             state: Mutex::new(StreamState {
                 buffer: ReplayBuffer::new(env.replay, 1),
@@ -242,13 +266,14 @@ impl StreamShared {
                 st.register(DRAIN_WAITER, cx.waker());
                 return Poll::Pending;
             }
+            // Registered before the read: a wake-up during it is not lost.
+            st.register(DRAIN_WAITER, cx.waker());
             let Some(mut pump) = st.pump.take() else {
-                st.register(DRAIN_WAITER, cx.waker());
                 return Poll::Pending;
             };
             let next = st.buffer.next_seq();
             drop(st);
-            let polled = pump.poll(cx, next);
+            let polled = pump.poll(&mut Context::from_waker(&self.waker), next);
             let mut st = self.state.lock();
             match polled {
                 Poll::Ready(Pumped::Events(batch)) => {
@@ -373,14 +398,15 @@ impl StreamBody {
                 self.done = true;
                 return Poll::Ready(None);
             }
+            // Registered before the read: a wake-up during it is not lost.
+            st.register(self.me, cx.waker());
             let Some(mut pump) = st.pump.take() else {
-                st.register(self.me, cx.waker());
                 drop(st);
                 return self.poll_keepalive(cx);
             };
             let next = st.buffer.next_seq();
             drop(st);
-            let polled = pump.poll(cx, next);
+            let polled = pump.poll(&mut Context::from_waker(&self.stream.waker), next);
             let mut st = self.stream.state.lock();
             match polled {
                 Poll::Ready(Pumped::Events(batch)) => {
