@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shadowcat_proxy::Limits;
-use shadowcat_proxy::session_layer::SessionLayer;
+use shadowcat_proxy::test_util::SessionLayer;
 use shadowcat_session::{
     BatchingWriter, MemoryStore, SessionId, SessionStore, WriterConfig, now_millis,
 };

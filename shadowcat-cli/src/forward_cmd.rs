@@ -17,7 +17,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use shadowcat_proxy::forward::{ChildCommand, StdioForwardConfig, relay_stdio};
-use shadowcat_proxy::forward_http::{HttpForwardConfig, relay_http};
+use shadowcat_proxy::forward::{HttpForwardConfig, relay_http};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 use tokio::signal::unix::{SignalKind, signal};
@@ -78,7 +78,7 @@ async fn http(
     let uri: http::Uri = url
         .parse()
         .map_err(|_| CliError::Config(format!("bad upstream URL {url:?}: not a URL")))?;
-    shadowcat_proxy::reverse::check_upstream(&uri)?;
+    shadowcat_proxy::check_upstream(&uri)?;
     let mut config = HttpForwardConfig::new(uri);
     if let Some(spec) = &args.upstream_bearer {
         config.bearer = Some(crate::settings::read_secret(spec)?);

@@ -159,7 +159,7 @@ impl ReverseSettings {
                 let upstream: http::Uri = upstream.parse().map_err(|_| {
                     CliError::Config(format!("bad upstream URL {upstream:?}: not a URL"))
                 })?;
-                shadowcat_proxy::reverse::check_upstream(&upstream)?;
+                shadowcat_proxy::check_upstream(&upstream)?;
                 ReverseProxyConfig::new(upstream)
             }
         };

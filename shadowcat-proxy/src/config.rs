@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use shadowcat_transport::ReconnectConfig;
 
-use crate::stdio_upstream::StdioUpstream;
 use crate::stream::replay::ReplayLimits;
+use crate::upstream::stdio::StdioUpstream;
 
 /// Everything the reverse proxy needs to know to run.
 ///
@@ -53,9 +53,9 @@ impl std::fmt::Debug for ReverseProxyConfig {
 }
 
 /// Default listen address.
-pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default MCP endpoint path.
-pub const DEFAULT_PATH: &str = "/mcp";
+pub(crate) const DEFAULT_PATH: &str = "/mcp";
 
 impl ReverseProxyConfig {
     /// A config for `upstream` with every other field at its default.

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
-use crate::body::ProxyBody;
-use crate::jsonrpc;
+use crate::mcp::jsonrpc;
+use crate::server::body::ProxyBody;
 
 /// Why the proxy could not start or keep serving.
 #[derive(Debug, thiserror::Error)]

@@ -5,34 +5,35 @@
 //! 2025-06-18, 2025-11-25 and the stateless 2026-07-28) in front of one
 //! upstream MCP server over HTTP.
 #![forbid(unsafe_code)]
+//!
+//! Modules, by what they are about:
+//! - `mcp`: MCP's headers, JSON-RPC, protocol revisions.
+//! - `event_id`: the sealed client event ids.
+//! - `stream`: the stream engine (replay, reader, sources, linger).
+//! - `upstream`: toward the server (pooled HTTP/1, stdio children).
+//! - `session`: sessions (store plus a bounded, revalidated cache) and the
+//!   one adapter to the session crate's writer.
+//! - `server`: the reverse proxy's HTTP server and its handlers.
+//! - [`forward`]: the forward proxies.
 
-pub mod body;
-pub mod config;
-pub mod error;
-pub mod event_id;
+mod config;
+mod error;
+mod event_id;
 pub mod forward;
-pub mod forward_http;
-pub mod jsonrpc;
-pub mod protocol;
-mod queue;
-pub mod reverse;
-mod sessions;
-mod sink;
-mod siphash;
-pub mod stdio_upstream;
+mod mcp;
+mod server;
+mod session;
 mod stream;
-mod upstream_conn;
+mod upstream;
 
-#[cfg(feature = "test-util")]
-pub mod session_layer;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
 pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
 pub use error::{ProxyError, Rejection};
 pub use event_id::{ClientEventId, IdError};
-pub use protocol::ProtocolVersion;
-pub use reverse::{ReverseProxy, ServeReport};
-pub use stdio_upstream::StdioUpstream;
-pub use stream::replay;
-pub use stream::replay::{ReplayBuffer, ReplayLimits};
+pub use mcp::jsonrpc;
+pub use mcp::protocol::ProtocolVersion;
+pub use server::{ReverseProxy, ServeReport, check_upstream};
+pub use stream::replay::ReplayLimits;
+pub use upstream::stdio::StdioUpstream;

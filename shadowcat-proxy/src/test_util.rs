@@ -714,3 +714,5 @@ impl Body for UpBody {
         }
     }
 }
+
+pub use crate::session::layer::SessionLayer;

@@ -14,7 +14,7 @@ use metrics::{
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use shadowcat_proxy::forward_http::{HttpForwardConfig, relay_http};
+use shadowcat_proxy::forward::{HttpForwardConfig, relay_http};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::json;
 use shadowcat_proxy::ClientEventId;
+use shadowcat_proxy::ReplayLimits;
 use shadowcat_proxy::ReverseProxyConfig;
-use shadowcat_proxy::replay::ReplayLimits;
 use support::sse::{Rng, SseClient, Tally};
 use support::{Harness, assert_rpc_error, call};
 

@@ -17,7 +17,7 @@ use metrics::{
 use parking_lot::Mutex;
 use serde_json::json;
 use shadowcat_proxy::ClientEventId;
-use shadowcat_proxy::replay::ReplayLimits;
+use shadowcat_proxy::ReplayLimits;
 use support::sse::{SseClient, Tally};
 use support::{Harness, assert_rpc_error, call};
 

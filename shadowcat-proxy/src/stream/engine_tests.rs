@@ -46,11 +46,11 @@ use super::replay::ReplayLimits;
 use super::{
     Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamRegistry, StreamShared,
 };
-use crate::body::BoxError;
 use crate::event_id::{ClientEventId, StreamSealer};
-use crate::protocol::ProtocolVersion;
-use crate::queue::{MessageQueue, Pushed, QueueEnd};
-use crate::upstream_conn::UpstreamPool;
+use crate::mcp::protocol::ProtocolVersion;
+use crate::server::body::BoxError;
+use crate::upstream::http::UpstreamPool;
+use crate::upstream::queue::{MessageQueue, Pushed, QueueEnd};
 
 /// The seed: the same cases on every run.
 const SEED: u64 = 0x5eed_0011;

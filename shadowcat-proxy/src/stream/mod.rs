@@ -57,15 +57,15 @@ use serde_json::Value;
 use shadowcat_transport::ReconnectConfig;
 use tokio::sync::watch;
 
-use crate::protocol::ProtocolVersion;
-use crate::upstream_conn::{UpstreamBody, UpstreamPool};
+use crate::mcp::protocol::ProtocolVersion;
+use crate::upstream::http::{UpstreamBody, UpstreamPool};
 
 mod engine;
 #[cfg(test)]
 mod engine_tests;
 pub(crate) mod linger;
 mod reader;
-pub mod replay;
+pub(crate) mod replay;
 mod source;
 
 pub(crate) use engine::{StreamBody, StreamRegistry, StreamShared};
@@ -114,15 +114,15 @@ impl StreamEnv {
             HeaderValue::from_static("text/event-stream"),
         );
         if let Ok(v) = HeaderValue::from_str(version.as_str()) {
-            h.insert(crate::reverse::MCP_PROTOCOL_VERSION, v);
+            h.insert(crate::mcp::MCP_PROTOCOL_VERSION, v);
         }
         if let Some(id) = last_event_id
             && let Ok(v) = HeaderValue::from_bytes(id.as_bytes())
         {
-            h.insert(crate::reverse::LAST_EVENT_ID, v);
+            h.insert(crate::mcp::LAST_EVENT_ID, v);
         }
         if let Some(uid) = upstream_session {
-            h.insert(crate::reverse::MCP_SESSION_ID, uid.clone());
+            h.insert(crate::mcp::MCP_SESSION_ID, uid.clone());
         }
         if let Some(bearer) = &self.bearer {
             h.insert(header::AUTHORIZATION, bearer.clone());

@@ -16,12 +16,12 @@ use shadowcat_transport::{EventTracker, Recorded, TrackerConfig};
 
 use super::source::{HttpSource, QueueSource, Read, Source};
 use super::{End, StreamEnv, StreamKind};
-use crate::body::StreamSlot;
 use crate::event_id::StreamSealer;
-use crate::protocol::ProtocolVersion;
-use crate::queue::MessageQueue;
-use crate::sink::WriterSink;
-use crate::upstream_conn::UpstreamBody;
+use crate::mcp::protocol::ProtocolVersion;
+use crate::server::body::StreamSlot;
+use crate::session::sink::WriterSink;
+use crate::upstream::http::UpstreamBody;
+use crate::upstream::queue::MessageQueue;
 
 /// Initial capacity of a pump's encoding buffer.
 const ENC_CAPACITY: usize = 8 * 1024;
@@ -390,7 +390,7 @@ impl Pump {
         let body = serde_json::json!({
             "jsonrpc": "2.0",
             "id": id.clone().unwrap_or(Value::Null),
-            "error": {"code": crate::jsonrpc::SERVER_ERROR, "message": cause},
+            "error": {"code": crate::mcp::jsonrpc::SERVER_ERROR, "message": cause},
         });
         let body = body.to_string();
         match &self.fw.sealer {

@@ -22,25 +22,25 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 /// Default [`ReplayLimits::max_events`].
-pub const DEFAULT_REPLAY_EVENTS: usize = 8192;
+pub(crate) const DEFAULT_REPLAY_EVENTS: usize = 8192;
 /// Default [`ReplayLimits::max_bytes`]: 2 MiB.
-pub const DEFAULT_REPLAY_BYTES: usize = 2 << 20;
+pub(crate) const DEFAULT_REPLAY_BYTES: usize = 2 << 20;
 /// Default [`ReplayLimits::retain_bytes`]: 1 MiB.
-pub const DEFAULT_RETAIN_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_RETAIN_BYTES: usize = 1 << 20;
 
-/// How much one stream's [`ReplayBuffer`] keeps.
+/// How much one stream's replay buffer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {
     /// Most events held per stream before the upstream is paused or old
-    /// written events go. Default [`DEFAULT_REPLAY_EVENTS`].
+    /// written events go. Default 8,192.
     pub max_events: usize,
     /// Most encoded bytes held per stream, likewise. Default
-    /// [`DEFAULT_REPLAY_BYTES`].
+    /// 2 MiB.
     pub max_bytes: usize,
     /// Written events kept behind the newest written one, in bytes: a
     /// client cut with less than this in flight resumes exactly. Must be
     /// below `max_bytes` (the rest is read-ahead). Default
-    /// [`DEFAULT_RETAIN_BYTES`].
+    /// 1 MiB.
     pub retain_bytes: usize,
 }
 
@@ -73,7 +73,7 @@ impl ReplayLimits {
 /// The events after a requested position are no longer held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the replay buffer starts at event {first}; event {wanted} was evicted")]
-pub struct Evicted {
+pub(crate) struct Evicted {
     /// The first sequence number still held.
     pub first: u64,
     /// The one asked for.
@@ -82,7 +82,7 @@ pub struct Evicted {
 
 /// One stream's events, bounded by [`ReplayLimits`].
 #[derive(Debug)]
-pub struct ReplayBuffer {
+pub(crate) struct ReplayBuffer {
     entries: VecDeque<Bytes>,
     first_seq: u64,
     bytes: usize,
@@ -97,7 +97,7 @@ pub struct ReplayBuffer {
 impl ReplayBuffer {
     /// An empty buffer whose first event will have sequence number `first`
     /// (at least 1).
-    pub fn new(limits: ReplayLimits, first: u64) -> Self {
+    pub(crate) fn new(limits: ReplayLimits, first: u64) -> Self {
         let first = first.max(1);
         ReplayBuffer {
             entries: VecDeque::new(),
@@ -110,42 +110,34 @@ impl ReplayBuffer {
     }
 
     /// The sequence number of the oldest event held (`next_seq` if none).
-    pub fn first_seq(&self) -> u64 {
+    pub(crate) fn first_seq(&self) -> u64 {
         self.first_seq
     }
 
     /// The sequence number the next pushed event gets.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.first_seq + self.entries.len() as u64
     }
 
     /// The highest sequence number written to a client.
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// Events held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Encoded bytes held.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// The limits.
-    pub fn limits(&self) -> ReplayLimits {
-        self.limits
-    }
-
     /// Appends the next event; returns its sequence number.
-    pub fn push(&mut self, event: Bytes) -> u64 {
+    pub(crate) fn push(&mut self, event: Bytes) -> u64 {
         let seq = self.next_seq();
         self.bytes += event.len();
         self.entries.push_back(event);
@@ -153,7 +145,7 @@ impl ReplayBuffer {
     }
 
     /// Records that the events up to `seq` were written to a client.
-    pub fn mark_written(&mut self, seq: u64) {
+    pub(crate) fn mark_written(&mut self, seq: u64) {
         let seq = seq.min(self.next_seq() - 1);
         if seq <= self.written {
             return;
@@ -167,7 +159,7 @@ impl ReplayBuffer {
     /// Drops the oldest written events while over a limit, keeping at
     /// least `retain_bytes` of written events behind the newest written
     /// one. Never drops an event not yet written.
-    pub fn evict(&mut self) {
+    pub(crate) fn evict(&mut self) {
         while self.over_limits() && self.first_seq <= self.written {
             let Some(front) = self.entries.front() else {
                 break;
@@ -188,20 +180,20 @@ impl ReplayBuffer {
 
     /// True when no more should be read into the buffer: it is at a limit
     /// and [`ReplayBuffer::evict`] can free nothing.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.entries.len() >= self.limits.max_events || self.bytes >= self.limits.max_bytes
     }
 
     /// True when the events from `seq` on can be replayed (`seq` may be
     /// `next_seq()`: nothing to replay yet).
-    pub fn reaches(&self, seq: u64) -> bool {
+    pub(crate) fn reaches(&self, seq: u64) -> bool {
         self.first_seq <= seq && seq <= self.next_seq()
     }
 
     /// Copies events from `seq` on into `out` until `out` holds at least
     /// `max_bytes` (always at least one event); returns the next sequence
     /// number to copy.
-    pub fn copy_from(
+    pub(crate) fn copy_from(
         &self,
         seq: u64,
         out: &mut BytesMut,
@@ -226,17 +218,12 @@ impl ReplayBuffer {
     }
 
     /// Drops every event (the stream is released); sequence numbers go on.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.first_seq = self.next_seq();
         self.written = self.first_seq - 1;
         self.written_bytes = 0;
         self.entries = VecDeque::new();
         self.bytes = 0;
-    }
-
-    /// Heap bytes held: the payloads plus the entry ring.
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes + self.entries.capacity() * std::mem::size_of::<Bytes>()
     }
 }
 

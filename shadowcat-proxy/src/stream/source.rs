@@ -18,9 +18,9 @@ use tokio::time::Sleep;
 
 use super::reader::Forwarder;
 use super::{COALESCE_BYTES, Connecting, StreamEnv};
-use crate::protocol::ProtocolVersion;
-use crate::queue::{MessageQueue, QueueEnd};
-use crate::upstream_conn::UpstreamBody;
+use crate::mcp::protocol::ProtocolVersion;
+use crate::upstream::http::UpstreamBody;
+use crate::upstream::queue::{MessageQueue, QueueEnd};
 
 /// How a source stands after encoding what it had (`Poll::Pending`:
 /// nothing more for now; it wakes the task when there is).
@@ -156,8 +156,7 @@ impl HttpSource {
                     let answer = ready!(fut.as_mut().poll(cx));
                     let failure = match answer {
                         Ok(resp)
-                            if resp.status().is_success()
-                                && crate::reverse::is_sse(resp.headers()) =>
+                            if resp.status().is_success() && crate::mcp::is_sse(resp.headers()) =>
                         {
                             self.state = HttpState::Body(resp.into_body());
                             continue;

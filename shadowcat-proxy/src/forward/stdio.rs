@@ -22,7 +22,7 @@ use shadowcat_transport::{LineError, LineReader, LineWriter, StdioChild, StdioEr
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::jsonrpc::{self, Body};
+use crate::mcp::jsonrpc::{self, Body};
 
 /// What to run and the relay's bounds.
 #[derive(Debug, Clone)]

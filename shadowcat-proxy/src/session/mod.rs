@@ -31,8 +31,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::event_id::GET_STREAM_BIT;
-use crate::protocol::ProtocolVersion;
+use crate::mcp::protocol::ProtocolVersion;
 use crate::stream::StreamRegistry;
+
+#[cfg(feature = "test-util")]
+pub(crate) mod layer;
+pub(crate) mod sink;
 
 /// What the proxy keeps in memory about one live session.
 #[derive(Debug)]

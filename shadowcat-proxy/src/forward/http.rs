@@ -35,12 +35,12 @@ use shadowcat_transport::{LineError, LineReader, ReconnectConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::protocol::ProtocolVersion;
-use crate::reverse::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
-use crate::stdio_upstream::one_line;
+use crate::mcp::protocol::ProtocolVersion;
+use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
 use crate::stream::replay::ReplayLimits;
 use crate::stream::{Pump, PumpSource, PumpSpec, Pumped, StreamEnv, StreamKind};
-use crate::upstream_conn::{UpstreamBody, UpstreamPool};
+use crate::upstream::http::{UpstreamBody, UpstreamPool};
+use crate::upstream::stdio::one_line;
 
 /// Batches waiting for the client's stdout; when it is full, upstream reads
 /// wait (backpressure) instead of memory growing.
@@ -127,7 +127,7 @@ fn error_line(id: &Value, message: &str) -> Bytes {
     let mut v = serde_json::to_vec(&serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": {"code": crate::jsonrpc::SERVER_ERROR, "message": message},
+        "error": {"code": crate::mcp::jsonrpc::SERVER_ERROR, "message": message},
     }))
     .unwrap_or_default();
     v.push(b'\n');
@@ -371,7 +371,7 @@ pub async fn relay_http(
     client_out: impl AsyncWrite + Unpin + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Result<HttpRelayReport, HttpForwardError> {
-    crate::reverse::check_upstream(&config.upstream)
+    crate::server::check_upstream(&config.upstream)
         .map_err(|e| HttpForwardError::Config(e.to_string()))?;
     let bearer = match &config.bearer {
         Some(t) => {

@@ -28,16 +28,18 @@ use bytes::{BufMut, BytesMut};
 use shadowcat_session::{ResumeKey, SessionId};
 use shadowcat_transport::sse::put_decimal;
 
-use crate::siphash::SipHasher24;
+mod siphash;
+
+use siphash::SipHasher24;
 
 /// Set in a stream number for a GET (standalone) stream; clear for a POST
 /// request's stream.
-pub const GET_STREAM_BIT: u32 = 1 << 31;
+pub(crate) const GET_STREAM_BIT: u32 = 1 << 31;
 
 /// Longest upstream event id, once percent-encoded, carried inside a
 /// client id (bytes). With the other parts (at most 50 bytes) a client id
 /// stays well under the default `Last-Event-ID` limit of 256 bytes.
-pub const MAX_CARRIED_UPSTREAM_ID: usize = 160;
+pub(crate) const MAX_CARRIED_UPSTREAM_ID: usize = 160;
 
 /// A client event id, parsed. It says nothing until
 /// [`ClientEventId::verify`] checked its tag.

@@ -29,10 +29,10 @@ use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use tokio::time::{Instant, Sleep};
 
 use crate::stream::StreamBody;
-use crate::upstream_conn::UpstreamBody;
+use crate::upstream::http::UpstreamBody;
 
 /// The error type of [`ProxyBody`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body toward the client.
 #[derive(Debug)]
@@ -137,7 +137,7 @@ pub(crate) type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Why an SSE stream toward the client was cut.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
+pub(crate) enum StreamError {
     /// The upstream's SSE was malformed or broke a decoder limit.
     #[error("upstream SSE stream rejected: {0}")]
     Decode(#[from] shadowcat_transport::sse::DecodeError),

@@ -48,10 +48,10 @@ use shadowcat_transport::{
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::queue::{MessageQueue, Pushed, QueueEnd};
-use crate::sessions::Sessions;
+use crate::session::Sessions;
 use crate::stream::StreamShared;
 use crate::stream::replay::ReplayLimits;
+use crate::upstream::queue::{MessageQueue, Pushed, QueueEnd};
 
 /// A stdio MCP server run once per session.
 #[derive(Debug, Clone)]
@@ -759,7 +759,7 @@ async fn check_children(bridge: Weak<StdioBridge>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ProtocolVersion;
+    use crate::mcp::protocol::ProtocolVersion;
     use metrics::{
         Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     };
@@ -785,7 +785,7 @@ mod tests {
             store,
             config.label(),
             writer,
-            crate::sessions::CacheLimits::from_limits(&crate::Limits::default()),
+            crate::session::CacheLimits::from_limits(&crate::Limits::default()),
         ));
         let bridge =
             StdioBridge::start(config, ReplayLimits::default(), Arc::clone(&sessions)).unwrap();

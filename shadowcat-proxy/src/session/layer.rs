@@ -7,8 +7,8 @@ use std::sync::Arc;
 use shadowcat_session::{SessionId, SessionStore, StoreError, WriterHandle};
 
 use crate::config::Limits;
-use crate::protocol::ProtocolVersion;
-use crate::sessions::{CacheLimits, CreateError, Sessions};
+use crate::mcp::protocol::ProtocolVersion;
+use crate::session::{CacheLimits, CreateError, Sessions};
 
 /// The proxy's sessions over `store`, with the cache limits of a
 /// [`Limits`].

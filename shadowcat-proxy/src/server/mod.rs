@@ -18,30 +18,23 @@ use shadowcat_session::{SessionStore, WriterHandle};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::body::{Closing, ProxyBody, SseForward, StreamSlot};
 use crate::config::{Limits, ReverseProxyConfig};
 use crate::error::{ProxyError, Rejection};
 use crate::event_id::{ClientEventId, StreamSealer};
-use crate::jsonrpc::{self, Body as RpcBody};
-use crate::protocol::ProtocolVersion;
-use crate::sessions::{CacheLimits, SessionEntry, Sessions};
-use crate::sink::WriterSink;
-use crate::stdio_upstream::{BridgeError, ChildSession, Sent, StdioBridge};
+use crate::mcp::jsonrpc::{self, Body as RpcBody};
+use crate::mcp::protocol::ProtocolVersion;
+use crate::mcp::{
+    LAST_EVENT_ID, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_ACCEL_BUFFERING,
+    is_sse, media_type_is,
+};
+use crate::server::body::{Closing, ProxyBody, SseForward, StreamSlot};
+use crate::session::sink::WriterSink;
+use crate::session::{CacheLimits, SessionEntry, Sessions};
 use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
-use crate::upstream_conn::{UpstreamBody, UpstreamPool};
+use crate::upstream::http::{UpstreamBody, UpstreamPool};
+use crate::upstream::stdio::{BridgeError, ChildSession, Sent, StdioBridge};
 
-/// `Mcp-Session-Id`.
-pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-/// `MCP-Protocol-Version`.
-pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-/// `Last-Event-ID`.
-pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
-/// `Mcp-Method` (2026-07-28).
-pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-/// `Mcp-Name` (2026-07-28).
-pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-/// `X-Accel-Buffering`: `no` tells buffering proxies in front to stream.
-pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+pub(crate) mod body;
 
 /// Request headers forwarded upstream (besides the mapped session id and
 /// the configured credentials). Everything else, the client's
@@ -192,7 +185,7 @@ impl ReverseProxy {
             writer.clone(),
             CacheLimits::from_limits(&config.limits),
         ));
-        tokio::spawn(crate::sessions::run_sweeper(
+        tokio::spawn(crate::session::run_sweeper(
             Arc::downgrade(&sessions),
             closing.clone(),
         ));
@@ -381,18 +374,6 @@ fn accepts(headers: &HeaderMap, want: &str) -> bool {
                     .strip_suffix("/*")
                     .is_some_and(|t| t.eq_ignore_ascii_case(want_type))
         })
-}
-
-fn media_type_is(headers: &HeaderMap, name: &HeaderName, want: &str) -> bool {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(want))
-}
-
-pub(crate) fn is_sse(headers: &HeaderMap) -> bool {
-    media_type_is(headers, &header::CONTENT_TYPE, "text/event-stream")
 }
 
 /// Which session a request names, if any.
