@@ -1,0 +1,252 @@
+//! POST: a client message, answered with JSON or a resumable SSE stream;
+//! `initialize` creates the session; the stateless revision passes through.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{ProxyBody, StreamSlot};
+use super::{Shared, accepts, unavailable};
+use crate::error::Rejection;
+use crate::mcp::jsonrpc::{self, Body as RpcBody};
+use crate::mcp::protocol::ProtocolVersion;
+use crate::mcp::{MCP_METHOD, MCP_SESSION_ID, media_type_is};
+use crate::stream::StreamKind;
+
+impl Shared {
+    pub(super) async fn post(
+        &self,
+        req: Request<Incoming>,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let (parts, body) = req.into_parts();
+        if !media_type_is(&parts.headers, &header::CONTENT_TYPE, "application/json") {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                jsonrpc::INVALID_REQUEST,
+                "Content-Type must be application/json",
+            ));
+        }
+        if !(accepts(&parts.headers, "application/json")
+            && accepts(&parts.headers, "text/event-stream"))
+        {
+            return Err(Rejection::new(
+                StatusCode::NOT_ACCEPTABLE,
+                jsonrpc::INVALID_REQUEST,
+                "Accept must list both application/json and text/event-stream",
+            ));
+        }
+        let bytes = self.read_body(body, &parts.headers).await?;
+        let msg = jsonrpc::parse_body(&bytes)
+            .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+        let rpc_id = match &msg {
+            RpcBody::Single(m) => m.id.clone(),
+            RpcBody::Batch(_) => None,
+        };
+        let stateless = version.is_some_and(ProtocolVersion::is_stateless)
+            || msg
+                .messages()
+                .iter()
+                .any(|m| m.meta_version.as_deref() == Some(ProtocolVersion::V2026_07_28.as_str()));
+        if stateless && self.stdio.is_some() {
+            return Err(Rejection::bad_request(
+                "protocol 2026-07-28 (stateless) is not served through a stdio server, which keeps per-session state; use protocol 2025-11-25 or earlier",
+            )
+            .with_id(rpc_id));
+        }
+        if stateless {
+            return self
+                .post_stateless(&parts.headers, bytes, &msg, version)
+                .await
+                .map_err(|r| r.with_id(rpc_id));
+        }
+        self.post_stateful(&parts.headers, bytes, &msg, version)
+            .await
+            .map_err(|r| r.with_id(rpc_id))
+    }
+
+    pub(super) async fn post_stateful(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        msg: &RpcBody,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let is_init = msg.is_initialize();
+        if msg
+            .messages()
+            .iter()
+            .any(|m| m.method.as_deref() == Some("initialize"))
+            && !is_init
+        {
+            return Err(Rejection::bad_request(
+                "initialize must be sent alone, as a request, not in a batch",
+            ));
+        }
+        let session = if is_init {
+            None
+        } else {
+            Some(self.require_session(headers).await?)
+        };
+        let effective = version
+            .or_else(|| session.as_ref().map(|s| s.version))
+            .or_else(|| {
+                msg.messages()[0]
+                    .requested_version
+                    .as_deref()
+                    .and_then(ProtocolVersion::parse)
+                    .filter(|_| is_init)
+            })
+            .unwrap_or(ProtocolVersion::ASSUMED);
+        if matches!(msg, RpcBody::Batch(_)) && !effective.allows_batch() {
+            return Err(Rejection::bad_request(format!(
+                "JSON-RPC batch arrays are allowed only in protocol 2025-03-26; this request speaks {effective}; send one message per POST"
+            )));
+        }
+        if let Some(bridge) = &self.stdio {
+            return self
+                .stdio_post(bridge, bytes, msg, session, effective)
+                .await;
+        }
+        if is_init {
+            return self.initialize(headers, bytes, effective).await;
+        }
+        let session = session.expect("non-initialize requests have a session");
+        let slot = if msg.has_request() {
+            Some(self.stream_slot(&session)?)
+        } else {
+            None
+        };
+        let up = self.upstream_request(Method::POST, headers, Some(&session), bytes);
+        let resp = self.send(up).await?;
+        let kind = StreamKind::Request(match msg {
+            RpcBody::Single(m) => m.id.clone(),
+            RpcBody::Batch(_) => None,
+        });
+        self.after_upstream(resp, &session, slot, kind, "post")
+            .await
+    }
+
+    pub(super) async fn initialize(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        self.check_session_room().await?;
+        let init_id = match jsonrpc::parse_body(&bytes) {
+            Ok(RpcBody::Single(m)) => m.id,
+            _ => None,
+        };
+        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let resp = self.send(up).await?;
+        if !resp.status().is_success() {
+            return Ok(self.relay(resp, None, None, "initialize"));
+        }
+
+        let upstream_id = match resp.headers().get(&MCP_SESSION_ID) {
+            None => None,
+            Some(v) if shadowcat_session::SessionId::parse(v.to_str().unwrap_or("")).is_ok() => {
+                Some(v.clone())
+            }
+            Some(_) => {
+                metrics::counter!("shadowcat_upstream_errors_total", "kind" => "session_id")
+                    .increment(1);
+                tracing::warn!("upstream sent a malformed Mcp-Session-Id");
+                return Err(Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the upstream MCP server sent an invalid Mcp-Session-Id",
+                ));
+            }
+        };
+        let session = match self.sessions.create(upstream_id, version).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "create").increment(1);
+                tracing::warn!(error = %e, "could not create a session");
+                return Err(unavailable(&e));
+            }
+        };
+        metrics::counter!("shadowcat_sessions_created_total").increment(1);
+        tracing::debug!(session = %session.id, %version, "session created");
+        let slot = StreamSlot::acquire(
+            &session.open_streams,
+            self.config.limits.max_streams_per_session,
+        );
+        Ok(self.relay(
+            resp,
+            Some((&session, StreamKind::Request(init_id))),
+            slot,
+            "initialize",
+        ))
+    }
+
+    pub(super) async fn post_stateless(
+        &self,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        msg: &RpcBody,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let mismatch =
+            |m: String| Rejection::new(StatusCode::BAD_REQUEST, jsonrpc::HEADER_MISMATCH, m);
+        let RpcBody::Single(m) = msg else {
+            return Err(Rejection::bad_request(
+                "protocol 2026-07-28 allows one message per POST, not a batch",
+            ));
+        };
+        let v26 = ProtocolVersion::V2026_07_28.as_str();
+        if version != Some(ProtocolVersion::V2026_07_28) {
+            return Err(mismatch(format!(
+                "the body's _meta says protocol {v26} but MCP-Protocol-Version is {}; send the same version in both",
+                version.map_or("absent", ProtocolVersion::as_str)
+            )));
+        }
+        if let Some(meta) = &m.meta_version
+            && meta != v26
+        {
+            return Err(mismatch(format!(
+                "MCP-Protocol-Version is {v26} but the body's _meta says {meta:?}; send the same version in both"
+            )));
+        }
+        if let (Some(h), Some(method)) = (headers.get(&MCP_METHOD), &m.method)
+            && h.as_bytes() != method.as_bytes()
+        {
+            return Err(mismatch(format!(
+                "Mcp-Method is {:?} but the body's method is {method:?}",
+                String::from_utf8_lossy(h.as_bytes())
+            )));
+        }
+        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let resp = self.send(up).await?;
+        // No session and no resumption: the stream is the request's. When
+        // the client drops it, the upstream body is dropped with it, which
+        // closes the upstream request: that is the cancellation.
+        Ok(self.relay(resp, None, None, "stateless"))
+    }
+
+    /// 503 when the store holds `max_sessions` sessions.
+    pub(super) async fn check_session_room(&self) -> Result<(), Rejection> {
+        let max = self.config.limits.max_sessions;
+        match self.sessions.count().await {
+            Ok(n) if n >= max => {
+                return Err(Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    jsonrpc::SERVER_ERROR,
+                    format!(
+                        "the proxy holds {n} sessions, its limit ({max}); end unused sessions or raise max_sessions"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "count").increment(1);
+                tracing::warn!(error = %e, "session count failed");
+                return Err(unavailable(&e));
+            }
+        }
+        Ok(())
+    }
+}
