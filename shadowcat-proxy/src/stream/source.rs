@@ -76,7 +76,19 @@ enum HttpState {
     Ended(Result<(), String>),
 }
 
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpState::Body(_) => "reading",
+            HttpState::Waiting(_) => "waiting to reconnect",
+            HttpState::Connecting(_) => "reconnecting",
+            HttpState::Ended(_) => "ended",
+        })
+    }
+}
+
 /// An upstream SSE body and how to reconnect it.
+#[derive(Debug)]
 pub(crate) struct HttpSource {
     state: HttpState,
     policy: ReconnectPolicy,
@@ -85,14 +97,6 @@ pub(crate) struct HttpSource {
     version: ProtocolVersion,
     /// A request's stream: complete once its response went out.
     request: bool,
-}
-
-impl std::fmt::Debug for HttpSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpSource")
-            .field("request", &self.request)
-            .finish_non_exhaustive()
-    }
 }
 
 impl HttpSource {
