@@ -92,8 +92,9 @@ impl Wake for WakeAll {
         let Some(stream) = self.0.upgrade() else {
             return;
         };
-        let waiters = std::mem::take(&mut stream.state.lock().waiters);
-        for (_, w) in waiters {
+        // Drained in place (its capacity kept: no allocation per wake-up);
+        // waking only schedules the tasks, never re-enters this lock.
+        for (_, w) in stream.state.lock().waiters.drain(..) {
             w.wake();
         }
     }
