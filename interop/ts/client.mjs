@@ -19,6 +19,18 @@
 //                (a resume GET that cannot connect prints `resume failed
 //                CODE`), and every progress notification arrives exactly
 //                once (steps=40 delayMs=20 holdAfter=5 lose=3)
+//   chaos        against ts/server.mjs behind a cutting relay (ts/relay.mjs):
+//                one tools/call of `steps` progress notifications; the
+//                client reads its stream at most `readBytesPerMs` (slower
+//                than the server sends), the SDK resumes every cut with
+//                GET + Last-Event-ID and never gives up; a resume answered
+//                other than 200 ends the check with its status and body.
+//                Prints one `resume N ...` line per resume and a `figures
+//                ...` line (events, lost, duplicated, out of order, worst
+//                gap from a break the client saw to its next event);
+//                passes when every notification arrived once, in order,
+//                and the result came
+//                (steps=10000 delayMs=1 readBytesPerMs=70 timeoutMs=75000)
 //   everything   against server-everything: initialize, tools/list, echo,
 //                a long-running tool with progress, resources, prompts
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -379,6 +391,164 @@ async function restart() {
   );
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The stream number of a Shadowcat client id `S.Q.T[.UPSTREAM]`. */
+const streamOf = (id) => id?.split('.')[0];
+
+/**
+ * A body read at most `bytesPerMs` (a pause after each chunk, counted by
+ * `onBytes`); `onBreak` is called when the connection breaks under it.
+ */
+function slowBody(body, bytesPerMs, onBreak, onBytes) {
+  const reader = body.getReader();
+  return new ReadableStream({
+    async pull(controller) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        onBreak();
+        controller.error(e);
+        return;
+      }
+      if (chunk.done) return controller.close();
+      controller.enqueue(chunk.value);
+      onBytes(chunk.value.length);
+      await sleep(chunk.value.length / bytesPerMs);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+}
+
+/**
+ * A fetch for the chaos check. The tools/call stream and its resumes are
+ * read slowly (`slowBody`). Every GET with a Last-Event-ID of the call's
+ * stream is a resume: recorded, printed, and fatal unless answered 200 (the
+ * SDK would retry it forever).
+ */
+function chaosFetch(bytesPerMs, state) {
+  const onBreak = () => {
+    state.breaks += 1;
+    state.brokeAt ??= performance.now();
+  };
+  const onBytes = (n) => {
+    state.bytes += n;
+  };
+  return async (input, init) => {
+    const lastEventId = new Headers(init?.headers).get('last-event-id');
+    const isCall = init?.method === 'POST' && typeof init.body === 'string' && init.body.includes('"tools/call"');
+    let resume;
+    if (init?.method === 'GET' && lastEventId) {
+      if (state.callStream === undefined || streamOf(lastEventId) !== state.callStream) {
+        state.otherResumes += 1;
+        return fetch(input, init);
+      }
+      resume = { n: state.resumes.length + 1, id: lastEventId, last: state.lastToken, after: state.progress.at(-1) ?? 0 };
+      state.resumes.push(resume);
+      if (resume.id !== resume.last) state.wrongIds.push(resume);
+    }
+    if (!isCall && !resume) return fetch(input, init);
+    let res;
+    try {
+      res = await fetch(input, init);
+    } catch (e) {
+      if (resume) console.log(`resume ${resume.n} after progress ${resume.after}: fetch failed: ${e?.cause?.code ?? e?.message ?? e}`);
+      throw e;
+    }
+    if (resume) {
+      const line = `resume ${resume.n} after progress ${resume.after}: HTTP ${res.status}`;
+      if (res.status !== 200) {
+        const body = await res.text().catch((e) => `(body unreadable: ${e})`);
+        console.log(`${line} Last-Event-ID=${resume.id}: ${body}`);
+        state.finish();
+        process.exit(1);
+      }
+      console.log(line);
+    }
+    if (!res.body || !res.headers.get('content-type')?.includes('text/event-stream')) return res;
+    return new Response(slowBody(res.body, bytesPerMs, onBreak, onBytes), { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+/** Events, lost, duplicated and out of order among `progress` (1..steps expected). */
+function tally(progress, steps) {
+  const seen = new Set();
+  let duplicated = 0;
+  let outOfOrder = 0;
+  progress.forEach((p, i) => {
+    if (seen.has(p)) duplicated += 1;
+    seen.add(p);
+    if (i > 0 && p < progress[i - 1]) outOfOrder += 1;
+  });
+  let lost = 0;
+  for (let i = 1; i <= steps; i++) if (!seen.has(i)) lost += 1;
+  return { events: progress.length, lost, duplicated, outOfOrder };
+}
+
+async function chaos() {
+  const { steps, delayMs, readBytesPerMs, timeoutMs } = options({ steps: 10000, delayMs: 1, readBytesPerMs: 70, timeoutMs: 75000 });
+  const started = performance.now();
+  const state = {
+    progress: [],
+    callStream: undefined,
+    lastToken: undefined,
+    resumes: [],
+    otherResumes: 0,
+    wrongIds: [],
+    breaks: 0,
+    bytes: 0,
+    brokeAt: undefined,
+    worstGapMs: 0,
+    result: undefined,
+  };
+  // The figures, printed whether the check passes or not.
+  state.finish = () => {
+    const t = tally(state.progress, steps);
+    const result = state.result === undefined ? 'missing' : 'ok';
+    console.log(
+      `figures events=${t.events} lost=${t.lost} duplicated=${t.duplicated} outOfOrder=${t.outOfOrder} ` +
+        `resumes=${state.resumes.length} otherResumes=${state.otherResumes} breaks=${state.breaks} bytesRead=${state.bytes} worstGapMs=${Math.round(state.worstGapMs)} ` +
+        `result=${result} seconds=${((performance.now() - started) / 1000).toFixed(1)}`,
+    );
+    return t;
+  };
+  const { client, transport } = await connect({
+    fetch: chaosFetch(readBytesPerMs, state),
+    reconnectionOptions: { initialReconnectionDelay: 10, maxReconnectionDelay: 100, reconnectionDelayGrowFactor: 1.5, maxRetries: Infinity },
+  });
+  try {
+    state.result = await client.callTool({ name: 'count', arguments: { steps, delayMs } }, CallToolResultSchema, {
+      onprogress: (p) => {
+        if (state.brokeAt !== undefined) {
+          state.worstGapMs = Math.max(state.worstGapMs, performance.now() - state.brokeAt);
+          state.brokeAt = undefined;
+        }
+        state.progress.push(p.progress);
+      },
+      onresumptiontoken: (t) => {
+        state.callStream ??= streamOf(t);
+        state.lastToken = t;
+      },
+      timeout: timeoutMs,
+    });
+  } catch (e) {
+    state.finish();
+    throw e;
+  }
+  const t = state.finish();
+  assert(t.lost === 0 && t.duplicated === 0 && t.outOfOrder === 0, `every progress notification once, in order`);
+  assertCounted(state.result, state.progress, [], steps);
+  assert(
+    state.wrongIds.length === 0,
+    `every resume carried the last event id received, got ${state.wrongIds.map((r) => `#${r.n} ${r.id} (last ${r.last})`).join(', ')}`,
+  );
+  await transport.terminateSession();
+  await client.close();
+}
+
 async function everything() {
   const { client, transport } = await connect();
   const { tools } = await client.listTools();
@@ -410,7 +580,7 @@ async function everything() {
   console.log(`everything: ${tools.length} tools, ${resources.length} resources, ${progress.length} progress`);
 }
 
-const checks = { 'sdk-server': sdkServer, resume, restart, everything };
+const checks = { 'sdk-server': sdkServer, resume, restart, chaos, everything };
 if (!checks[check] || !url) {
   console.error(`usage: node ts/client.mjs <${Object.keys(checks).join('|')}> URL [NAME=NUMBER ...]`);
   process.exit(2);

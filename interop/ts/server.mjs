@@ -51,7 +51,7 @@ function buildServer() {
     'count',
     {
       description: 'Counts to `steps`, one progress notification per step',
-      inputSchema: { steps: z.number().int().min(1).max(1000), delayMs: z.number().int().min(0).max(1000) },
+      inputSchema: { steps: z.number().int().min(1).max(100_000), delayMs: z.number().int().min(0).max(1000) },
     },
     async ({ steps, delayMs }, extra) => {
       const gap = Math.max(delayMs, MIN_GAP_MS);

@@ -94,6 +94,11 @@ const SCENARIOS: &[Scenario] = &[
         run: ts_sdk_proxy_restart,
     },
     Scenario {
+        name: "ts-sdk-chaos-no-eventstore",
+        needs: Needs::Node,
+        run: ts_sdk_chaos_no_eventstore,
+    },
+    Scenario {
         name: "everything-http",
         needs: Needs::Node,
         run: everything_http,
@@ -689,6 +694,21 @@ impl Ctx {
         })
     }
 
+    /// `ts/relay.mjs` in front of the loopback port `target`, cutting with
+    /// `seed`; returns its URL. Its stdout (`relay.out`) has a `cut` line
+    /// per cut.
+    fn relay(&mut self, target: u16, seed: u32) -> Result<String, String> {
+        let port = free_port()?;
+        let mut cmd = self.node();
+        cmd.arg(self.paths.file("ts/relay.mjs"))
+            .arg(port.to_string())
+            .arg(target.to_string())
+            .arg(seed.to_string());
+        let index = self.spawn("relay", cmd)?;
+        self.wait_line(index, "listening ")?;
+        Ok(format!("http://127.0.0.1:{port}/mcp"))
+    }
+
     /// `node interop/ts/client.mjs CHECK URL`; returns its last line.
     fn ts_client(&mut self, check: &str, url: &str) -> Result<String, String> {
         let cmd = self.ts_client_cmd(check, url, &[]);
@@ -963,6 +983,89 @@ fn ts_sdk_proxy_restart(ctx: &mut Ctx) -> Result<String, String> {
         "{}; down for {restart_ms} ms; {resumes}, upstream resume took {resume_ms:.1} ms in the proxy",
         last_line(&out)
     ))
+}
+
+/// Default seed of the chaos scenario's relay; `INTEROP_CHAOS_SEED`
+/// overrides it.
+const CHAOS_SEED: u32 = 11;
+/// Progress notifications of the chaos scenario's one tools/call.
+const CHAOS_STEPS: u32 = 10_000;
+/// Fewest cuts (and resumes) a chaos run must have.
+const CHAOS_MIN_CUTS: usize = 100;
+
+/// `INTEROP_CHAOS_SEED`, else [`CHAOS_SEED`].
+fn chaos_seed() -> Result<u32, String> {
+    match std::env::var("INTEROP_CHAOS_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("INTEROP_CHAOS_SEED must be a number below 2^32, got {s:?}")),
+        Err(std::env::VarError::NotPresent) => Ok(CHAOS_SEED),
+        Err(e) => Err(format!("INTEROP_CHAOS_SEED: {e}")),
+    }
+}
+
+/// The `key=value` pairs of the first line starting with `prefix`.
+fn key_values<'a>(out: &'a str, prefix: &str) -> BTreeMap<&'a str, &'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The TS SDK server WITHOUT an event store streams 10,000 progress
+/// notifications from one tools/call, one per millisecond, behind
+/// Shadowcat. The client reaches Shadowcat through `ts/relay.mjs`, which
+/// resets each connection after a seeded random 4-16 KB toward the client;
+/// the client reads slower than the server sends and the SDK resumes every
+/// cut with GET + Last-Event-ID. Every notification arrives once, in order,
+/// the result arrives, at least 100 cuts happen, and every resume is served
+/// from Shadowcat's buffer (the upstream cannot resume).
+fn ts_sdk_chaos_no_eventstore(ctx: &mut Ctx) -> Result<String, String> {
+    let seed = chaos_seed()?;
+    let upstream = ctx.ts_server_with(&["--no-event-store"])?;
+    let port = free_port()?;
+    let proxy = ctx.shadowcat_at("shadowcat", "memory", port, &["--upstream", &upstream])?;
+    let relay = ctx.relay(port, seed)?;
+    let steps = format!("steps={CHAOS_STEPS}");
+    let cmd = ctx.ts_client_cmd("chaos", &relay, &[&steps, "delayMs=1"]);
+    let out = ctx.run("ts-client-chaos", cmd);
+    let cuts = fs::read_to_string(ctx.out_path("relay"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cut "))
+        .count();
+    let out =
+        out.map_err(|e| format!("seed {seed}, {cuts} cuts: {e}\n{}", ctx.tails("shadowcat")))?;
+    let figures = key_values(&out, "figures ");
+    let figure = |key: &str| figures.get(key).copied().unwrap_or("?");
+    let resumes: usize = figure("resumes").parse().unwrap_or(0);
+    let summary = format!(
+        "seed {seed}: {} events, {cuts} cuts, {resumes} resumes, {} lost, {} duplicated, {} out of order, worst resume gap {} ms",
+        figure("events"),
+        figure("lost"),
+        figure("duplicated"),
+        figure("outOfOrder"),
+        figure("worstGapMs"),
+    );
+    if cuts < CHAOS_MIN_CUTS || resumes < CHAOS_MIN_CUTS {
+        return Err(format!(
+            "{summary}: expected at least {CHAOS_MIN_CUTS} cuts and resumes"
+        ));
+    }
+    let metrics =
+        check_resumes(proxy.admin, None, Some(0.0)).map_err(|e| format!("{summary}: {e}"))?;
+    let seen_upstream = upstream_resumes(ctx);
+    if !seen_upstream.is_empty() {
+        return Err(format!(
+            "{summary}: the upstream (no event store) was asked to resume: {seen_upstream:?}"
+        ));
+    }
+    Ok(format!("{summary}; {metrics}"))
 }
 
 /// server-everything over Streamable HTTP behind Shadowcat.
@@ -1518,6 +1621,15 @@ mod tests {
             1.0
         );
         assert_eq!(metric(text, "shadowcat_resume_gaps_total"), 0.0);
+    }
+
+    #[test]
+    fn figures_are_read_as_key_values() {
+        let out = "resume 1 after progress 9: HTTP 200\nfigures events=10 lost=0 result=ok\n";
+        let figures = key_values(out, "figures ");
+        assert_eq!(figures.get("events"), Some(&"10"));
+        assert_eq!(figures.get("result"), Some(&"ok"));
+        assert!(key_values(out, "nothing ").is_empty());
     }
 
     #[test]
