@@ -19,8 +19,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use shadowcat_proxy::StdioUpstream;
 use shadowcat_proxy::forward::ChildCommand;
+use shadowcat_proxy::{ReplayLimits, StdioUpstream};
 use support::relay::{CutRelay, Pace, send_paced};
 use support::sse::{Block, ReadError, Rng, SseClient};
 use support::{Harness, POST_HEADERS, WAIT, call, stdio_fixture};
@@ -41,6 +41,10 @@ const LIMIT: Duration = Duration::from_secs(45);
 /// Most resumes a case may make.
 const MAX_RESUMES: u64 = 2_000;
 const VERSION: &str = "2025-11-25";
+/// `replay_retain_bytes` for these runs: above what this path holds in
+/// flight (the proxy's own ~208 KiB, the relay's receive buffer of 128 KiB
+/// and up). At 256 KiB the runs without an upstream event store fail.
+const RETAIN: usize = 512 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Upstream {
@@ -69,16 +73,20 @@ async fn chaos(upstream: Upstream, default_seed: u64) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seed);
-    let h = match upstream {
-        Upstream::Stdio => {
-            let fixture = stdio_fixture();
-            Harness::start_with(|c| {
-                c.upstream_cmd = Some(StdioUpstream::new(ChildCommand::new(fixture)));
-            })
-            .await
+    let stdio = (upstream == Upstream::Stdio).then(stdio_fixture);
+    let h = Harness::start_with(|c| {
+        // Smaller than the stream: the client's backlog cannot all be held,
+        // so eviction, retention and a paused upstream all happen.
+        c.limits.replay = ReplayLimits {
+            max_events: 2048,
+            max_bytes: 1 << 20,
+            retain_bytes: RETAIN,
+        };
+        if let Some(fixture) = stdio {
+            c.upstream_cmd = Some(StdioUpstream::new(ChildCommand::new(fixture)));
         }
-        _ => Harness::start().await,
-    };
+    })
+    .await;
     h.upstream
         .set_event_store(upstream != Upstream::HttpWithoutStore);
     let sid = h.init(VERSION).await;

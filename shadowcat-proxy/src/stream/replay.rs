@@ -11,8 +11,7 @@
 //! SSE has no acknowledgement: what the proxy wrote may still sit in
 //! socket buffers or a middlebox when the connection dies. So a written
 //! event is kept until at least [`ReplayLimits::retain_bytes`] of later
-//! events were written after it; only then may it be evicted, and only
-//! when the buffer is over a limit. A client that reconnects after any
+//! events were written after it, then evicted. A client that reconnects after any
 //! event with less than `retain_bytes` written after it resumes exactly.
 //! Events no client was written yet are never evicted: the reader of the
 //! upstream stops instead ([`ReplayBuffer::is_full`]).
@@ -31,11 +30,11 @@ pub(crate) const DEFAULT_RETAIN_BYTES: usize = 1 << 20;
 /// How much one stream's replay buffer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayLimits {
-    /// Most events held per stream before the upstream is paused or old
-    /// written events go. Default 8,192.
+    /// Most events read ahead of every client (not yet written to one);
+    /// then the upstream is paused. Default 8,192.
     pub max_events: usize,
-    /// Most encoded bytes held per stream, likewise. Default
-    /// 2 MiB.
+    /// Most encoded bytes held per stream, retained and read ahead; then
+    /// the upstream is paused. Default 2 MiB.
     pub max_bytes: usize,
     /// Written events kept behind the newest written one, in bytes: a
     /// client cut with less than this in flight resumes exactly. Must be
@@ -156,11 +155,11 @@ impl ReplayBuffer {
         self.written = seq;
     }
 
-    /// Drops the oldest written events while over a limit, keeping at
-    /// least `retain_bytes` of written events behind the newest written
-    /// one. Never drops an event not yet written.
+    /// Drops the oldest written events that have at least `retain_bytes`
+    /// of written events after them. Never drops an event not yet written,
+    /// nor one still within the retention.
     pub(crate) fn evict(&mut self) {
-        while self.over_limits() && self.first_seq <= self.written {
+        while self.first_seq <= self.written {
             let Some(front) = self.entries.front() else {
                 break;
             };
@@ -174,14 +173,11 @@ impl ReplayBuffer {
         }
     }
 
-    fn over_limits(&self) -> bool {
-        self.entries.len() > self.limits.max_events || self.bytes > self.limits.max_bytes
-    }
-
-    /// True when no more should be read into the buffer: it is at a limit
-    /// and [`ReplayBuffer::evict`] can free nothing.
+    /// True when no more should be read into the buffer: `max_events`
+    /// events no client was written yet, or `max_bytes` held in all.
     pub(crate) fn is_full(&self) -> bool {
-        self.entries.len() >= self.limits.max_events || self.bytes >= self.limits.max_bytes
+        let unwritten = self.next_seq() - 1 - self.written;
+        unwritten >= self.limits.max_events as u64 || self.bytes >= self.limits.max_bytes
     }
 
     /// True when the events from `seq` on can be replayed (`seq` may be
@@ -245,36 +241,38 @@ mod tests {
 
     #[test]
     fn push_copy_and_evict_only_what_was_written() {
-        let mut b = ReplayBuffer::new(limits(3, 1 << 20, 0), 1);
+        // Each event is 9 bytes; 18 bytes retained: two events.
+        let mut b = ReplayBuffer::new(limits(3, 1 << 20, 18), 1);
         for n in 1..=5 {
             assert_eq!(b.push(ev(n)), n);
         }
         b.evict();
         assert_eq!((b.first_seq(), b.next_seq()), (1, 6), "nothing written yet");
-        assert!(b.is_full());
+        assert!(b.is_full(), "5 events read ahead, 3 allowed");
         b.mark_written(1);
         b.evict();
-        assert_eq!(
-            (b.first_seq(), b.next_seq()),
-            (2, 6),
-            "only written events go"
-        );
+        assert_eq!(b.first_seq(), 1, "within the retention");
         b.mark_written(5);
         b.evict();
-        assert_eq!((b.first_seq(), b.len()), (3, 3));
+        assert_eq!(
+            (b.first_seq(), b.len()),
+            (4, 2),
+            "the last 18 bytes written"
+        );
+        assert!(!b.is_full());
         let mut out = BytesMut::new();
         assert_eq!(b.copy_from(4, &mut out, 1 << 20), Ok(6));
         assert_eq!(&out[..], b"data: 4\n\ndata: 5\n\n");
         assert_eq!(
             b.copy_from(2, &mut out, 1),
             Err(Evicted {
-                first: 3,
+                first: 4,
                 wanted: 2
             })
         );
-        assert!(b.reaches(3) && b.reaches(6) && !b.reaches(2) && !b.reaches(7));
+        assert!(b.reaches(4) && b.reaches(6) && !b.reaches(3) && !b.reaches(7));
         let mut one = BytesMut::new();
-        assert_eq!(b.copy_from(3, &mut one, 1), Ok(4), "at least one event");
+        assert_eq!(b.copy_from(4, &mut one, 1), Ok(5), "at least one event");
         b.clear();
         assert_eq!((b.first_seq(), b.next_seq(), b.bytes()), (6, 6, 0));
         assert_eq!(b.written(), 5);
@@ -283,18 +281,19 @@ mod tests {
     #[test]
     fn byte_limit() {
         let mut b = ReplayBuffer::new(limits(100, 20, 0), 10);
-        for n in 0..5 {
+        for n in 0..3 {
+            assert!(!b.is_full());
             b.push(ev(n));
         }
+        assert!(b.is_full(), "27 bytes held, 20 allowed");
         b.mark_written(u64::MAX);
         b.evict();
-        assert!(b.bytes() <= 20, "{}", b.bytes());
-        assert_eq!(b.next_seq(), 15);
-        assert_eq!(b.len(), 2);
+        assert_eq!((b.bytes(), b.len(), b.next_seq()), (0, 0, 13));
+        assert!(!b.is_full());
     }
 
     /// A written event stays until `retain_bytes` were written after it,
-    /// whatever the limits say.
+    /// whatever else the buffer holds.
     #[test]
     fn written_events_are_retained_behind_the_write_position() {
         // Each event is 9 bytes ("data: N\n\n" for one digit).
