@@ -99,6 +99,11 @@ const SCENARIOS: &[Scenario] = &[
         run: ts_sdk_chaos_no_eventstore,
     },
     Scenario {
+        name: "ts-sdk-chaos-small-buffer",
+        needs: Needs::Node,
+        run: ts_sdk_chaos_small_buffer,
+    },
+    Scenario {
         name: "everything-http",
         needs: Needs::Node,
         run: everything_http,
@@ -1026,10 +1031,32 @@ fn key_values<'a>(out: &'a str, prefix: &str) -> BTreeMap<&'a str, &'a str> {
 /// the result arrives, at least 100 cuts happen, and every resume is served
 /// from Shadowcat's buffer (the upstream cannot resume).
 fn ts_sdk_chaos_no_eventstore(ctx: &mut Ctx) -> Result<String, String> {
+    chaos(ctx, &[])
+}
+
+/// The chaos scenario with a replay buffer far smaller than the stream
+/// (1 MiB, 2,048 events read ahead) and 512 KiB retained: the backlog
+/// cannot all be held, so what keeps every event is the retention of
+/// written events (with `replay_retain_bytes = 0` it fails with 410).
+fn ts_sdk_chaos_small_buffer(ctx: &mut Ctx) -> Result<String, String> {
+    let config = ctx.dir.join("small-buffer.toml");
+    fs::write(
+        &config,
+        "[limits]\nreplay_max_events = 2048\nreplay_max_bytes = 1048576\nreplay_retain_bytes = 524288\n",
+    )
+    .map_err(|e| format!("writing {}: {e}", config.display()))?;
+    let config = config.display().to_string();
+    chaos(ctx, &["--config", &config])
+}
+
+/// One chaos run; `extra` goes to `shadowcat reverse`.
+fn chaos(ctx: &mut Ctx, extra: &[&str]) -> Result<String, String> {
     let seed = chaos_seed()?;
     let upstream = ctx.ts_server_with(&["--no-event-store"])?;
     let port = free_port()?;
-    let proxy = ctx.shadowcat_at("shadowcat", "memory", port, &["--upstream", &upstream])?;
+    let mut args = vec!["--upstream", upstream.as_str()];
+    args.extend_from_slice(extra);
+    let proxy = ctx.shadowcat_at("shadowcat", "memory", port, &args)?;
     let relay = ctx.relay(port, seed)?;
     let steps = format!("steps={CHAOS_STEPS}");
     let cmd = ctx.ts_client_cmd("chaos", &relay, &[&steps, "delayMs=1"]);
