@@ -30,10 +30,11 @@ mod upstream;
 pub mod test_util;
 
 pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
-pub use error::{ProxyError, Rejection};
+pub use error::ProxyError;
 pub use event_id::{ClientEventId, IdError};
 pub use mcp::jsonrpc;
 pub use mcp::protocol::ProtocolVersion;
-pub use server::{ReverseProxy, ServeReport, check_upstream};
+pub use server::{ReverseProxy, ServeReport};
 pub use stream::replay::ReplayLimits;
+pub use upstream::http::check_upstream;
 pub use upstream::stdio::StdioUpstream;

@@ -285,3 +285,22 @@ fn codemap_names_every_proxy_module() {
         "ARCHITECTURE.md does not name these proxy modules: {missing:?}"
     );
 }
+
+/// The stream engine is a leaf of the proxy crate: it knows nothing of
+/// the HTTP server, the session cache or the forward proxies.
+#[test]
+fn stream_engine_knows_nothing_of_the_server() {
+    let mut files = Vec::new();
+    rust_files(&root().join("shadowcat-proxy/src/stream"), &mut files);
+    assert!(!files.is_empty(), "no stream engine found");
+    let mut offenders = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for banned in ["crate::server", "crate::session", "crate::forward", "hyper::server"] {
+            if text.contains(banned) {
+                offenders.push(format!("{} uses {banned}", f.display()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}

@@ -371,7 +371,7 @@ pub async fn relay_http(
     client_out: impl AsyncWrite + Unpin + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Result<HttpRelayReport, HttpForwardError> {
-    crate::server::check_upstream(&config.upstream)
+    crate::upstream::http::check_upstream(&config.upstream)
         .map_err(|e| HttpForwardError::Config(e.to_string()))?;
     let bearer = match &config.bearer {
         Some(t) => {

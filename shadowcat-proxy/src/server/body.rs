@@ -18,8 +18,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -29,14 +27,12 @@ use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use tokio::time::{Instant, Sleep};
 
 use crate::stream::StreamBody;
+use crate::stream::{BoxError, Closing, StreamSlot};
 use crate::upstream::http::UpstreamBody;
-
-/// The error type of [`ProxyBody`].
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body toward the client.
 #[derive(Debug)]
-pub struct ProxyBody(Inner);
+pub(crate) struct ProxyBody(Inner);
 
 #[derive(Debug)]
 enum Inner {
@@ -48,12 +44,12 @@ enum Inner {
 
 impl ProxyBody {
     /// A body of exactly `bytes`.
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         ProxyBody(Inner::Full(Some(bytes)))
     }
 
     /// No body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ProxyBody(Inner::Full(None))
     }
 
@@ -109,31 +105,6 @@ impl Body for ProxyBody {
         }
     }
 }
-
-/// Counts one open SSE stream of a session; releases it when dropped.
-#[derive(Debug)]
-pub(crate) struct StreamSlot(Arc<AtomicU32>);
-
-impl StreamSlot {
-    /// Takes a slot if fewer than `max` are taken.
-    pub(crate) fn acquire(count: &Arc<AtomicU32>, max: u32) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamSlot(Arc::clone(count)))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A future that completes when the proxy starts shutting down.
-pub(crate) type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Why an SSE stream toward the client was cut.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,8 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
+use super::rejection::Rejection;
 use super::{Shared, no_content, stateless_no};
-use crate::error::Rejection;
 use crate::mcp::protocol::ProtocolVersion;
 
 impl Shared {

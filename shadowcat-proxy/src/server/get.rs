@@ -9,8 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
+use super::rejection::Rejection;
 use super::{Shared, accepts, stateless_no};
-use crate::error::Rejection;
 use crate::event_id::ClientEventId;
 use crate::mcp::jsonrpc;
 use crate::mcp::protocol::ProtocolVersion;

@@ -19,24 +19,27 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::{Limits, ReverseProxyConfig};
-use crate::error::{ProxyError, Rejection};
+use crate::error::ProxyError;
 use crate::event_id::StreamSealer;
 use crate::mcp::jsonrpc::{self};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{
     MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_ACCEL_BUFFERING, is_sse,
 };
-use crate::server::body::{Closing, ProxyBody, SseForward, StreamSlot};
-use crate::session::sink::WriterSink;
+use crate::server::body::{ProxyBody, SseForward};
 use crate::session::{CacheLimits, SessionEntry, Sessions};
+use crate::stream::sink::WriterSink;
+use crate::stream::{Closing, StreamSlot};
 use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
 use crate::upstream::http::{UpstreamBody, UpstreamPool};
 use crate::upstream::stdio::StdioBridge;
+use rejection::Rejection;
 
 pub(crate) mod body;
 mod delete;
 mod get;
 mod post;
+mod rejection;
 mod stdio;
 
 /// Request headers forwarded upstream (besides the mapped session id and
@@ -101,23 +104,6 @@ struct Shared {
     env: Arc<StreamEnv>,
 }
 
-/// Checks the upstream URL: `http`, with a host.
-pub fn check_upstream(uri: &http::Uri) -> Result<(), ProxyError> {
-    let bad = |reason| ProxyError::UpstreamUrl {
-        url: uri.to_string(),
-        reason,
-    };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https upstreams are not supported yet; use http")),
-        _ => return Err(bad("it must start with http://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad("it has no host"));
-    }
-    Ok(())
-}
-
 impl ReverseProxy {
     /// Checks `config`, binds its listen address and prepares the upstream
     /// client. Sessions live in `store`; resumption points and activity go
@@ -129,7 +115,7 @@ impl ReverseProxy {
         writer: Option<WriterHandle>,
     ) -> Result<Self, ProxyError> {
         if config.upstream_cmd.is_none() {
-            check_upstream(&config.upstream)?;
+            crate::upstream::http::check_upstream(&config.upstream)?;
         }
         if !config.path.starts_with('/') {
             return Err(ProxyError::Config(format!(
@@ -819,8 +805,14 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        assert!(check_upstream(&"http://127.0.0.1:3001/mcp".parse().unwrap()).is_ok());
-        assert!(check_upstream(&"https://example.test/mcp".parse().unwrap()).is_err());
-        assert!(check_upstream(&"/mcp".parse().unwrap()).is_err());
+        assert!(
+            crate::upstream::http::check_upstream(&"http://127.0.0.1:3001/mcp".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            crate::upstream::http::check_upstream(&"https://example.test/mcp".parse().unwrap())
+                .is_err()
+        );
+        assert!(crate::upstream::http::check_upstream(&"/mcp".parse().unwrap()).is_err());
     }
 }

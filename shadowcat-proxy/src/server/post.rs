@@ -6,13 +6,14 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{ProxyBody, StreamSlot};
+use super::body::ProxyBody;
+use super::rejection::Rejection;
 use super::{Shared, accepts, unavailable};
-use crate::error::Rejection;
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{MCP_METHOD, MCP_SESSION_ID, media_type_is};
 use crate::stream::StreamKind;
+use crate::stream::StreamSlot;
 
 impl Shared {
     pub(super) async fn post(

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::rejection::Rejection;
 use super::{Shared, unavailable};
-use crate::error::Rejection;
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::session::SessionEntry;

@@ -36,7 +36,6 @@ use crate::stream::StreamRegistry;
 
 #[cfg(feature = "test-util")]
 pub(crate) mod layer;
-pub(crate) mod sink;
 
 /// What the proxy keeps in memory about one live session.
 #[derive(Debug)]

@@ -16,8 +16,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::reader::{Pump, Pumped};
 use super::replay::ReplayBuffer;
+use super::{BoxError, Closing};
 use super::{COALESCE_BYTES, End, StreamEnv};
-use crate::server::body::{BoxError, Closing};
 
 /// Waiter id of the detached reader task.
 const DRAIN_WAITER: u64 = u64::MAX;

@@ -48,7 +48,7 @@ use super::{
 };
 use crate::event_id::{ClientEventId, StreamSealer};
 use crate::mcp::protocol::ProtocolVersion;
-use crate::server::body::BoxError;
+use crate::stream::BoxError;
 use crate::upstream::http::UpstreamPool;
 use crate::upstream::queue::{MessageQueue, Pushed, QueueEnd};
 

@@ -47,6 +47,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,11 +67,40 @@ mod engine_tests;
 pub(crate) mod linger;
 mod reader;
 pub(crate) mod replay;
+pub(crate) mod sink;
 mod source;
 
 pub(crate) use engine::{StreamBody, StreamRegistry, StreamShared};
 pub(crate) use reader::{Pump, PumpSource, PumpSpec, Pumped};
 use replay::ReplayLimits;
+
+/// The error type of [`ProxyBody`].
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A future that completes when the proxy starts shutting down.
+pub(crate) type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Counts one open SSE stream of a session; releases it when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot(Arc<AtomicU32>);
+
+impl StreamSlot {
+    /// Takes a slot if fewer than `max` are taken.
+    pub(crate) fn acquire(count: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(Arc::clone(count)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Events already received are sent together up to this many bytes.
 pub(crate) const COALESCE_BYTES: usize = 16 * 1024;

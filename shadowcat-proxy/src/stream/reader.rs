@@ -14,12 +14,12 @@ use shadowcat_session::{SessionId, StreamId};
 use shadowcat_transport::sse::{DecodeError, Decoder, OutgoingEvent, SseItem, put_decimal};
 use shadowcat_transport::{EventTracker, Recorded, TrackerConfig};
 
+use super::StreamSlot;
 use super::source::{HttpSource, QueueSource, Read, Source};
 use super::{End, StreamEnv, StreamKind};
 use crate::event_id::StreamSealer;
 use crate::mcp::protocol::ProtocolVersion;
-use crate::server::body::StreamSlot;
-use crate::session::sink::WriterSink;
+use crate::stream::sink::WriterSink;
 use crate::upstream::http::UpstreamBody;
 use crate::upstream::queue::MessageQueue;
 

@@ -85,6 +85,23 @@ struct Idle {
     since: Instant,
 }
 
+/// Checks the upstream URL: `http`, with a host.
+pub fn check_upstream(uri: &http::Uri) -> Result<(), crate::error::ProxyError> {
+    let bad = |reason| crate::error::ProxyError::UpstreamUrl {
+        url: uri.to_string(),
+        reason,
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https upstreams are not supported yet; use http")),
+        _ => return Err(bad("it must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    Ok(())
+}
+
 /// Connections to one upstream `http://host:port`, with idle ones kept for
 /// reuse.
 pub(crate) struct UpstreamPool {
