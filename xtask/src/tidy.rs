@@ -296,7 +296,12 @@ fn stream_engine_knows_nothing_of_the_server() {
     let mut offenders = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for banned in ["crate::server", "crate::session", "crate::forward", "hyper::server"] {
+        for banned in [
+            "crate::server",
+            "crate::session",
+            "crate::forward",
+            "hyper::server",
+        ] {
             if text.contains(banned) {
                 offenders.push(format!("{} uses {banned}", f.display()));
             }
