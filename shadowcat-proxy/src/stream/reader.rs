@@ -15,11 +15,11 @@ use shadowcat_transport::sse::{DecodeError, Decoder, OutgoingEvent, SseItem, put
 use shadowcat_transport::{EventTracker, Recorded, TrackerConfig};
 
 use super::StreamSlot;
+use super::sink::WriterSink;
 use super::source::{HttpSource, QueueSource, Read, Source};
 use super::{End, StreamEnv, StreamKind};
 use crate::event_id::StreamSealer;
 use crate::mcp::protocol::ProtocolVersion;
-use crate::stream::sink::WriterSink;
 use crate::upstream::http::UpstreamBody;
 use crate::upstream::queue::MessageQueue;
 
@@ -41,6 +41,8 @@ pub(crate) struct Forwarder {
     last_data: Option<Bytes>,
     /// The upstream's last `retry:`, for the reconnect policy.
     pub(super) server_retry: Option<Duration>,
+    /// The last `retry:` passed on to the client.
+    retry_sent: Option<u64>,
     /// An event arrived since the source last looked.
     pub(super) healthy: bool,
     events: u64,
@@ -161,6 +163,12 @@ impl Forwarder {
                     let Some(sealer) = &self.sealer else {
                         continue;
                     };
+                    if self.retry_sent == Some(ms) {
+                        // Repeated on every (polling) connection: once is
+                        // enough.
+                        continue;
+                    }
+                    self.retry_sent = Some(ms);
                     // Passed on as its own id-only block: the client's
                     // reconnect delay follows the server's.
                     sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
@@ -324,6 +332,7 @@ impl Pump {
                 marks: Vec::with_capacity(16),
                 last_data: None,
                 server_retry: None,
+                retry_sent: None,
                 healthy: false,
                 events: 0,
                 duplicates: 0,
