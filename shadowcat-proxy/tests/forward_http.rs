@@ -5,16 +5,14 @@
 //! waiting for ever), and the failure is counted. A counting recorder is
 //! installed for this test binary.
 
+mod support;
+
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 use shadowcat_proxy::forward::{HttpForwardConfig, relay_http};
+use support::metrics::{count_labeled, counts};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,60 +21,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The relay's `max_response_bytes` here.
 const LIMIT: usize = 256;
-
-static COUNTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-
-fn counts() -> &'static Mutex<HashMap<String, u64>> {
-    COUNTS.get_or_init(|| {
-        let _ = metrics::set_global_recorder(Counting);
-        Mutex::new(HashMap::new())
-    })
-}
-
-/// The count of `name{kind="kind"}`.
-fn count(name: &str, kind: &str) -> u64 {
-    let key = format!("{name}{{kind={kind}}}");
-    counts().lock().get(&key).copied().unwrap_or(0)
-}
-
-#[derive(Debug)]
-struct Counting;
-
-#[derive(Debug)]
-struct Named(String);
-
-impl CounterFn for Named {
-    fn increment(&self, value: u64) {
-        *counts().lock().entry(self.0.clone()).or_default() += value;
-    }
-
-    fn absolute(&self, value: u64) {
-        counts().lock().insert(self.0.clone(), value);
-    }
-}
-
-impl Recorder for Counting {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        Counter::from_arc(Arc::new(Named(name)))
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
 
 /// Reads one HTTP/1.1 request (head, then a `Content-Length` body).
 async fn read_request(sock: &mut TcpStream) -> Option<Value> {
@@ -164,9 +108,9 @@ async fn unrelayable_upstream_bodies_answer_the_request_with_an_error() {
         relay_http(&config, client_in, client_out, std::future::pending()).await
     });
 
-    let too_large = count("shadowcat_upstream_errors_total", "body_too_large");
-    let unreadable = count("shadowcat_upstream_errors_total", "body_unreadable");
-    let empty = count("shadowcat_upstream_errors_total", "body_empty");
+    let too_large = count_labeled("shadowcat_upstream_errors_total", "kind=body_too_large");
+    let unreadable = count_labeled("shadowcat_upstream_errors_total", "kind=body_unreadable");
+    let empty = count_labeled("shadowcat_upstream_errors_total", "kind=body_empty");
     for id in 1..=4 {
         let line = json!({"jsonrpc":"2.0","id":id,"method":"tools/list"});
         to_relay
@@ -199,15 +143,15 @@ async fn unrelayable_upstream_bodies_answer_the_request_with_an_error() {
     assert!(m.contains("empty body"), "{m}");
     assert_eq!(answers[&4]["result"], json!({}), "the control request");
     assert_eq!(
-        count("shadowcat_upstream_errors_total", "body_too_large"),
+        count_labeled("shadowcat_upstream_errors_total", "kind=body_too_large"),
         too_large + 1
     );
     assert_eq!(
-        count("shadowcat_upstream_errors_total", "body_unreadable"),
+        count_labeled("shadowcat_upstream_errors_total", "kind=body_unreadable"),
         unreadable + 1
     );
     assert_eq!(
-        count("shadowcat_upstream_errors_total", "body_empty"),
+        count_labeled("shadowcat_upstream_errors_total", "kind=body_empty"),
         empty + 1
     );
 

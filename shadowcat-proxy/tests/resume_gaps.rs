@@ -6,67 +6,15 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
-use parking_lot::Mutex;
 use serde_json::json;
 use shadowcat_proxy::ClientEventId;
 use shadowcat_proxy::ReplayLimits;
+use support::metrics::{count, counts};
 use support::sse::{SseClient, Tally};
 use support::{Harness, assert_rpc_error, call};
-
-static COUNTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-
-fn counts() -> &'static Mutex<HashMap<String, u64>> {
-    COUNTS.get_or_init(|| {
-        let _ = metrics::set_global_recorder(Counting);
-        Mutex::new(HashMap::new())
-    })
-}
-
-fn count(name: &str) -> u64 {
-    counts().lock().get(name).copied().unwrap_or(0)
-}
-
-#[derive(Debug)]
-struct Counting;
-
-#[derive(Debug)]
-struct Named(String);
-
-impl CounterFn for Named {
-    fn increment(&self, value: u64) {
-        *counts().lock().entry(self.0.clone()).or_default() += value;
-    }
-
-    fn absolute(&self, value: u64) {
-        counts().lock().insert(self.0.clone(), value);
-    }
-}
-
-impl Recorder for Counting {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(Arc::new(Named(key.name().to_owned())))
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_event_store_gives_clear_errors_and_is_counted() {

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,23 +159,6 @@ async fn the_streams_of_a_deleted_session_end_without_a_request() {
     h.stop().await;
 }
 
-/// `target/<profile>/mcp-stdio-fixture`, built on first use.
-fn fixture() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("mcp-stdio-fixture");
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", "benches", "--bin", "mcp-stdio-fixture"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "building the fixture");
-    }
-    path
-}
-
 /// This process's running children that run `program`.
 fn children_running(program: &str) -> Vec<u32> {
     let mut out = Vec::new();
@@ -204,7 +185,7 @@ fn children_running(program: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn a_deleted_stdio_session_stops_its_server() {
-    let fixture = fixture();
+    let fixture = stdio_fixture();
     let h = Harness::start_with(|c| {
         c.limits.session_revalidate_interval = REVALIDATE;
         let mut up = StdioUpstream::new(ChildCommand::new(fixture.clone()));

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod metrics;
 pub(crate) mod relay;
 pub(crate) mod sse;
 
