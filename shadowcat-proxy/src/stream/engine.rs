@@ -293,8 +293,9 @@ impl StreamShared {
                     return Poll::Ready(false);
                 }
                 Poll::Pending => {
+                    // Still registered from before the read (or woken
+                    // already by a wake-up during it).
                     st.pump = Some(pump);
-                    st.register(DRAIN_WAITER, cx.waker());
                     return Poll::Pending;
                 }
             }
@@ -431,8 +432,9 @@ impl StreamBody {
                     drop(pump);
                 }
                 Poll::Pending => {
+                    // Still registered from before the read (or woken
+                    // already by a wake-up during it).
                     st.pump = Some(pump);
-                    st.register(self.me, cx.waker());
                     drop(st);
                     return self.poll_keepalive(cx);
                 }
