@@ -65,6 +65,7 @@ struct FileLimits {
     replay_max_events: Option<usize>,
     replay_max_bytes: Option<usize>,
     replay_retain_bytes: Option<usize>,
+    max_buffered_bytes: Option<usize>,
     client_send_buffer_bytes: Option<usize>,
     listen_backlog: Option<u32>,
     detached_linger_ms: Option<u64>,
@@ -220,6 +221,9 @@ impl ReverseSettings {
         if let Some(v) = f.replay_retain_bytes {
             l.replay.retain_bytes = v;
         }
+        if let Some(v) = f.max_buffered_bytes {
+            l.max_buffered_bytes = v;
+        }
         if let Some(v) = f.client_send_buffer_bytes {
             l.client_send_buffer = v;
         }
@@ -353,6 +357,7 @@ mod tests {
             replay_max_events = 99
             replay_max_bytes = 4096
             replay_retain_bytes = 1024
+            max_buffered_bytes = 65536
             client_send_buffer_bytes = 8192
             detached_linger_ms = 1500
             max_kept_complete_streams = 3
@@ -372,6 +377,7 @@ mod tests {
         assert_eq!(s.proxy.limits.replay.max_events, 99);
         assert_eq!(s.proxy.limits.replay.max_bytes, 4096);
         assert_eq!(s.proxy.limits.replay.retain_bytes, 1024);
+        assert_eq!(s.proxy.limits.max_buffered_bytes, 65536);
         assert_eq!(s.proxy.limits.client_send_buffer, 8192);
         assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
         assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);

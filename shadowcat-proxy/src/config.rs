@@ -116,6 +116,12 @@ pub struct Limits {
     /// `Last-Event-ID`: at most 8,192 events and 2 MiB, of which the last
     /// 1 MiB written is never evicted (see [`ReplayLimits`]).
     pub replay: ReplayLimits,
+    /// All buffered stream data of the proxy together (every stream's
+    /// replay buffer, kept and detached streams included): when a batch
+    /// takes the total over it, streams no client holds are released,
+    /// oldest first; while it is reached, a new stream gets 503. Live
+    /// streams are never cut for it. Default 256 MiB.
+    pub max_buffered_bytes: usize,
     /// The kernel send buffer of each client connection (`SO_SNDBUF`; the
     /// kernel doubles it). Bounds what the proxy has in flight toward a
     /// client, so the replay retention covers it. 0 leaves it to the
@@ -166,6 +172,7 @@ impl Default for Limits {
             max_last_event_id_len: 256,
             header_read_timeout: Duration::from_secs(30),
             replay: ReplayLimits::default(),
+            max_buffered_bytes: crate::stream::budget::DEFAULT_MAX_BUFFERED_BYTES,
             client_send_buffer: 64 << 10,
             listen_backlog: 1024,
             detached_linger: Duration::from_secs(60),

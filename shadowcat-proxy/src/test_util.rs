@@ -716,3 +716,30 @@ impl Body for UpBody {
 }
 
 pub use crate::session::layer::SessionLayer;
+
+/// The proxy's buffer budget as a test sees it
+/// ([`crate::ReverseProxy::budget_probe`]).
+#[derive(Debug, Clone)]
+pub struct BudgetProbe(pub(crate) Arc<crate::stream::budget::Budget>);
+
+impl BudgetProbe {
+    /// Bytes accounted now.
+    pub fn used(&self) -> usize {
+        self.0.used()
+    }
+
+    /// The highest total once a batch settled (room was made).
+    pub fn settled_peak(&self) -> usize {
+        self.0.settled_peak()
+    }
+
+    /// `max_buffered_bytes`.
+    pub fn limit(&self) -> usize {
+        self.0.limit()
+    }
+
+    /// Streams released to stay within the budget, in all.
+    pub fn releases(&self) -> u64 {
+        self.0.releases()
+    }
+}

@@ -102,7 +102,8 @@ fn ci() -> Result<(), String> {
 }
 
 /// Deterministic gates: allocations per event, bytes per stream/session,
-/// tasks per event, store writes per event, bytes left by ended sessions.
+/// tasks per event, store writes per event, bytes left by ended sessions,
+/// buffered bytes within the budget whatever the number of dropped streams.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -117,6 +118,8 @@ fn gates() -> Result<(), String> {
         "session_gates",
         "--test",
         "session_expiry_gate",
+        "--test",
+        "budget_gate",
         "--",
         "--test-threads=1",
     ]);

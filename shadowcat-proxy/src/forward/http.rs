@@ -208,7 +208,6 @@ impl Relay {
             upstream_session: self.upstream_session.lock().clone(),
             version: *self.version.lock(),
             sink: None,
-            slot: None,
             resume_after: None,
         };
         let mut pump = Pump::new(PumpSource::Upstream(body), spec, Arc::clone(&self.env));
@@ -391,6 +390,7 @@ pub async fn relay_http(
         response_timeout: config.response_timeout,
         reconnect: config.reconnect,
         replay: ReplayLimits::default(),
+        budget: Arc::new(crate::stream::budget::Budget::new(usize::MAX)),
         linger: Duration::ZERO,
         lingering: Default::default(),
         max_kept: 1,

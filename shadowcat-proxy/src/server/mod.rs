@@ -28,6 +28,7 @@ use crate::mcp::{
 };
 use crate::server::body::{ProxyBody, SseForward};
 use crate::session::{CacheLimits, SessionEntry, Sessions};
+use crate::stream::budget::Budget;
 use crate::stream::sink::WriterSink;
 use crate::stream::{Closing, StreamSlot};
 use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
@@ -154,6 +155,12 @@ impl ReverseProxy {
             None => None,
         };
         config.limits.replay.check().map_err(ProxyError::Config)?;
+        if config.limits.max_buffered_bytes < config.limits.replay.max_bytes {
+            return Err(ProxyError::Config(format!(
+                "max_buffered_bytes ({}) must hold at least one stream's replay_max_bytes ({})",
+                config.limits.max_buffered_bytes, config.limits.replay.max_bytes
+            )));
+        }
         let listener = listen(config.bind, &config.limits).map_err(|source| ProxyError::Bind {
             addr: config.bind,
             source,
@@ -195,6 +202,7 @@ impl ReverseProxy {
             response_timeout: config.limits.upstream_response_timeout,
             reconnect: config.limits.reconnect,
             replay: config.limits.replay,
+            budget: Arc::new(Budget::new(config.limits.max_buffered_bytes)),
             linger: config.limits.detached_linger,
             lingering: Default::default(),
             max_kept: config.limits.max_kept_complete_streams,
@@ -221,6 +229,13 @@ impl ReverseProxy {
     /// The address the proxy listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A view of the proxy's buffer budget (`max_buffered_bytes`), for
+    /// tests and gates.
+    #[cfg(feature = "test-util")]
+    pub fn budget_probe(&self) -> crate::test_util::BudgetProbe {
+        crate::test_util::BudgetProbe(Arc::clone(&self.shared.env.budget))
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends open
@@ -494,6 +509,7 @@ impl Shared {
     }
 
     fn stream_slot(&self, session: &SessionEntry) -> Result<StreamSlot, Rejection> {
+        self.buffer_room()?;
         let max = self.config.limits.max_streams_per_session;
         StreamSlot::acquire(&session.open_streams, max).ok_or_else(|| {
             Rejection::new(
@@ -502,6 +518,35 @@ impl Shared {
                 format!("this session already has {max} open streams (the limit); close one first"),
             )
         })
+    }
+
+    /// 503 when buffered stream data is at `max_buffered_bytes` even
+    /// after releasing every stream no client holds.
+    fn buffer_room(&self) -> Result<(), Rejection> {
+        let budget = &self.env.budget;
+        if !budget.is_full() {
+            return Ok(());
+        }
+        self.env.lingering.make_room(budget);
+        if !budget.is_full() {
+            return Ok(());
+        }
+        metrics::counter!("shadowcat_budget_refusals_total").increment(1);
+        if budget.should_warn() {
+            tracing::warn!(
+                used = budget.used(),
+                limit = budget.limit(),
+                "refusing new streams: buffered stream data is at max_buffered_bytes"
+            );
+        }
+        Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            jsonrpc::SERVER_ERROR,
+            format!(
+                "the proxy's buffers are full (max_buffered_bytes, {} bytes, held by live streams); retry shortly",
+                budget.limit()
+            ),
+        ))
     }
 
     fn closing(&self) -> Closing {
@@ -711,13 +756,12 @@ impl Shared {
             upstream_session: session.upstream_id.clone(),
             version: session.version,
             sink,
-            slot,
             resume_after,
         };
         let pump = Pump::new(source, spec, Arc::clone(&self.env));
         let shared = StreamShared::start(&session.streams, stream, pump, Arc::clone(&self.env));
         shared
-            .attach(1)
+            .attach_with(1, slot)
             .expect("a new stream can be read from its first event")
     }
 

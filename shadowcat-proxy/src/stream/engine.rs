@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::reader::{Pump, Pumped};
 use super::replay::ReplayBuffer;
-use super::{BoxError, Closing};
+use super::{BoxError, Closing, StreamSlot};
 use super::{COALESCE_BYTES, End, StreamEnv};
 
 /// Waiter id of the detached reader task.
@@ -154,7 +154,7 @@ impl StreamShared {
             waker: Waker::from(Arc::new(WakeAll(me.clone()))),
             id,
             state: Mutex::new(StreamState {
-                buffer: ReplayBuffer::new(env.replay, 1),
+                buffer: ReplayBuffer::new(env.replay, 1, Arc::clone(&env.budget)),
                 pump: Some(Box::new(pump)),
                 end: None,
                 attached: 0,
@@ -172,6 +172,16 @@ impl StreamShared {
 
     /// Attaches a client that wants the events from `from` on.
     pub(crate) fn attach(self: &Arc<Self>, from: u64) -> Result<StreamBody, NotHeld> {
+        self.attach_with(from, None)
+    }
+
+    /// Attaches a client holding `slot`, one of its session's live
+    /// streams, for as long as the client is attached.
+    pub(crate) fn attach_with(
+        self: &Arc<Self>,
+        from: u64,
+        slot: Option<StreamSlot>,
+    ) -> Result<StreamBody, NotHeld> {
         let mut st = self.state.lock();
         if st.end == Some(End::Released) {
             return Err(NotHeld::Released);
@@ -198,6 +208,7 @@ impl StreamShared {
                 let _ = closing.wait_for(|c| *c).await;
             }),
             done: false,
+            _slot: slot,
         })
     }
 
@@ -214,8 +225,17 @@ impl StreamShared {
     /// Ends the stream now: the upstream side closes, the buffer goes,
     /// attached clients end.
     pub(crate) fn release(&self) {
+        self.release_when(|_| true);
+    }
+
+    /// Releases the stream if `due` says so, in one look at its state (no
+    /// client can attach in between). True if it did.
+    fn release_when(&self, due: impl FnOnce(&StreamState) -> bool) -> bool {
         let pump = {
             let mut st = self.state.lock();
+            if !due(&st) {
+                return false;
+            }
             st.end = Some(End::Released);
             st.buffer.clear();
             for (_, w) in st.waiters.drain(..) {
@@ -227,20 +247,40 @@ impl StreamShared {
         if let Some(reg) = self.registry.upgrade() {
             reg.remove(self);
         }
+        true
     }
 
     /// Releases a stream no client came back to within its linger time.
     pub(crate) fn release_if_kept(&self, now: Instant) {
-        let due = {
-            let st = self.state.lock();
-            st.attached == 0 && st.keep_until.is_some_and(|t| t <= now)
-        };
-        if due {
+        if self.release_when(|st| st.attached == 0 && st.keep_until.is_some_and(|t| t <= now)) {
             tracing::debug!(
                 stream = self.id.0,
-                "no client came back for the stream within its linger time; releasing it"
+                "no client came back for the stream within its linger time; released it"
             );
-            self.release();
+        }
+    }
+
+    /// Releases the stream if no client holds it and it was detached with
+    /// the deadline `until` (for the buffer budget). True if it did.
+    pub(crate) fn release_if_detached_at(&self, until: Instant) -> bool {
+        let released = self.release_when(|st| {
+            st.end != Some(End::Released) && st.attached == 0 && st.keep_until == Some(until)
+        });
+        if released {
+            tracing::debug!(
+                stream = self.id.0,
+                "released a stream no client holds to stay within max_buffered_bytes"
+            );
+        }
+        released
+    }
+
+    /// After a batch: when the budget is over its limit, release detached
+    /// streams (oldest first) before reading on. Takes no stream lock of
+    /// its own caller: call it with the state unlocked.
+    fn settle_budget(&self) {
+        if self.env.budget.is_over() {
+            self.env.lingering.make_room(&self.env.budget);
         }
     }
 
@@ -281,6 +321,8 @@ impl StreamShared {
                     st.append(&batch, pump.marks());
                     st.pump = Some(pump);
                     st.wake_others(DRAIN_WAITER);
+                    drop(st);
+                    self.settle_budget();
                 }
                 Poll::Ready(Pumped::Ended(end, last)) => {
                     if let Some(last) = last {
@@ -331,6 +373,9 @@ pub(crate) struct StreamBody {
     keepalive: Pin<Box<Sleep>>,
     closing: Closing,
     done: bool,
+    /// Counts this client toward its session's live streams; a stream no
+    /// client holds counts toward none.
+    _slot: Option<StreamSlot>,
 }
 
 impl std::fmt::Debug for StreamBody {
@@ -419,6 +464,7 @@ impl StreamBody {
                     st.buffer.evict();
                     st.wake_others(self.me);
                     drop(st);
+                    self.stream.settle_budget();
                     self.reset_keepalive();
                     return Poll::Ready(Some(Ok(Frame::data(batch))));
                 }

@@ -244,6 +244,7 @@ impl<'a> Harness<'a> {
             response_timeout: NEVER,
             reconnect: ReconnectConfig::default(),
             replay: params.limits,
+            budget: Arc::new(crate::stream::budget::Budget::new(usize::MAX)),
             linger: NEVER,
             lingering: Default::default(),
             max_kept: 4,
@@ -266,7 +267,6 @@ impl<'a> Harness<'a> {
                 ProtocolVersion::V2025_06_18
             },
             sink: None,
-            slot: None,
             resume_after: None,
         };
         let pump = Pump::new(

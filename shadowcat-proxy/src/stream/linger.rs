@@ -7,6 +7,9 @@
 //! for it, on the proxy's runtime: keeping a stream is a lock and a push,
 //! with no task or timer per stream. A stream that is not complete also
 //! has its detached reader ([`crate::stream`]), which only reads.
+//!
+//! The queue is also the order in which the buffer budget releases
+//! streams ([`Linger::make_room`]): detached streams, oldest first.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::budget::Budget;
 use crate::stream::StreamShared;
 
 /// The streams of one proxy that no client holds, oldest deadline first.
@@ -29,6 +33,38 @@ impl Linger {
     pub(crate) fn keep(self: &Arc<Self>, stream: &Arc<StreamShared>, until: Instant) {
         self.kept.lock().push_back((until, Arc::downgrade(stream)));
         self.start_sweeper();
+    }
+
+    /// Releases detached streams, oldest first, until `budget` is no
+    /// longer over its limit or none is left. Returns how many went.
+    pub(crate) fn make_room(&self, budget: &Budget) -> usize {
+        let mut released = 0;
+        while budget.is_over() {
+            let Some((until, stream)) = self.kept.lock().pop_front() else {
+                break;
+            };
+            // A stream attached again, or detached again later (it has a
+            // later entry), is not released by this entry.
+            if let Some(stream) = stream.upgrade()
+                && stream.release_if_detached_at(until)
+            {
+                released += 1;
+            }
+        }
+        budget.settled();
+        if released > 0 {
+            budget.released(released as u64);
+            metrics::counter!("shadowcat_budget_releases_total").increment(released as u64);
+            if budget.should_warn() {
+                tracing::warn!(
+                    released,
+                    used = budget.used(),
+                    limit = budget.limit(),
+                    "buffered stream data reached max_buffered_bytes; released the oldest streams no client holds"
+                );
+            }
+        }
+        released
     }
 
     fn start_sweeper(self: &Arc<Self>) {

@@ -41,6 +41,8 @@
 //! - `source`: what a pump reads (an upstream HTTP body it reconnects, or a
 //!   stdio child's queue).
 //! - [`replay`]: the per-stream replay buffer and its retention.
+//! - `budget`: the proxy's one budget for buffered bytes
+//!   (`max_buffered_bytes`).
 //! - `linger`: the one sweeper that releases streams no client came back
 //!   to.
 
@@ -61,6 +63,7 @@ use tokio::sync::watch;
 use crate::mcp::protocol::ProtocolVersion;
 use crate::upstream::http::{UpstreamBody, UpstreamPool};
 
+pub(crate) mod budget;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
@@ -116,6 +119,8 @@ pub(crate) struct StreamEnv {
     pub(crate) response_timeout: Duration,
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) replay: ReplayLimits,
+    /// Every replay buffer's bytes, against `max_buffered_bytes`.
+    pub(crate) budget: Arc<budget::Budget>,
     pub(crate) linger: Duration,
     /// Streams no client holds, released by one sweeper after `linger`.
     pub(crate) lingering: Arc<linger::Linger>,

@@ -14,7 +14,6 @@ use shadowcat_session::{SessionId, StreamId};
 use shadowcat_transport::sse::{DecodeError, Decoder, OutgoingEvent, SseItem, put_decimal};
 use shadowcat_transport::{EventTracker, Recorded, TrackerConfig};
 
-use super::StreamSlot;
 use super::sink::WriterSink;
 use super::source::{HttpSource, QueueSource, Read, Source};
 use super::{End, StreamEnv, StreamKind};
@@ -261,7 +260,6 @@ pub(crate) struct Pump {
     sink: Option<WriterSink>,
     session: SessionId,
     stream: StreamId,
-    _slot: Option<StreamSlot>,
     /// Whether the stream's own priming event went out.
     primed: bool,
     /// The stream completed or failed (its resumption point is no longer
@@ -299,7 +297,6 @@ pub(crate) struct PumpSpec {
     pub(crate) upstream_session: Option<http::HeaderValue>,
     pub(crate) version: ProtocolVersion,
     pub(crate) sink: Option<WriterSink>,
-    pub(crate) slot: Option<StreamSlot>,
     /// The upstream event id the stream resumes after, if it does.
     pub(crate) resume_after: Option<String>,
 }
@@ -344,7 +341,6 @@ impl Pump {
             sink: spec.sink,
             session: spec.session,
             stream: spec.stream,
-            _slot: spec.slot,
         }
     }
 

@@ -17,8 +17,11 @@
 //! upstream stops instead ([`ReplayBuffer::is_full`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+
+use super::budget::Budget;
 
 /// Default [`ReplayLimits::max_events`].
 pub(crate) const DEFAULT_REPLAY_EVENTS: usize = 8192;
@@ -91,12 +94,14 @@ pub(crate) struct ReplayBuffer {
     /// Bytes of the held events up to `written`.
     written_bytes: usize,
     limits: ReplayLimits,
+    /// The proxy's budget, charged with `bytes`.
+    budget: Arc<Budget>,
 }
 
 impl ReplayBuffer {
     /// An empty buffer whose first event will have sequence number `first`
     /// (at least 1).
-    pub(crate) fn new(limits: ReplayLimits, first: u64) -> Self {
+    pub(crate) fn new(limits: ReplayLimits, first: u64, budget: Arc<Budget>) -> Self {
         let first = first.max(1);
         ReplayBuffer {
             entries: VecDeque::new(),
@@ -105,6 +110,7 @@ impl ReplayBuffer {
             written: first - 1,
             written_bytes: 0,
             limits,
+            budget,
         }
     }
 
@@ -139,6 +145,7 @@ impl ReplayBuffer {
     pub(crate) fn push(&mut self, event: Bytes) -> u64 {
         let seq = self.next_seq();
         self.bytes += event.len();
+        self.budget.charge(event.len());
         self.entries.push_back(event);
         seq
     }
@@ -159,6 +166,7 @@ impl ReplayBuffer {
     /// of written events after them. Never drops an event not yet written,
     /// nor one still within the retention.
     pub(crate) fn evict(&mut self) {
+        let before = self.bytes;
         while self.first_seq <= self.written {
             let Some(front) = self.entries.front() else {
                 break;
@@ -171,6 +179,7 @@ impl ReplayBuffer {
             self.entries.pop_front();
             self.first_seq += 1;
         }
+        self.budget.credit(before - self.bytes);
     }
 
     /// True when no more should be read into the buffer: `max_events`
@@ -219,13 +228,24 @@ impl ReplayBuffer {
         self.written = self.first_seq - 1;
         self.written_bytes = 0;
         self.entries = VecDeque::new();
+        self.budget.credit(self.bytes);
         self.bytes = 0;
+    }
+}
+
+impl Drop for ReplayBuffer {
+    fn drop(&mut self) {
+        self.budget.credit(self.bytes);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unbounded() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX))
+    }
 
     fn ev(n: u64) -> Bytes {
         Bytes::from(format!("data: {n}\n\n"))
@@ -242,7 +262,7 @@ mod tests {
     #[test]
     fn push_copy_and_evict_only_what_was_written() {
         // Each event is 9 bytes; 18 bytes retained: two events.
-        let mut b = ReplayBuffer::new(limits(3, 1 << 20, 18), 1);
+        let mut b = ReplayBuffer::new(limits(3, 1 << 20, 18), 1, unbounded());
         for n in 1..=5 {
             assert_eq!(b.push(ev(n)), n);
         }
@@ -280,7 +300,7 @@ mod tests {
 
     #[test]
     fn byte_limit() {
-        let mut b = ReplayBuffer::new(limits(100, 20, 0), 10);
+        let mut b = ReplayBuffer::new(limits(100, 20, 0), 10, unbounded());
         for n in 0..3 {
             assert!(!b.is_full());
             b.push(ev(n));
@@ -297,7 +317,7 @@ mod tests {
     #[test]
     fn written_events_are_retained_behind_the_write_position() {
         // Each event is 9 bytes ("data: N\n\n" for one digit).
-        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1);
+        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1, unbounded());
         for n in 1..=9 {
             b.push(ev(n));
         }
@@ -309,7 +329,7 @@ mod tests {
         b.evict();
         assert_eq!(b.first_seq(), 7, "marking again changes nothing");
         // Written up to 5 only: 1..=5 then 3 of them are retained.
-        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1);
+        let mut b = ReplayBuffer::new(limits(2, 1 << 20, 27), 1, unbounded());
         for n in 1..=9 {
             b.push(ev(n));
         }
@@ -317,6 +337,25 @@ mod tests {
         b.evict();
         assert_eq!(b.first_seq(), 3, "3, 4, 5 are the last 27 bytes written");
         assert!(b.is_full());
+    }
+
+    #[test]
+    fn the_budget_follows_what_is_held() {
+        let budget = unbounded();
+        let mut b = ReplayBuffer::new(limits(100, 1 << 20, 9), 1, Arc::clone(&budget));
+        for n in 1..=4 {
+            b.push(ev(n));
+        }
+        assert_eq!(budget.used(), 36);
+        b.mark_written(4);
+        b.evict();
+        assert_eq!(budget.used(), 9, "one event retained");
+        b.push(ev(5));
+        b.clear();
+        assert_eq!(budget.used(), 0);
+        b.push(ev(6));
+        drop(b);
+        assert_eq!(budget.used(), 0, "a dropped buffer gives its bytes back");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use shadowcat_proxy::test_util::TestUpstream;
+use shadowcat_proxy::test_util::{BudgetProbe, TestUpstream};
 use shadowcat_proxy::{ReverseProxy, ReverseProxyConfig};
 use shadowcat_session::{BatchingWriter, MemoryStore, SessionStore, WriterConfig};
 use tokio::sync::oneshot;
@@ -37,6 +37,8 @@ pub(crate) struct Harness {
     pub(crate) upstream: TestUpstream,
     pub(crate) store: Arc<MemoryStore>,
     pub(crate) proxy: std::net::SocketAddr,
+    /// The running proxy's buffer budget.
+    pub(crate) budget: BudgetProbe,
     config: ReverseProxyConfig,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
@@ -55,11 +57,12 @@ impl Harness {
         config.bind = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let store = Arc::new(MemoryStore::new());
-        let (proxy, stop, task, writer) = serve(config.clone(), Arc::clone(&store)).await;
+        let (proxy, budget, stop, task, writer) = serve(config.clone(), Arc::clone(&store)).await;
         Harness {
             upstream,
             store,
             proxy,
+            budget,
             config,
             client: Client::builder(TokioExecutor::new()).build_http(),
             stop: Some(stop),
@@ -72,8 +75,10 @@ impl Harness {
     /// way down), on a new port.
     pub(crate) async fn restart(&mut self) {
         self.shut_down().await;
-        let (proxy, stop, task, writer) = serve(self.config.clone(), Arc::clone(&self.store)).await;
+        let (proxy, budget, stop, task, writer) =
+            serve(self.config.clone(), Arc::clone(&self.store)).await;
         self.proxy = proxy;
+        self.budget = budget;
         self.stop = Some(stop);
         self.task = Some(task);
         self.writer = Some(writer);
@@ -171,6 +176,7 @@ async fn serve(
     store: Arc<MemoryStore>,
 ) -> (
     std::net::SocketAddr,
+    BudgetProbe,
     oneshot::Sender<()>,
     JoinHandle<()>,
     BatchingWriter,
@@ -190,6 +196,7 @@ async fn serve(
     .await
     .expect("proxy binds");
     let addr = proxy.local_addr();
+    let budget = proxy.budget_probe();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         proxy
@@ -202,7 +209,7 @@ async fn serve(
             .await
             .expect("proxy serves");
     });
-    (addr, stop, task, writer)
+    (addr, budget, stop, task, writer)
 }
 
 impl Drop for Harness {
