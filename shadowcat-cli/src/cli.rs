@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// An MCP proxy whose streams survive drops and restarts.
 #[derive(Debug, Parser)]
-#[command(name = "shadowcat", version)]
+#[command(
+    name = "shadowcat",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SHADOWCAT_COMMIT"), ")")
+)]
 pub(crate) struct Cli {
     /// Log format; `RUST_LOG` sets the level (default `info`).
     #[arg(long, global = true, env = "SHADOWCAT_LOG_FORMAT", value_enum)]
@@ -42,11 +45,19 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ForwardCommand,
     },
-    /// Inspect and clean a session store.
-    Sessions {
-        #[command(subcommand)]
-        command: SessionsCommand,
+    /// Inspect and end sessions: through the running proxy's admin API,
+    /// or in the store when no proxy answers.
+    Sessions(SessionsArgs),
+    /// Print a shell completion script, e.g.
+    /// `shadowcat completions bash > /etc/bash_completion.d/shadowcat`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), as `cargo xtask man` writes it.
+    #[command(hide = true)]
+    Man,
 }
 
 /// `shadowcat reverse` flags.
@@ -61,9 +72,14 @@ pub(crate) struct ReverseArgs {
     /// The MCP endpoint path [default: /mcp].
     #[arg(long, env = "SHADOWCAT_PATH")]
     pub(crate) path: Option<String>,
-    /// Admin listener for /healthz and /metrics [default: 127.0.0.1:9090].
+    /// Admin listener (/healthz, /readyz, /metrics and the admin API), or
+    /// `off` [default: 127.0.0.1:9090].
     #[arg(long, env = "SHADOWCAT_ADMIN_BIND")]
-    pub(crate) admin_bind: Option<SocketAddr>,
+    pub(crate) admin_bind: Option<String>,
+    /// The admin API's bearer token: `env:VAR` or `file:PATH`. Required
+    /// when the admin listener is not on loopback.
+    #[arg(long, env = "SHADOWCAT_ADMIN_TOKEN")]
+    pub(crate) admin_token: Option<String>,
     /// Credentials for the upstream: `env:VAR` or `file:PATH` holding a
     /// bearer token. Client credentials are never forwarded.
     #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER")]
@@ -147,21 +163,48 @@ pub(crate) struct ForwardStdioArgs {
     pub(crate) program: Vec<OsString>,
 }
 
+/// `shadowcat sessions` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SessionsArgs {
+    /// The running proxy's admin API, e.g. http://127.0.0.1:9090
+    /// [default: from --admin-bind, as for `reverse`].
+    #[arg(long, global = true, env = "SHADOWCAT_ADMIN")]
+    pub(crate) admin: Option<String>,
+    /// The proxy's admin listener, as given to `reverse` (HOST:PORT).
+    #[arg(long, global = true, env = "SHADOWCAT_ADMIN_BIND")]
+    pub(crate) admin_bind: Option<String>,
+    /// The admin API's bearer token: `env:VAR` or `file:PATH`.
+    #[arg(long, global = true, env = "SHADOWCAT_ADMIN_TOKEN")]
+    pub(crate) admin_token: Option<String>,
+    /// Print JSON (for scripts) instead of a table.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: SessionsCommand,
+}
+
 /// `shadowcat sessions` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum SessionsCommand {
-    /// List sessions, oldest id first.
+    /// List sessions, ascending by id.
     List {
         /// Most sessions to print.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Only sessions unused for at least this many seconds.
+        #[arg(long)]
+        min_idle_secs: Option<u64>,
+        /// Only sessions whose upstream contains this text.
+        #[arg(long)]
+        upstream: Option<String>,
     },
-    /// Print one session as JSON.
+    /// Print one session with its streams.
     Show {
         /// The session id (what the client holds as Mcp-Session-Id).
         id: String,
     },
-    /// Delete one session (the client will have to initialize again).
+    /// End one session: upstream, in the store and on every instance (the
+    /// client will have to initialize again).
     Delete {
         /// The session id.
         id: String,

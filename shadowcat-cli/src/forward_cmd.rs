@@ -81,7 +81,7 @@ async fn http(
     shadowcat_proxy::check_upstream(&uri)?;
     let mut config = HttpForwardConfig::new(uri);
     if let Some(spec) = &args.upstream_bearer {
-        config.bearer = Some(crate::settings::read_secret(spec)?);
+        config.bearer = Some(crate::settings::read_secret(spec, "--upstream-bearer")?);
     }
     if let Some(max) = args.max_line_bytes {
         if max == 0 {

@@ -1,6 +1,8 @@
 //! The `shadowcat` binary: `shadowcat reverse --upstream URL` runs the
 //! Streamable HTTP reverse proxy; `shadowcat forward stdio -- PROGRAM`
-//! relays stdio to a program; `shadowcat sessions …` inspects a store.
+//! relays stdio to a program; `shadowcat sessions …` inspects and ends
+//! sessions (through the running proxy's admin API, else the store);
+//! `shadowcat completions SHELL` prints a completion script.
 //!
 //! Configuration: flags, each also a `SHADOWCAT_*` variable, over an
 //! optional TOML file (`--config`), over defaults. Logs go to stderr
@@ -20,7 +22,7 @@ mod store;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -33,6 +35,23 @@ const DEFAULT_MAX_BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "shadowcat", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shadowcat: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     // One relay task needs no second thread: a current-thread runtime
     // saves a cross-thread wake-up per message.
     let mut builder = match cli.command {
@@ -69,6 +88,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             run::reverse(settings, store, log_format).await
         }
         Command::Forward { command } => forward_cmd::run(command, log_format).await,
-        Command::Sessions { command } => sessions_cmd::run(command, &store, log_format).await,
+        Command::Sessions(args) => sessions_cmd::run(args, &file, &store, log_format).await,
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     }
 }

@@ -4,14 +4,18 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use shadowcat_proxy::ReverseProxy;
 use shadowcat_session::{BatchingWriter, IdleSweeper, WriterConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::admin::AdminState;
 use crate::cli::LogFormat;
 use crate::error::CliError;
-use crate::settings::ReverseSettings;
+use crate::settings::{AdminBind, ReverseSettings};
 use crate::store::StoreSpec;
 use crate::{admin, logging};
 
@@ -28,16 +32,28 @@ pub(crate) async fn reverse(
     let store = StoreSpec::parse(&store_spec)?.open(&store_spec).await?;
     let writer = BatchingWriter::start(store.clone(), WriterConfig::default());
     let sweeper = IdleSweeper::start(store.clone(), settings.sweeper);
-    let admin_listener = admin::bind(settings.admin_bind).await?;
+    let admin_listener = match settings.admin_bind {
+        AdminBind::At(addr) => Some(admin::bind(addr).await?),
+        AdminBind::Off => None,
+    };
     let proxy = ReverseProxy::bind(settings.proxy, store, Some(writer.handle())).await?;
     logging::init(log_format);
     tracing::info!(store = %store_spec, "session store open");
-    let admin_task = admin::serve(admin_listener, metrics);
+    let admin_task = admin_listener.map(|listener| {
+        let state = Arc::new(AdminState {
+            metrics,
+            admin: proxy.admin(),
+            token: RwLock::new(settings.admin_token.map(Arc::from)),
+        });
+        admin::serve(listener, state)
+    });
 
     let report = proxy
         .serve_with_drain(shutdown, settings.drain_timeout)
         .await?;
-    admin_task.abort();
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     upkeep.abort();
     sweeper.shutdown().await;
     let flushed = writer.shutdown().await;

@@ -32,7 +32,9 @@ pub(crate) struct FileConfig {
     bind: Option<SocketAddr>,
     path: Option<String>,
     store: Option<String>,
-    admin_bind: Option<SocketAddr>,
+    admin_bind: Option<String>,
+    /// The admin API's bearer token: `env:VAR` or `file:PATH`.
+    admin_token: Option<String>,
     log_format: Option<LogFormat>,
     upstream_bearer: Option<String>,
     allowed_origins: Option<Vec<String>>,
@@ -102,11 +104,54 @@ impl FileConfig {
     }
 }
 
+/// Where the admin listener listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminBind {
+    /// No admin listener (`--admin-bind off`).
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl AdminBind {
+    /// `off` or an address; `None` (not given) is the default address.
+    pub(crate) fn parse(spec: Option<&str>) -> Result<Self, CliError> {
+        match spec {
+            None => Ok(AdminBind::At(
+                DEFAULT_ADMIN_BIND.parse().expect("default admin address"),
+            )),
+            Some("off") => Ok(AdminBind::Off),
+            Some(s) => s.parse().map(AdminBind::At).map_err(|_| {
+                CliError::Config(format!(
+                    "bad admin address {s:?}: expected HOST:PORT (e.g. 127.0.0.1:9090) or off"
+                ))
+            }),
+        }
+    }
+}
+
+/// Where `shadowcat sessions` finds a running proxy: the admin address and
+/// token from the same flags, variables and config file as `reverse`.
+pub(crate) fn admin_target(
+    file: &FileConfig,
+    bind: Option<&str>,
+    token: Option<&str>,
+) -> Result<(AdminBind, Option<String>), CliError> {
+    let bind = AdminBind::parse(bind.or(file.admin_bind.as_deref()))?;
+    let token = match token.or(file.admin_token.as_deref()) {
+        Some(spec) => Some(read_secret(spec, "--admin-token")?),
+        None => None,
+    };
+    Ok((bind, token))
+}
+
 /// Everything `shadowcat reverse` runs with.
 #[derive(Debug)]
 pub(crate) struct ReverseSettings {
     pub(crate) proxy: ReverseProxyConfig,
-    pub(crate) admin_bind: SocketAddr,
+    pub(crate) admin_bind: AdminBind,
+    /// The admin API's bearer token, if any.
+    pub(crate) admin_token: Option<String>,
     pub(crate) drain_timeout: Duration,
     pub(crate) sweeper: SweeperConfig,
 }
@@ -114,6 +159,19 @@ pub(crate) struct ReverseSettings {
 impl ReverseSettings {
     /// Flags over the file over defaults.
     pub(crate) fn resolve(args: ReverseArgs, file: FileConfig) -> Result<Self, CliError> {
+        let (admin_bind, admin_token) = admin_target(
+            &file,
+            args.admin_bind.as_deref(),
+            args.admin_token.as_deref(),
+        )?;
+        if let AdminBind::At(addr) = admin_bind
+            && !addr.ip().is_loopback()
+            && admin_token.is_none()
+        {
+            return Err(CliError::Config(format!(
+                "the admin listener {addr} is not on loopback: give it a token (--admin-token env:VAR or file:PATH), bind it to 127.0.0.1, or turn it off (--admin-bind off)"
+            )));
+        }
         if args.upstream_cmd == args.program.is_empty() {
             return Err(CliError::Config(
                 "--upstream-cmd takes the program after `--`: --upstream-cmd -- PROGRAM [ARGS…]"
@@ -177,7 +235,7 @@ impl ReverseSettings {
         };
         proxy.allowed_origins = OriginPolicy::from_patterns(origins);
         if let Some(spec) = args.upstream_bearer.or(file.upstream_bearer) {
-            proxy.upstream_bearer = Some(read_secret(&spec)?);
+            proxy.upstream_bearer = Some(read_secret(&spec, "--upstream-bearer")?);
         }
         let l = &mut proxy.limits;
         let f = file.limits;
@@ -258,10 +316,6 @@ impl ReverseSettings {
             }
             l.session_revalidate_interval = ms(v);
         }
-        let admin_bind = args
-            .admin_bind
-            .or(file.admin_bind)
-            .unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("default admin address"));
         let drain = args
             .drain_timeout_secs
             .or(file.drain_timeout_secs)
@@ -285,6 +339,7 @@ impl ReverseSettings {
         Ok(ReverseSettings {
             proxy,
             admin_bind,
+            admin_token,
             drain_timeout: Duration::from_secs(drain),
             sweeper: SweeperConfig {
                 max_idle,
@@ -297,27 +352,25 @@ impl ReverseSettings {
 
 /// Reads a secret named by `env:VAR` or `file:PATH`. Literal secrets are
 /// refused: they would show in the process list and shell history.
-pub(crate) fn read_secret(spec: &str) -> Result<String, CliError> {
+/// `what` names the flag in errors.
+pub(crate) fn read_secret(spec: &str, what: &str) -> Result<String, CliError> {
     let value = if let Some(var) = spec.strip_prefix("env:") {
         std::env::var(var).map_err(|_| {
             CliError::Config(format!(
-                "--upstream-bearer names environment variable {var}, which is not set"
+                "{what} names environment variable {var}, which is not set"
             ))
         })?
     } else if let Some(path) = spec.strip_prefix("file:") {
-        std::fs::read_to_string(path).map_err(|e| {
-            CliError::Config(format!("cannot read the upstream bearer from {path}: {e}"))
-        })?
+        std::fs::read_to_string(path)
+            .map_err(|e| CliError::Config(format!("cannot read {what} from {path}: {e}")))?
     } else {
-        return Err(CliError::Config(
-            "--upstream-bearer takes env:VAR or file:PATH, never the token itself".into(),
-        ));
+        return Err(CliError::Config(format!(
+            "{what} takes env:VAR or file:PATH, never the token itself"
+        )));
     };
     let value = value.trim().to_owned();
     if value.is_empty() {
-        return Err(CliError::Config(
-            "the upstream bearer token is empty".into(),
-        ));
+        return Err(CliError::Config(format!("the {what} token is empty")));
     }
     Ok(value)
 }
@@ -332,6 +385,7 @@ mod tests {
             bind: None,
             path: None,
             admin_bind: None,
+            admin_token: None,
             upstream_bearer: None,
             allowed_origins: vec![],
             drain_timeout_secs: None,
@@ -394,7 +448,10 @@ mod tests {
         );
         assert!(s.proxy.allowed_origins.allows(b"https://a.example"));
         assert_eq!(s.proxy.path, "/mcp");
-        assert_eq!(s.admin_bind, DEFAULT_ADMIN_BIND.parse().unwrap());
+        assert_eq!(
+            s.admin_bind,
+            AdminBind::At(DEFAULT_ADMIN_BIND.parse().unwrap())
+        );
         assert_eq!(
             s.sweeper.max_idle,
             Duration::from_secs(DEFAULT_SESSION_IDLE_SECS)
@@ -470,12 +527,12 @@ mod tests {
 
     #[test]
     fn secrets_come_from_the_environment_or_a_file_only() {
-        assert!(read_secret("hunter2").is_err());
-        assert!(read_secret("env:SHADOWCAT_TEST_SURELY_UNSET_VAR").is_err());
+        assert!(read_secret("hunter2", "--x").is_err());
+        assert!(read_secret("env:SHADOWCAT_TEST_SURELY_UNSET_VAR", "--x").is_err());
         let path = std::env::temp_dir().join(format!("shadowcat-secret-{}", std::process::id()));
         std::fs::write(&path, "tok\n").unwrap();
         assert_eq!(
-            read_secret(&format!("file:{}", path.display())).unwrap(),
+            read_secret(&format!("file:{}", path.display()), "--x").unwrap(),
             "tok"
         );
         let _ = std::fs::remove_file(path);

@@ -224,7 +224,7 @@ async fn reverse_serves_then_stops_cleanly_and_sessions_are_inspectable() {
 
     // The session outlives the process in the file store.
     let mut c = shadowcat();
-    c.args(["sessions", "list", "--store", &store]);
+    c.args(["sessions", "list", "--store", &store, "--admin-bind", "off"]);
     let out = run(c);
     assert!(out.status.success(), "{out:?}");
     let listed = String::from_utf8_lossy(&out.stdout);
@@ -232,17 +232,41 @@ async fn reverse_serves_then_stops_cleanly_and_sessions_are_inspectable() {
     assert!(listed.contains("2025-06-18"), "{listed}");
 
     let mut c = shadowcat();
-    c.args(["sessions", "show", &sid, "--store", &store]);
+    c.args([
+        "sessions",
+        "show",
+        &sid,
+        "--store",
+        &store,
+        "--admin-bind",
+        "off",
+    ]);
     let out = run(c);
     assert!(out.status.success(), "{out:?}");
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["id"], sid.as_str());
 
     let mut c = shadowcat();
-    c.args(["sessions", "delete", &sid, "--store", &store]);
+    c.args([
+        "sessions",
+        "delete",
+        &sid,
+        "--store",
+        &store,
+        "--admin-bind",
+        "off",
+    ]);
     assert!(run(c).status.success());
     let mut c = shadowcat();
-    c.args(["sessions", "show", &sid, "--store", &store]);
+    c.args([
+        "sessions",
+        "show",
+        &sid,
+        "--store",
+        &store,
+        "--admin-bind",
+        "off",
+    ]);
     let out = run(c);
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(dir);

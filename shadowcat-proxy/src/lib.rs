@@ -14,6 +14,8 @@
 //! - `session`: sessions (store plus a bounded, revalidated cache) and the
 //!   one adapter to the session crate's writer.
 //! - `server`: the reverse proxy's HTTP server and its handlers.
+//! - [`admin`]: the operator's view of a running proxy (sessions, streams,
+//!   readiness), served by the CLI's admin listener.
 //! - [`forward`]: the forward proxies.
 
 mod config;
@@ -28,6 +30,12 @@ mod upstream;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;
+
+/// The operator's view of a running proxy: [`admin::Admin`] and the JSON
+/// schema of the admin API.
+pub mod admin {
+    pub use crate::server::admin::*;
+}
 
 pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
 pub use error::ProxyError;

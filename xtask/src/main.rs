@@ -20,12 +20,14 @@ fn main() -> ExitCode {
         Some("gates") => gates(),
         Some("interop") => interop::run(),
         Some("load") => load::run(&args[1..]),
+        Some("man") => man(),
         Some("help") | None => {
             eprintln!("usage: cargo xtask <ci|gates>");
             eprintln!("  ci     fmt check, clippy -D warnings, all tests, tidy, bench gates");
             eprintln!("  gates  only the deterministic bench gates");
             eprintln!("  interop  real MCP clients and servers through shadowcat (node, python3)");
             eprintln!("  load [--quick] [--install]  load harness: direct vs shadowcat vs nginx");
+            eprintln!("  man    write the man page to target/man/shadowcat.1");
             Ok(())
         }
         Some(other) => Err(format!(
@@ -39,6 +41,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `target/man/shadowcat.1` from the CLI's clap definitions.
+fn man() -> Result<(), String> {
+    let dir = root().join("target").join("man");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let out = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--locked",
+            "-p",
+            "shadowcat-cli",
+            "--",
+            "man",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "shadowcat man failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = dir.join("shadowcat.1");
+    std::fs::write(&path, &out.stdout)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!(
+        "wrote {} (read it with: man {})",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 /// The workspace root (the parent of this crate's folder).

@@ -36,6 +36,7 @@ use crate::upstream::http::{UpstreamBody, UpstreamPool};
 use crate::upstream::stdio::StdioBridge;
 use rejection::Rejection;
 
+pub(crate) mod admin;
 pub(crate) mod body;
 mod delete;
 mod get;
@@ -103,6 +104,11 @@ struct Shared {
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
     env: Arc<StreamEnv>,
+    /// True while the listener accepts connections.
+    accepting: std::sync::atomic::AtomicBool,
+    /// A session id no session has: the readiness check asks the store
+    /// for it.
+    probe_id: shadowcat_session::SessionId,
 }
 
 impl ReverseProxy {
@@ -221,6 +227,10 @@ impl ReverseProxy {
                 writer,
                 closing,
                 env,
+                accepting: std::sync::atomic::AtomicBool::new(false),
+                probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
+                    ProxyError::Config(format!("no randomness for a session id: {e}"))
+                })?,
             }),
             closing_tx,
         })
@@ -229,6 +239,12 @@ impl ReverseProxy {
     /// The address the proxy listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The operator's handle on this proxy (sessions, streams, readiness);
+    /// stays valid while it serves.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(Arc::clone(&self.shared))
     }
 
     /// A view of the proxy's buffer budget (`max_buffered_bytes`), for
@@ -261,6 +277,9 @@ impl ReverseProxy {
         let graceful = GracefulShutdown::new();
         tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.sessions.upstream_label(), "reverse proxy listening");
         let mut shutdown = std::pin::pin!(shutdown);
+        shared
+            .accepting
+            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -289,6 +308,9 @@ impl ReverseProxy {
                 () = &mut shutdown => break,
             }
         }
+        shared
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Release);
         drop(listener);
         tracing::info!("shutting down: no new connections; closing streams");
         let _ = closing_tx.send(true);

@@ -352,6 +352,16 @@ impl Sessions {
         self.cache.lock().map.len()
     }
 
+    /// The cached entry of `id`, without marking it used (the admin API).
+    pub(crate) fn peek(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        self.cache.lock().map.get(id).map(|c| Arc::clone(&c.entry))
+    }
+
+    /// Every cached entry, least recently used first (the admin API).
+    pub(crate) fn cached_entries(&self) -> Vec<Arc<SessionEntry>> {
+        self.cache.lock().order.values().cloned().collect()
+    }
+
     /// A request uses session `id`: from the cache (read again from the
     /// store when not confirmed within the revalidation interval), else
     /// from the store. Records the activity with the writer.

@@ -170,6 +170,27 @@ impl StreamShared {
         stream
     }
 
+    /// What the stream holds now (for the admin API).
+    pub(crate) fn view(&self) -> StreamView {
+        let st = self.state.lock();
+        StreamView {
+            stream: self.id.0,
+            get: self.id.0 & crate::event_id::GET_STREAM_BIT != 0,
+            next_seq: st.buffer.next_seq(),
+            held_events: st.buffer.next_seq() - st.buffer.first_seq(),
+            held_bytes: st.buffer.held_bytes(),
+            written: st.buffer.written(),
+            clients: st.attached,
+            state: match st.end {
+                None if st.attached > 0 => "live",
+                None => "detached",
+                Some(End::Complete) => "complete",
+                Some(End::Failed) => "failed",
+                Some(End::Released) => "released",
+            },
+        }
+    }
+
     /// Attaches a client that wants the events from `from` on.
     pub(crate) fn attach(self: &Arc<Self>, from: u64) -> Result<StreamBody, NotHeld> {
         self.attach_with(from, None)
@@ -540,6 +561,28 @@ impl Drop for StreamBody {
     }
 }
 
+/// A snapshot of one stream, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StreamView {
+    /// The stream number (as in the client's event ids).
+    pub stream: u32,
+    /// True for the session's GET stream, false for a request's stream.
+    pub get: bool,
+    /// The sequence number the next event gets.
+    pub next_seq: u64,
+    /// Events held in the replay buffer.
+    pub held_events: u64,
+    /// Bytes held in the replay buffer.
+    pub held_bytes: usize,
+    /// The highest sequence number written to a client.
+    pub written: u64,
+    /// Clients attached now.
+    pub clients: u32,
+    /// `live` (a client attached), `detached` (no client; the reader goes
+    /// on), `complete`, `failed` or `released`.
+    pub state: &'static str,
+}
+
 /// A session's streams on this instance.
 #[derive(Debug, Default)]
 pub(crate) struct StreamRegistry {
@@ -551,6 +594,13 @@ pub(crate) struct StreamRegistry {
 impl StreamRegistry {
     pub(crate) fn get(&self, id: u32) -> Option<Arc<StreamShared>> {
         self.streams.lock().get(&id).cloned()
+    }
+
+    /// Every stream of the session on this instance, by number.
+    pub(crate) fn all(&self) -> Vec<Arc<StreamShared>> {
+        let mut all: Vec<_> = self.streams.lock().values().cloned().collect();
+        all.sort_by_key(|s| s.id.0);
+        all
     }
 
     /// Adds a stream. Complete streams past their linger time are released

@@ -73,6 +73,7 @@ pub(crate) mod replay;
 pub(crate) mod sink;
 mod source;
 
+pub use engine::StreamView;
 pub(crate) use engine::{StreamBody, StreamRegistry, StreamShared};
 pub(crate) use reader::{Pump, PumpSource, PumpSpec, Pumped};
 use replay::ReplayLimits;

@@ -141,6 +141,11 @@ impl ReplayBuffer {
         self.bytes
     }
 
+    /// Encoded bytes held.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Appends the next event; returns its sequence number.
     pub(crate) fn push(&mut self, event: Bytes) -> u64 {
         let seq = self.next_seq();
