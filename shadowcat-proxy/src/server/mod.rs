@@ -37,8 +37,10 @@ use rejection::Rejection;
 
 pub(crate) mod body;
 mod delete;
+mod ender;
 mod get;
 mod post;
+mod ratelimit;
 mod rejection;
 mod stdio;
 
@@ -102,6 +104,10 @@ struct Shared {
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
     env: Arc<StreamEnv>,
+    /// The per-client limit on session creation (none when 0).
+    create_limit: Option<ratelimit::CreateLimiter>,
+    /// Ends sessions upstream that ended here without a client's DELETE.
+    ender: Arc<ender::SessionEnder>,
 }
 
 impl ReverseProxy {
@@ -188,6 +194,15 @@ impl ReverseProxy {
             None => None,
         };
         let pool = UpstreamPool::new(&config.upstream, config.limits.upstream_connect_timeout);
+        let ender = ender::SessionEnder::start(
+            Arc::clone(&pool),
+            config.upstream.clone(),
+            bearer.clone(),
+            &sessions,
+            stdio.as_ref(),
+        );
+        let create_limit =
+            ratelimit::CreateLimiter::new(config.limits.max_session_creates_per_minute);
         let env = Arc::new(StreamEnv {
             pool: Arc::clone(&pool),
             uri: config.upstream.clone(),
@@ -213,6 +228,8 @@ impl ReverseProxy {
                 writer,
                 closing,
                 env,
+                create_limit,
+                ender,
             }),
             closing_tx,
         })
@@ -221,6 +238,14 @@ impl ReverseProxy {
     /// The address the proxy listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the store's idle sweeper should tell about the sessions it
+    /// expires ([`shadowcat_session::IdleSweeper::start_with`]): the proxy
+    /// drops them from memory, ends them upstream with DELETE and stops
+    /// their stdio servers.
+    pub fn expiry_hook(&self) -> Arc<dyn shadowcat_session::ExpiryHook> {
+        Arc::clone(&self.shared.ender) as Arc<dyn shadowcat_session::ExpiryHook>
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends open
@@ -252,7 +277,8 @@ impl ReverseProxy {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let shared = Arc::clone(&shared);
-                        let svc = hyper::service::service_fn(move |req| {
+                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(ratelimit::ClientAddr(peer));
                             let shared = Arc::clone(&shared);
                             async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
                         });

@@ -803,7 +803,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let (bridge, sessions) = cat_bridge(store, Duration::from_secs(3600), None);
         let s = sessions
-            .create(None, ProtocolVersion::ASSUMED)
+            .create(None, ProtocolVersion::ASSUMED, u64::MAX)
             .await
             .unwrap();
         let child = bridge.spawn(&s.id).await.unwrap();
@@ -964,7 +964,7 @@ mod tests {
                 Some(handle.clone()),
             );
             let s = sessions
-                .create(None, ProtocolVersion::ASSUMED)
+                .create(None, ProtocolVersion::ASSUMED, u64::MAX)
                 .await
                 .unwrap();
             handle.touch(&s.id, now_millis());
