@@ -28,7 +28,7 @@ pub(crate) async fn reverse(
     // Redis keys outlive the idle timeout: idle sessions leave through the
     // sweeper, which has them ended upstream.
     let store = StoreSpec::parse(&store_spec)?
-        .open(&store_spec, settings.sweeper.store_ttl())
+        .open_with_ttl(&store_spec, settings.sweeper.store_ttl())
         .await?;
     let writer = BatchingWriter::start(store.clone(), WriterConfig::default());
     let admin_listener = admin::bind(settings.admin_bind).await?;

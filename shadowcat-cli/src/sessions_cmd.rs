@@ -16,9 +16,7 @@ pub(crate) async fn run(
     spec: &str,
     log_format: LogFormat,
 ) -> Result<ExitCode, CliError> {
-    // Reads and deletes only: the TTL of new writes does not matter here.
-    let ttl = shadowcat_session::SweeperConfig::default().store_ttl();
-    let store = StoreSpec::parse(spec)?.open(spec, ttl).await?;
+    let store = StoreSpec::parse(spec)?.open(spec).await?;
     logging::init(log_format);
     let err = |source| CliError::Store {
         spec: spec.to_owned(),

@@ -41,9 +41,15 @@ impl StoreSpec {
         }
     }
 
+    /// Opens (or creates) the store, Redis keys with the default TTL.
+    pub(crate) async fn open(&self, spec: &str) -> Result<Arc<dyn SessionStore>, CliError> {
+        self.open_with_ttl(spec, RedisStoreConfig::default().idle_ttl)
+            .await
+    }
+
     /// Opens (or creates) the store. `idle_ttl` is the TTL of Redis
     /// session keys ([`shadowcat_session::SweeperConfig::store_ttl`]).
-    pub(crate) async fn open(
+    pub(crate) async fn open_with_ttl(
         &self,
         spec: &str,
         idle_ttl: Duration,

@@ -108,9 +108,11 @@ pub struct Limits {
     /// Most sessions one client address may create per minute (IPv6: per
     /// /64 prefix); beyond it an initialize gets 429 with `Retry-After`. A
     /// token bucket holding this many, refilled evenly over the minute
-    /// (so a burst of this many, then one every 60 s / this). 0: no limit.
-    /// The proxy tracks at most 65,536 addresses (about 3 MB); past that
-    /// the oldest minute's are forgotten early. Default 600.
+    /// (so a burst of this many, then one every 60 s / this). 0: no limit
+    /// (behind a load balancer every client has its address: raise it or
+    /// turn it off). The proxy tracks at most 65,536 addresses (about
+    /// 3 MB); past that the oldest minute's are forgotten early. Default
+    /// 600.
     pub max_session_creates_per_minute: u32,
     /// Most SSE streams open at once in one session; more gets 429.
     /// Default 16.
