@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
 use parking_lot::Mutex;
 use shadowcat_session::{
-    BatchingWriter, MemoryStore, Page, RedbStore, Session, SessionId, SessionStore, StoreError,
-    StreamId, UnixMillis, Update, WriterConfig,
+    BatchingWriter, ExpiredSession, MemoryStore, Page, RedbStore, Session, SessionId, SessionStore,
+    StoreError, StreamId, UnixMillis, Update, WriterConfig,
 };
 
 /// Event ids cycled through: realistic upstream ids of two lengths.
@@ -227,8 +227,8 @@ impl SessionStore for RecordingStore {
         self.inner.kind()
     }
 
-    async fn create(&self, s: &Session) -> Result<(), StoreError> {
-        self.inner.create(s).await
+    async fn create_bounded(&self, s: &Session, max_sessions: u64) -> Result<(), StoreError> {
+        self.inner.create_bounded(s, max_sessions).await
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
@@ -267,7 +267,11 @@ impl SessionStore for RecordingStore {
         Ok(())
     }
 
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
         self.inner.expire_idle(now, max_idle).await
     }
 }

@@ -118,6 +118,11 @@ pub(crate) struct ReverseArgs {
     /// [default: 2000].
     #[arg(long, env = "SHADOWCAT_SESSION_REVALIDATE_INTERVAL_MS")]
     pub(crate) session_revalidate_interval_ms: Option<u64>,
+    /// Most sessions one client address (IPv6: /64) may create per minute;
+    /// beyond it an initialize gets 429 with Retry-After. 0: no limit
+    /// [default: 600].
+    #[arg(long, env = "SHADOWCAT_MAX_SESSION_CREATES_PER_MINUTE")]
+    pub(crate) max_session_creates_per_minute: Option<u32>,
     /// The stdio server and its arguments, after `--` (with
     /// --upstream-cmd).
     #[arg(last = true, value_name = "PROGRAM")]

@@ -29,14 +29,20 @@ pub(crate) async fn reverse(
 ) -> Result<ExitCode, CliError> {
     let (metrics, upkeep) = admin::install_metrics()?;
     let shutdown = shutdown_signal()?;
-    let store = StoreSpec::parse(&store_spec)?.open(&store_spec).await?;
+    // Redis keys outlive the idle timeout: idle sessions leave through the
+    // sweeper, which has them ended upstream.
+    let store = StoreSpec::parse(&store_spec)?
+        .open_with_ttl(&store_spec, settings.sweeper.store_ttl())
+        .await?;
     let writer = BatchingWriter::start(store.clone(), WriterConfig::default());
-    let sweeper = IdleSweeper::start(store.clone(), settings.sweeper);
     let admin_listener = match settings.admin_bind {
         AdminBind::At(addr) => Some(admin::bind(addr).await?),
         AdminBind::Off => None,
     };
-    let proxy = ReverseProxy::bind(settings.proxy, store, Some(writer.handle())).await?;
+    let proxy = ReverseProxy::bind(settings.proxy, store.clone(), Some(writer.handle())).await?;
+    // Expired sessions are dropped from the proxy's memory and ended
+    // upstream (DELETE) or their stdio server stopped.
+    let sweeper = IdleSweeper::start_with(store, settings.sweeper, Some(proxy.expiry_hook()));
     logging::init(log_format);
     tracing::info!(store = %store_spec, "session store open");
     let admin_task = admin_listener.map(|listener| {

@@ -60,6 +60,7 @@ struct FileLimits {
     upstream_connect_timeout_ms: Option<u64>,
     upstream_response_timeout_ms: Option<u64>,
     max_sessions: Option<u64>,
+    max_session_creates_per_minute: Option<u32>,
     max_streams_per_session: Option<u32>,
     keepalive_interval_ms: Option<u64>,
     max_last_event_id_len: Option<usize>,
@@ -258,6 +259,12 @@ impl ReverseSettings {
         if let Some(v) = f.max_sessions {
             l.max_sessions = v;
         }
+        if let Some(v) = args
+            .max_session_creates_per_minute
+            .or(f.max_session_creates_per_minute)
+        {
+            l.max_session_creates_per_minute = v;
+        }
         if let Some(v) = f.max_streams_per_session {
             l.max_streams_per_session = v;
         }
@@ -394,6 +401,7 @@ mod tests {
             max_children: None,
             max_cached_sessions: None,
             session_revalidate_interval_ms: None,
+            max_session_creates_per_minute: None,
             program: vec![],
         }
     }
@@ -418,6 +426,8 @@ mod tests {
             reconnect_max_attempts = 4
             max_cached_sessions = 7
             session_revalidate_interval_ms = 300
+            max_sessions = 9
+            max_session_creates_per_minute = 12
             "#,
         )
         .unwrap();
@@ -437,6 +447,24 @@ mod tests {
         assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);
         assert_eq!(s.proxy.limits.reconnect.max_attempts, 4);
         assert_eq!(s.proxy.limits.max_cached_sessions, 7);
+        assert_eq!(s.proxy.limits.max_sessions, 9);
+        assert_eq!(s.proxy.limits.max_session_creates_per_minute, 12);
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.max_session_creates_per_minute = Some(0);
+        let s0 = ReverseSettings::resolve(a, FileConfig::default()).unwrap();
+        assert_eq!(
+            s0.proxy.limits.max_session_creates_per_minute, 0,
+            "the flag; 0 turns the limit off"
+        );
+        assert_eq!(
+            ReverseSettings::resolve(args(Some("http://127.0.0.1:2/mcp")), FileConfig::default())
+                .unwrap()
+                .proxy
+                .limits
+                .max_session_creates_per_minute,
+            600,
+            "the default"
+        );
         assert_eq!(
             s.proxy.limits.session_revalidate_interval,
             Duration::from_millis(400),

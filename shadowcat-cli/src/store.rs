@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shadowcat_session::{MemoryStore, RedbStore, RedisStore, RedisStoreConfig, SessionStore};
 
@@ -40,8 +41,19 @@ impl StoreSpec {
         }
     }
 
-    /// Opens (or creates) the store.
+    /// Opens (or creates) the store, Redis keys with the default TTL.
     pub(crate) async fn open(&self, spec: &str) -> Result<Arc<dyn SessionStore>, CliError> {
+        self.open_with_ttl(spec, RedisStoreConfig::default().idle_ttl)
+            .await
+    }
+
+    /// Opens (or creates) the store. `idle_ttl` is the TTL of Redis
+    /// session keys ([`shadowcat_session::SweeperConfig::store_ttl`]).
+    pub(crate) async fn open_with_ttl(
+        &self,
+        spec: &str,
+        idle_ttl: Duration,
+    ) -> Result<Arc<dyn SessionStore>, CliError> {
         let err = |source| CliError::Store {
             spec: spec.to_owned(),
             source,
@@ -50,9 +62,15 @@ impl StoreSpec {
             StoreSpec::Memory => Arc::new(MemoryStore::new()),
             StoreSpec::File(path) => Arc::new(RedbStore::open(path).map_err(err)?),
             StoreSpec::Redis(url) => Arc::new(
-                RedisStore::connect(url, RedisStoreConfig::default())
-                    .await
-                    .map_err(err)?,
+                RedisStore::connect(
+                    url,
+                    RedisStoreConfig {
+                        idle_ttl,
+                        ..RedisStoreConfig::default()
+                    },
+                )
+                .await
+                .map_err(err)?,
             ),
         })
     }

@@ -98,9 +98,22 @@ pub struct Limits {
     /// headers; a stream may then run as long as it likes); then 504.
     /// Default 60 s.
     pub upstream_response_timeout: Duration,
-    /// Most live sessions (in the store); an initialize beyond it gets 503.
-    /// Default 10,000.
+    /// Most live sessions (in the store); an initialize beyond it gets 503
+    /// with `Retry-After`. Exact under concurrency, across every instance
+    /// sharing the store: the store counts and creates in one step. At the
+    /// bound, an initialize the upstream already answered is ended there
+    /// (DELETE), and for a second this instance refuses initializes
+    /// without asking the upstream. Default 10,000.
     pub max_sessions: u64,
+    /// Most sessions one client address may create per minute (IPv6: per
+    /// /64 prefix); beyond it an initialize gets 429 with `Retry-After`. A
+    /// token bucket holding this many, refilled evenly over the minute
+    /// (so a burst of this many, then one every 60 s / this). 0: no limit
+    /// (behind a load balancer every client has its address: raise it or
+    /// turn it off). The proxy tracks at most 65,536 addresses (about
+    /// 3 MB); past that the oldest minute's are forgotten early. Default
+    /// 600.
+    pub max_session_creates_per_minute: u32,
     /// Most SSE streams open at once in one session; more gets 429.
     /// Default 16.
     pub max_streams_per_session: u32,
@@ -167,6 +180,7 @@ impl Default for Limits {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
+            max_session_creates_per_minute: 600,
             max_streams_per_session: 16,
             keepalive_interval: Duration::from_secs(15),
             max_last_event_id_len: 256,

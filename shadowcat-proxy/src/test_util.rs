@@ -75,6 +75,8 @@ struct State {
     cuts_done: AtomicU64,
     resumes: AtomicU64,
     all_sent: Notify,
+    deletes: AtomicU64,
+    deleted_signal: Notify,
 }
 
 /// One `progress` stream's events, replayable from any point.
@@ -250,6 +252,26 @@ impl TestUpstream {
         }
     }
 
+    /// How many DELETEs it received (of live sessions or not).
+    pub fn deletes(&self) -> u64 {
+        self.state.deletes.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` until it received at least `n` DELETEs; true
+    /// if so.
+    pub async fn wait_deletes(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.deleted_signal.notified();
+            if self.deletes() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.deletes() >= n;
+            }
+        }
+    }
+
     /// How many `forever` streams were dropped by the other side.
     pub fn cancelled(&self) -> u64 {
         self.state.cancelled.load(Ordering::SeqCst)
@@ -350,7 +372,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
             };
         }
         Method::DELETE if !stateless => {
-            return match session {
+            let resp = match session {
                 Some(s) if st.sessions.lock().remove(&s) => {
                     let mut r = Response::new(UpBody::full(Bytes::new()));
                     *r.status_mut() = StatusCode::OK;
@@ -358,6 +380,10 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
                 }
                 _ => error(StatusCode::NOT_FOUND, -32001, "session not found"),
             };
+            // Counted once the session is gone.
+            st.deletes.fetch_add(1, Ordering::SeqCst);
+            st.deleted_signal.notify_waiters();
+            return resp;
         }
         _ => return error(StatusCode::METHOD_NOT_ALLOWED, -32601, "method not allowed"),
     }

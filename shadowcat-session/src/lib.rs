@@ -16,7 +16,7 @@ pub use model::{
     InvalidSessionId, RESUME_KEY_LEN, ResumeKey, ResumptionPoint, Session, SessionId, StreamId,
     StreamPoint, UnixMillis, Update, now_millis,
 };
-pub use store::{Page, SessionStore, StoreError};
+pub use store::{ExpiredSession, Page, SessionStore, StoreError};
 
 pub mod redb_store;
 pub mod redis_store;
@@ -28,4 +28,4 @@ pub use writer::{
     WriterStats,
 };
 pub mod sweeper;
-pub use sweeper::{IdleSweeper, SweeperConfig};
+pub use sweeper::{ExpiryHook, IdleSweeper, SweeperConfig};

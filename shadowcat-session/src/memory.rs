@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use crate::model::{Session, SessionId, UnixMillis, Update};
-use crate::store::{Page, SessionStore, StoreError, is_idle};
+use crate::store::{ExpiredSession, Page, SessionStore, StoreError, is_idle};
 
 /// An in-memory [`SessionStore`]; forgets everything on drop.
 #[derive(Debug, Default)]
@@ -41,10 +41,16 @@ impl SessionStore for MemoryStore {
         "memory"
     }
 
-    async fn create(&self, session: &Session) -> Result<(), StoreError> {
+    async fn create_bounded(&self, session: &Session, max_sessions: u64) -> Result<(), StoreError> {
         let mut map = self.sessions.lock();
         if map.contains_key(&session.id) {
             return Err(StoreError::AlreadyExists(session.id.clone()));
+        }
+        if map.len() as u64 >= max_sessions {
+            return Err(StoreError::Full {
+                store: "memory",
+                limit: max_sessions,
+            });
         }
         map.insert(session.id.clone(), session.clone());
         Ok(())
@@ -92,10 +98,20 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
         let mut map = self.sessions.lock();
-        let before = map.len();
-        map.retain(|_, s| !is_idle(s.last_activity, now, max_idle));
-        Ok((before - map.len()) as u64)
+        let mut gone = Vec::new();
+        map.retain(|_, s| {
+            let idle = is_idle(s.last_activity, now, max_idle);
+            if idle {
+                gone.push(ExpiredSession::of(s));
+            }
+            !idle
+        });
+        Ok(gone)
     }
 }

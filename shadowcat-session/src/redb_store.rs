@@ -71,7 +71,7 @@ use crate::model::{
     RESUME_KEY_LEN, ResumeKey, ResumptionPoint, Session, SessionId, StreamId, StreamPoint,
     UnixMillis, Update,
 };
-use crate::store::{Page, SessionStore, StoreError, is_idle};
+use crate::store::{ExpiredSession, Page, SessionStore, StoreError, is_idle};
 
 const STORE: &str = "redb";
 
@@ -209,11 +209,11 @@ impl RedbStore {
     }
 }
 
-/// Logs and counts a failure; `NotFound`/`AlreadyExists` are answers, not
-/// failures.
+/// Logs and counts a failure; `NotFound`/`AlreadyExists`/`Full` are
+/// answers, not failures.
 fn record_failure(op: &'static str, path: &Path, err: &StoreError) {
     let kind = match err {
-        StoreError::AlreadyExists(_) | StoreError::NotFound(_) => return,
+        StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Full { .. } => return,
         StoreError::Unavailable { .. } => "unavailable",
         StoreError::Corrupt { .. } => "corrupt",
         StoreError::Refused { .. } => "refused",
@@ -602,6 +602,18 @@ fn exists(txn: &redb::WriteTransaction, id: &str) -> Result<bool, Fail> {
     Ok(txn.open_table(SESSIONS)?.get(id)?.is_some())
 }
 
+/// What an expiry reports about session `id` from its record; `None` when
+/// the id or the record does not decode.
+fn expired_of(id: &str, record: &[u8]) -> Option<ExpiredSession> {
+    let rec = decode_session(record)?;
+    Some(ExpiredSession {
+        id: SessionId::parse(id).ok()?,
+        upstream: rec.upstream.to_owned(),
+        upstream_session_id: rec.upstream_session_id.map(str::to_owned),
+        protocol_version: rec.protocol_version.to_owned(),
+    })
+}
+
 /// Removes a session and everything about it; true if it existed.
 fn remove_session(txn: &redb::WriteTransaction, id: &str) -> Result<bool, Fail> {
     let existed = txn.open_table(SESSIONS)?.remove(id)?.is_some();
@@ -664,12 +676,21 @@ impl SessionStore for RedbStore {
         STORE
     }
 
-    async fn create(&self, session: &Session) -> Result<(), StoreError> {
+    async fn create_bounded(&self, session: &Session, max_sessions: u64) -> Result<(), StoreError> {
         let session = session.clone();
         self.run("create", move |db| {
+            // Write transactions are serialized: the count and the insert
+            // are one step.
             let txn = db.begin_write()?;
             if exists(&txn, session.id.as_str())? {
                 return Err(StoreError::AlreadyExists(session.id).into());
+            }
+            if txn.open_table(SESSIONS)?.len()? >= max_sessions {
+                return Err(StoreError::Full {
+                    store: STORE,
+                    limit: max_sessions,
+                }
+                .into());
             }
             write_session(&txn, &session)?;
             txn.commit()?;
@@ -775,26 +796,48 @@ impl SessionStore for RedbStore {
         Ok(())
     }
 
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
-        self.run("expire_idle", move |db| {
-            let txn = db.begin_write()?;
-            let mut idle = Vec::new();
-            for entry in txn.open_table(ACTIVITY)?.iter()? {
-                let (k, v) = entry?;
-                if is_idle(v.value(), now, max_idle) {
-                    idle.push(k.value().to_owned());
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
+        let (gone, unreadable) = self
+            .run("expire_idle", move |db| {
+                let txn = db.begin_write()?;
+                let mut idle = Vec::new();
+                for entry in txn.open_table(ACTIVITY)?.iter()? {
+                    let (k, v) = entry?;
+                    if is_idle(v.value(), now, max_idle) {
+                        idle.push(k.value().to_owned());
+                    }
                 }
-            }
-            let mut gone = 0;
-            for id in &idle {
-                if remove_session(&txn, id)? {
-                    gone += 1;
+                let mut gone = Vec::with_capacity(idle.len());
+                let mut unreadable = Vec::new();
+                for id in idle {
+                    let expired = {
+                        let sessions = txn.open_table(SESSIONS)?;
+                        let record = sessions.get(id.as_str())?;
+                        record.map(|r| expired_of(&id, r.value()))
+                    };
+                    if remove_session(&txn, &id)? {
+                        match expired {
+                            Some(Some(e)) => gone.push(e),
+                            _ => unreadable.push(id),
+                        }
+                    }
                 }
-            }
-            txn.commit()?;
-            Ok(gone)
-        })
-        .await
+                txn.commit()?;
+                Ok((gone, unreadable))
+            })
+            .await?;
+        for id in unreadable {
+            // Removed all the same: an unreadable record cannot be ended
+            // upstream, only forgotten.
+            tracing::warn!(store = STORE, session = %id, "expired a session whose record did not decode; it is not ended upstream");
+            metrics::counter!("shadowcat_store_errors_total", "store" => STORE, "op" => "expire_idle", "kind" => "corrupt")
+                .increment(1);
+        }
+        Ok(gone)
     }
 }
 

@@ -14,9 +14,20 @@
 //!
 //! Every write refreshes the session key's TTL to
 //! [`RedisStoreConfig::idle_ttl`], so forgotten sessions vanish by
-//! themselves. The index entry of a session that expired this way is pruned
-//! by [`SessionStore::count`], [`SessionStore::expire_idle`] and (for the
-//! ids it meets) [`SessionStore::list`].
+//! themselves even with no proxy sweeping. The TTL is set well past the
+//! idle timeout so that idle sessions normally leave through
+//! [`SessionStore::expire_idle`], which reports them (to be ended
+//! upstream); one dropped by TTL is not reported. The index entry of a
+//! session that expired this way is pruned by [`SessionStore::count`],
+//! [`SessionStore::expire_idle`], a create at the session bound (at most
+//! once per [`FULL_PRUNE_EVERY`]) and (for the ids it meets)
+//! [`SessionStore::list`].
+//!
+//! # The session bound
+//!
+//! [`SessionStore::create_bounded`] checks the index's size (`ZCARD`) and
+//! creates in one script, so instances sharing the namespace never
+//! overshoot the bound together.
 //!
 //! # Round trips
 //!
@@ -66,7 +77,7 @@ use smallvec::SmallVec;
 use crate::model::{
     ResumeKey, ResumptionPoint, Session, SessionId, StreamId, StreamPoint, UnixMillis, Update,
 };
-use crate::store::{Page, SessionStore, StoreError};
+use crate::store::{ExpiredSession, Page, SessionStore, StoreError};
 
 const STORE: &str = "redis";
 
@@ -77,8 +88,12 @@ pub struct RedisStoreConfig {
     /// `shadowcat`. Two proxies share sessions when they share it.
     pub namespace: String,
     /// TTL of a session key, refreshed by every write and touch. A session
-    /// nobody writes for this long disappears by itself. Keep it at least
-    /// as long as the proxy's idle limit. Default 30 minutes.
+    /// nobody writes for this long disappears by itself, unreported: no
+    /// [`SessionStore::expire_idle`] returns it, so it is never ended
+    /// upstream. Keep it well past the idle timeout plus the sweep
+    /// interval ([`crate::SweeperConfig::store_ttl`], which `shadowcat
+    /// reverse` uses). Default 62 minutes: that of the default sweeper
+    /// (30-minute timeout, 60-second interval).
     pub idle_ttl: Duration,
     /// Limit of one TCP connect and handshake attempt. Default 1 s.
     pub connect_timeout: Duration,
@@ -98,7 +113,7 @@ impl Default for RedisStoreConfig {
     fn default() -> Self {
         RedisStoreConfig {
             namespace: "shadowcat".to_owned(),
-            idle_ttl: Duration::from_secs(30 * 60),
+            idle_ttl: crate::SweeperConfig::default().store_ttl(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(3),
@@ -114,8 +129,15 @@ const RECONNECT_RETRIES: usize = 1;
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
+/// At the session bound, a create prunes the index of sessions Redis
+/// dropped by TTL at most this often (a walk of the whole index).
+pub const FULL_PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// Creates (`ARGV[3] == 'create'`) or replaces a session hash and indexes it.
-/// KEYS: session hash, index. ARGV: ttl ms, id, mode, field, value, ...
+/// KEYS: session hash, index. ARGV: ttl ms, id, mode, most sessions ('' for
+/// no bound; create only), field, value, ... Returns 1 when written, 0 when
+/// the session exists (create) or does not (replace), -1 when the index
+/// holds the most sessions already (create).
 /// HSET is the first write, so an OOM refusal happens before anything changes.
 const WRITE_LUA: &str = r"
 local key, index = KEYS[1], KEYS[2]
@@ -125,13 +147,16 @@ if t ~= 'none' and t ~= 'hash' then
 end
 if ARGV[3] == 'create' then
   if t == 'hash' then return 0 end
+  if ARGV[4] ~= '' and redis.call('ZCARD', index) >= tonumber(ARGV[4]) then
+    return -1
+  end
 elseif t == 'none' then
   return 0
 end
-redis.call('HSET', key, unpack(ARGV, 4))
+redis.call('HSET', key, unpack(ARGV, 5))
 if ARGV[3] == 'replace' then
   local keep = {}
-  for i = 4, #ARGV, 2 do keep[ARGV[i]] = true end
+  for i = 5, #ARGV, 2 do keep[ARGV[i]] = true end
   for _, f in ipairs(redis.call('HKEYS', key)) do
     if not keep[f] then redis.call('HDEL', key, f) end
   end
@@ -186,12 +211,15 @@ return applied
 /// Walks one chunk of the index: drops entries whose hash is gone and, with
 /// a cutoff, deletes sessions last active before it.
 /// KEYS: index. ARGV: start ('-' or '(' .. id), chunk, key prefix, cutoff
-/// millis ('' for prune only). Returns {ids seen, last id, expired, pruned}.
+/// millis ('' for prune only). Returns {ids seen, last id, expired,
+/// pruned}; each expired session is {id, up, pv} or {id, up, pv, usid}.
+/// The script deletes what it reports, atomically: of several instances
+/// sweeping one namespace, exactly one reports a given session.
 const SWEEP_LUA: &str = r"
 local function older(a, b) return #a < #b or (#a == #b and a < b) end
 local index, prefix, cutoff = KEYS[1], ARGV[3], ARGV[4]
 local ids = redis.call('ZRANGEBYLEX', index, ARGV[1], '+', 'LIMIT', 0, ARGV[2])
-local expired, pruned = 0, 0
+local expired, pruned = {}, 0
 for _, id in ipairs(ids) do
   local key = prefix .. id
   local t = redis.call('TYPE', key).ok
@@ -201,9 +229,12 @@ for _, id in ipairs(ids) do
   elseif t == 'hash' and cutoff ~= '' then
     local la = redis.call('HGET', key, 'la')
     if la and older(la, cutoff) then
+      local f = redis.call('HMGET', key, 'up', 'pv', 'usid')
+      local e = {id, f[1] or '', f[2] or ''}
+      if f[3] then e[4] = f[3] end
+      expired[#expired + 1] = e
       redis.call('DEL', key)
       redis.call('ZREM', index, id)
-      expired = expired + 1
     end
   end
 end
@@ -246,6 +277,8 @@ pub struct RedisStore {
     shas: [String; 4],
     idle_ttl_ms: u64,
     round_trips: AtomicU64,
+    /// When a create at the bound last pruned the index (millis).
+    last_full_prune: AtomicU64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -320,6 +353,7 @@ impl RedisStore {
             shas,
             idle_ttl_ms: (config.idle_ttl.as_millis() as u64).max(1),
             round_trips: AtomicU64::new(0),
+            last_full_prune: AtomicU64::new(0),
             config,
         })
     }
@@ -408,29 +442,70 @@ impl RedisStore {
         }
     }
 
-    async fn write(&self, session: &Session, mode: &'static str) -> Result<bool, StoreError> {
+    /// The write script's answer: 1 written, 0 exists (create) or missing
+    /// (replace), -1 at `max` (create).
+    async fn write(
+        &self,
+        session: &Session,
+        mode: &'static str,
+        max: Option<u64>,
+    ) -> Result<i64, StoreError> {
         let key = self.session_key(&session.id);
         let fields = encode_session(session);
-        let applied: u64 = self
-            .eval(Lua::Write, |cmd| {
-                cmd.arg(2).arg(&key).arg(&self.index_key);
-                cmd.arg(self.idle_ttl_ms).arg(session.id.as_str()).arg(mode);
-                for (f, v) in &fields {
-                    cmd.arg(&**f).arg(v.as_str());
-                }
-            })
-            .await?;
-        Ok(applied == 1)
+        let max = max.map(|m| m.to_string()).unwrap_or_default();
+        self.eval(Lua::Write, |cmd| {
+            cmd.arg(2).arg(&key).arg(&self.index_key);
+            cmd.arg(self.idle_ttl_ms)
+                .arg(session.id.as_str())
+                .arg(mode)
+                .arg(&max);
+            for (f, v) in &fields {
+                cmd.arg(&**f).arg(v.as_str());
+            }
+        })
+        .await
     }
 
-    /// Walks the whole index in chunks; returns (expired, pruned).
-    async fn sweep(&self, cutoff: Option<UnixMillis>) -> Result<(u64, u64), StoreError> {
+    /// At the bound, the index may still name sessions whose keys Redis
+    /// dropped by TTL: prune it (at most once per [`FULL_PRUNE_EVERY`])
+    /// and say whether it was pruned.
+    async fn prune_when_full(&self) -> Result<bool, StoreError> {
+        let now = crate::model::now_millis();
+        let last = self.last_full_prune.load(Ordering::Relaxed);
+        let every = FULL_PRUNE_EVERY.as_millis() as u64;
+        if now.saturating_sub(last) < every
+            || self
+                .last_full_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(false);
+        }
+        let pruned = self.sweep(None, &mut Vec::new()).await?;
+        if pruned > 0 {
+            tracing::debug!(
+                store = STORE,
+                pruned,
+                "pruned index entries of expired sessions at the session bound"
+            );
+        }
+        Ok(pruned > 0)
+    }
+
+    /// Walks the whole index in chunks, pushing what it expired onto
+    /// `expired` as it goes (so a walk cut short keeps what it removed);
+    /// returns how many index entries it pruned.
+    async fn sweep(
+        &self,
+        cutoff: Option<UnixMillis>,
+        expired: &mut Vec<ExpiredSession>,
+    ) -> Result<u64, StoreError> {
         let cutoff = cutoff.map(|c| c.to_string()).unwrap_or_default();
         let chunk = self.config.sweep_chunk;
         let mut start = String::from("-");
-        let (mut expired, mut pruned) = (0u64, 0u64);
+        let mut pruned = 0u64;
         loop {
-            let (seen, last, e, p): (usize, String, u64, u64) = self
+            let (seen, last, e, p): (usize, String, Vec<Vec<String>>, u64) = self
                 .eval(Lua::Sweep, |cmd| {
                     cmd.arg(1).arg(&self.index_key);
                     cmd.arg(&start)
@@ -439,10 +514,19 @@ impl RedisStore {
                         .arg(&cutoff);
                 })
                 .await?;
-            expired += e;
+            for fields in e {
+                match expired_of(fields) {
+                    Ok(x) => expired.push(x),
+                    Err(bad) => {
+                        tracing::warn!(store = STORE, error = %bad, "expired a session whose record did not decode; it is not ended upstream");
+                        metrics::counter!("shadowcat_store_errors_total", "store" => STORE, "op" => "expire_idle", "kind" => "corrupt")
+                            .increment(1);
+                    }
+                }
+            }
             pruned += p;
             if seen < chunk {
-                return Ok((expired, pruned));
+                return Ok(pruned);
             }
             start.clear();
             start.push('(');
@@ -457,12 +541,20 @@ impl SessionStore for RedisStore {
         STORE
     }
 
-    async fn create(&self, session: &Session) -> Result<(), StoreError> {
+    async fn create_bounded(&self, session: &Session, max_sessions: u64) -> Result<(), StoreError> {
+        let max = (max_sessions != u64::MAX).then_some(max_sessions);
         self.bounded("create", async {
-            if self.write(session, "create").await? {
-                Ok(())
-            } else {
-                Err(StoreError::AlreadyExists(session.id.clone()))
+            let mut written = self.write(session, "create", max).await?;
+            if written < 0 && self.prune_when_full().await? {
+                written = self.write(session, "create", max).await?;
+            }
+            match written {
+                1 => Ok(()),
+                0 => Err(StoreError::AlreadyExists(session.id.clone())),
+                _ => Err(StoreError::Full {
+                    store: STORE,
+                    limit: max_sessions,
+                }),
             }
         })
         .await
@@ -482,7 +574,7 @@ impl SessionStore for RedisStore {
 
     async fn update(&self, session: &Session) -> Result<(), StoreError> {
         self.bounded("update", async {
-            if self.write(session, "replace").await? {
+            if self.write(session, "replace", None).await? == 1 {
                 Ok(())
             } else {
                 Err(StoreError::NotFound(session.id.clone()))
@@ -580,7 +672,7 @@ impl SessionStore for RedisStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         self.bounded("count", async {
-            let (_, pruned) = self.sweep(None).await?;
+            let pruned = self.sweep(None, &mut Vec::new()).await?;
             if pruned > 0 {
                 tracing::debug!(
                     store = STORE,
@@ -621,17 +713,31 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
-        self.bounded("expire_idle", async {
-            let max_idle_ms = max_idle.as_millis().min(u64::MAX as u128) as u64;
-            // Idle means now - last_activity > max_idle, i.e. last_activity
-            // < now - max_idle; nothing is idle while now <= max_idle.
-            let cutoff = now.checked_sub(max_idle_ms);
-            let (expired, pruned) = self.sweep(cutoff).await?;
-            tracing::debug!(store = STORE, expired, pruned, "expire_idle done");
-            Ok(expired)
-        })
-        .await
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
+        let max_idle_ms = max_idle.as_millis().min(u64::MAX as u128) as u64;
+        // Idle means now - last_activity > max_idle, i.e. last_activity
+        // < now - max_idle; nothing is idle while now <= max_idle.
+        let cutoff = now.checked_sub(max_idle_ms);
+        let mut expired = Vec::new();
+        let walk = self.bounded("expire_idle", self.sweep(cutoff, &mut expired));
+        let pruned = match walk.await {
+            Ok(pruned) => pruned,
+            // Failed or timed out part way (logged and counted): what was
+            // removed so far is still reported, the rest goes next time.
+            Err(e) if expired.is_empty() => return Err(e),
+            Err(_) => 0,
+        };
+        tracing::debug!(
+            store = STORE,
+            expired = expired.len(),
+            pruned,
+            "expire_idle done"
+        );
+        Ok(expired)
     }
 }
 
@@ -795,6 +901,22 @@ fn decode_session(
     })
 }
 
+/// One expired session as the sweep script reports it: id, upstream,
+/// protocol version and, when there is one, the upstream session id.
+fn expired_of(fields: Vec<String>) -> Result<ExpiredSession, StoreError> {
+    let mut f = fields.into_iter();
+    let (Some(id), Some(upstream), Some(protocol_version)) = (f.next(), f.next(), f.next()) else {
+        return Err(corrupt("the sweep script reported a short record"));
+    };
+    let id = SessionId::parse(&id).map_err(|e| corrupt(format!("expired id {id:?}: {e}")))?;
+    Ok(ExpiredSession {
+        id,
+        upstream,
+        upstream_session_id: f.next(),
+        protocol_version,
+    })
+}
+
 fn corrupt(message: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         store: STORE,
@@ -849,7 +971,7 @@ fn record_error(op: &'static str, addr: &str, e: &StoreError) {
         StoreError::Corrupt { .. } => "corrupt",
         StoreError::Refused { .. } => "refused",
         // Answers, not failures.
-        StoreError::AlreadyExists(_) | StoreError::NotFound(_) => return,
+        StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Full { .. } => return,
     };
     tracing::warn!(store = STORE, op, addr, kind, error = %e, "redis store call failed");
     metrics::counter!("shadowcat_store_errors_total", "store" => STORE, "op" => op, "kind" => kind)

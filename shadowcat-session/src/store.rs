@@ -34,6 +34,15 @@ pub enum StoreError {
         /// What went wrong, for a person.
         message: String,
     },
+    /// `create_bounded` found the store already holding its limit of
+    /// sessions. Retrying helps once sessions end (DELETE or idle expiry).
+    #[error("{store} store holds {limit} sessions, its limit")]
+    Full {
+        /// Which store.
+        store: &'static str,
+        /// The bound the create was given.
+        limit: u64,
+    },
     /// The store refused the write for good (disk full, read-only file,
     /// out of memory, a limit reached). Retrying will not help until an
     /// operator acts.
@@ -62,6 +71,32 @@ pub struct Page {
     pub next: Option<SessionId>,
 }
 
+/// What [`SessionStore::expire_idle`] removed about one session: enough
+/// to end it upstream (a DELETE with its upstream session id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredSession {
+    /// The id the client held.
+    pub id: SessionId,
+    /// The upstream it was bound to ([`Session::upstream`]).
+    pub upstream: String,
+    /// The upstream's `Mcp-Session-Id`, if it issued one.
+    pub upstream_session_id: Option<String>,
+    /// The negotiated protocol revision.
+    pub protocol_version: String,
+}
+
+impl ExpiredSession {
+    /// The parts of `s` an expiry reports.
+    pub fn of(s: &Session) -> Self {
+        ExpiredSession {
+            id: s.id.clone(),
+            upstream: s.upstream.clone(),
+            upstream_session_id: s.upstream_session_id.clone(),
+            protocol_version: s.protocol_version.clone(),
+        }
+    }
+}
+
 /// Where sessions live. Object-safe: the proxy holds an
 /// `Arc<dyn SessionStore>`.
 ///
@@ -78,7 +113,16 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
 
     /// Stores a new session. [`StoreError::AlreadyExists`] if the id is taken.
-    async fn create(&self, session: &Session) -> Result<(), StoreError>;
+    async fn create(&self, session: &Session) -> Result<(), StoreError> {
+        self.create_bounded(session, u64::MAX).await
+    }
+
+    /// Stores a new session unless the store already holds `max_sessions`
+    /// ([`StoreError::Full`]); the count and the insert are one atomic
+    /// step (one lock, one transaction, one script), so concurrent
+    /// creates, from this process or any other sharing the store, never
+    /// overshoot. [`StoreError::AlreadyExists`] if the id is taken.
+    async fn create_bounded(&self, session: &Session, max_sessions: u64) -> Result<(), StoreError>;
 
     /// The session with this id, or `None`.
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
@@ -103,8 +147,14 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     async fn apply_batch(&self, updates: &[Update]) -> Result<(), StoreError>;
 
     /// Removes every session whose `last_activity` is older than
-    /// `now - max_idle`; returns how many went.
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError>;
+    /// `now - max_idle`; returns what it removed. A session is reported by
+    /// the one call that removed it, so when several processes sweep a
+    /// shared store each expired session is reported exactly once.
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError>;
 }
 
 /// True when a session last active at `last_activity` has been idle longer

@@ -1,6 +1,8 @@
 //! `IdleSweeper`: the one task per store that removes sessions idle longer
 //! than the configured timeout, so an abandoned session never lives
-//! forever in the store (Redis also expires keys by TTL on its own).
+//! forever in the store (Redis also expires keys by TTL on its own), and
+//! hands what it removed to an [`ExpiryHook`] (the proxy ends them
+//! upstream).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::model::now_millis;
-use crate::store::{SessionStore, StoreError};
+use crate::store::{ExpiredSession, SessionStore, StoreError};
+
+/// Told about every session a sweep removed, once (the proxy sends each a
+/// DELETE upstream). Called on the sweeper's task: it must not block; hand
+/// slow work to a task of your own.
+pub trait ExpiryHook: Send + Sync + 'static {
+    /// `sessions` just left the store for idleness.
+    fn expired(&self, sessions: Vec<ExpiredSession>);
+}
 
 /// Settings for the [`IdleSweeper`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +28,20 @@ pub struct SweeperConfig {
     pub max_idle: Duration,
     /// How often the store is swept. Default 60 s.
     pub interval: Duration,
+}
+
+impl SweeperConfig {
+    /// The TTL a store with its own expiry (Redis) should give session
+    /// keys: twice the idle timeout plus two sweep intervals. Idle sessions
+    /// must leave through a sweep, which reports them (and the proxy ends
+    /// them upstream); one the store drops on its own is never reported.
+    /// The margin covers a late or failed sweep; the TTL still frees
+    /// sessions nobody sweeps (every proxy down).
+    pub fn store_ttl(&self) -> Duration {
+        self.max_idle
+            .saturating_mul(2)
+            .saturating_add(self.interval.saturating_mul(2))
+    }
 }
 
 impl Default for SweeperConfig {
@@ -40,6 +64,15 @@ pub struct IdleSweeper {
 impl IdleSweeper {
     /// Starts the sweeper task on the current tokio runtime.
     pub fn start(store: Arc<dyn SessionStore>, config: SweeperConfig) -> IdleSweeper {
+        Self::start_with(store, config, None)
+    }
+
+    /// [`IdleSweeper::start`], telling `hook` what each sweep removed.
+    pub fn start_with(
+        store: Arc<dyn SessionStore>,
+        config: SweeperConfig,
+        hook: Option<Arc<dyn ExpiryHook>>,
+    ) -> IdleSweeper {
         let (stop, mut stopped) = watch::channel(false);
         let interval = config.interval.max(Duration::from_millis(10));
         let task = tokio::spawn(async move {
@@ -52,7 +85,12 @@ impl IdleSweeper {
                     _ = stopped.changed() => return,
                 }
                 // Errors are logged and counted inside; the next tick retries.
-                let _ = sweep_once(store.as_ref(), config.max_idle).await;
+                if let Ok(gone) = sweep_once(store.as_ref(), config.max_idle).await
+                    && !gone.is_empty()
+                    && let Some(hook) = &hook
+                {
+                    hook.expired(gone);
+                }
             }
         });
         IdleSweeper {
@@ -79,15 +117,19 @@ impl Drop for IdleSweeper {
 /// One sweep: removes sessions idle longer than `max_idle`, logs and
 /// counts the outcome (`shadowcat_sessions_expired_total`,
 /// `shadowcat_sweeper_errors_total`).
-pub async fn sweep_once(store: &dyn SessionStore, max_idle: Duration) -> Result<u64, StoreError> {
+pub async fn sweep_once(
+    store: &dyn SessionStore,
+    max_idle: Duration,
+) -> Result<Vec<ExpiredSession>, StoreError> {
     match store.expire_idle(now_millis(), max_idle).await {
-        Ok(n) => {
-            if n > 0 {
+        Ok(gone) => {
+            if !gone.is_empty() {
+                let n = gone.len();
                 tracing::info!(store = store.kind(), expired = n, "expired idle sessions");
                 metrics::counter!("shadowcat_sessions_expired_total", "store" => store.kind())
-                    .increment(n);
+                    .increment(n as u64);
             }
-            Ok(n)
+            Ok(gone)
         }
         Err(e) => {
             tracing::warn!(store = store.kind(), error = %e, retryable = e.is_retryable(), "idle-session sweep failed");

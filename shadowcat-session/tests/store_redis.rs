@@ -146,7 +146,7 @@ async fn writes_stay_in_the_namespace_and_carry_the_ttl() {
             .expire_idle(now_millis(), Duration::from_secs(3600))
             .await
             .unwrap(),
-        0
+        vec![]
     );
 
     let mut keys = all_keys(&mut conn).await;
@@ -552,4 +552,143 @@ async fn the_same_store_recovers_after_a_redis_restart() {
         Some(point("back", 2))
     );
     assert!(store.get(&before.id).await.unwrap().is_none());
+}
+
+/// Two instances sharing a namespace: 64 creates at once, spread over
+/// both, against a bound of 50: exactly 50 land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_bound_holds_across_instances() {
+    let server = RedisServer::start();
+    let a = Arc::new(
+        RedisStore::connect(&server.url(), config("bound"))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        RedisStore::connect(&server.url(), config("bound"))
+            .await
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move { store.create_bounded(&session(), 50).await })
+        })
+        .collect();
+    let (mut created, mut full) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(StoreError::Full { limit: 50, .. }) => full += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((created, full), (50, 14));
+    assert_eq!(a.count().await.unwrap(), 50);
+    assert_eq!(b.count().await.unwrap(), 50);
+}
+
+/// Keys Redis dropped by TTL hold no seat: at the bound, a create prunes
+/// their index entries and lands.
+#[tokio::test]
+async fn sessions_dropped_by_ttl_do_not_count_against_the_bound() {
+    let server = RedisServer::start();
+    let mut conn = raw(&server).await;
+    let short = RedisStore::connect(
+        &server.url(),
+        RedisStoreConfig {
+            idle_ttl: Duration::from_millis(100),
+            ..config("seats")
+        },
+    )
+    .await
+    .unwrap();
+    let long = RedisStore::connect(&server.url(), config("seats"))
+        .await
+        .unwrap();
+    let mut doomed = Vec::new();
+    for _ in 0..3 {
+        let s = session();
+        short.create(&s).await.unwrap();
+        doomed.push(short.session_key(&s.id));
+    }
+    for _ in 0..2 {
+        long.create_bounded(&session(), 5).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let live: u64 = redis::cmd("EXISTS")
+            .arg(&doomed)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if live == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys did not expire");
+        tokio::time::sleep(POLL).await;
+    }
+    let indexed: u64 = redis::cmd("ZCARD")
+        .arg("seats:index")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 5, "the index still names the dropped ones");
+    long.create_bounded(&session(), 5).await.unwrap();
+    assert_eq!(long.count().await.unwrap(), 3);
+}
+
+/// Three instances sweeping one namespace at once, in small chunks: each
+/// expired session is reported by exactly one of them, with its upstream
+/// session id; busy sessions stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_expired_session_is_reported_once_across_instances() {
+    let server = RedisServer::start();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let cfg = RedisStoreConfig {
+            sweep_chunk: 8,
+            ..config("sweep")
+        };
+        stores.push(Arc::new(
+            RedisStore::connect(&server.url(), cfg).await.unwrap(),
+        ));
+    }
+    let now = now_millis();
+    let mut idle = HashMap::new();
+    for i in 0..200 {
+        let mut s = session();
+        s.last_activity = now - 10 * 60_000;
+        s.upstream_session_id = (i % 10 != 0).then(|| format!("up-{i}"));
+        stores[i % 3].create(&s).await.unwrap();
+        idle.insert(s.id.clone(), s.upstream_session_id.clone());
+    }
+    for i in 0..10 {
+        stores[i % 3].create(&session()).await.unwrap();
+    }
+    let sweeps: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % 3]);
+            tokio::spawn(async move {
+                store
+                    .expire_idle(now, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut reported = HashMap::new();
+    for t in sweeps {
+        for e in t.await.unwrap() {
+            assert_eq!(e.upstream, "http://127.0.0.1:3001/mcp");
+            assert_eq!(e.protocol_version, "2025-11-25");
+            let previous = reported.insert(e.id.clone(), e.upstream_session_id);
+            assert!(previous.is_none(), "{} reported twice", e.id);
+        }
+    }
+    assert_eq!(
+        reported, idle,
+        "every idle session, once, with its upstream id"
+    );
+    assert_eq!(stores[0].count().await.unwrap(), 10);
 }

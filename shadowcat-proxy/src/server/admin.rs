@@ -6,15 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request};
-use http_body_util::Full;
+use http::header::HeaderValue;
 use serde::Serialize;
 use shadowcat_session::{BreakerState, Session, SessionId, StoreError, UnixMillis, now_millis};
 
 use super::Shared;
-use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 pub use crate::stream::StreamView;
 
 /// Most sessions one `sessions` call reads from the store while filtering.
@@ -276,9 +272,15 @@ impl Admin {
         if let Some(bridge) = &self.shared.stdio {
             bridge.stop(&id);
         }
-        let upstream = match s.upstream_session_id.as_deref() {
-            Some(up) => self.end_upstream(up, &s.protocol_version).await,
-            None => "none",
+        let upstream = match s.upstream_session_id.as_deref().map(HeaderValue::from_str) {
+            Some(Ok(up)) if self.shared.stdio.is_none() => {
+                self.shared
+                    .ender
+                    .end_now(id.clone(), up, &s.protocol_version)
+                    .await
+            }
+            Some(Err(_)) => "invalid upstream session id",
+            _ => "none",
         };
         tracing::info!(
             session = %id,
@@ -287,30 +289,6 @@ impl Admin {
             "session deleted through the admin API"
         );
         Ok(removed)
-    }
-
-    /// DELETE toward the upstream for its session `up`; what came of it.
-    async fn end_upstream(&self, up: &str, version: &str) -> &'static str {
-        let shared = &self.shared;
-        let mut req = Request::new(Full::new(Bytes::new()));
-        *req.method_mut() = Method::DELETE;
-        *req.uri_mut() = shared.config.upstream.clone();
-        let h = req.headers_mut();
-        match HeaderValue::from_str(up) {
-            Ok(v) => h.insert(MCP_SESSION_ID, v),
-            Err(_) => return "invalid upstream session id",
-        };
-        if let Ok(v) = HeaderValue::from_str(version) {
-            h.insert(MCP_PROTOCOL_VERSION, v);
-        }
-        if let Some(bearer) = &shared.bearer {
-            h.insert(header::AUTHORIZATION, bearer.clone());
-        }
-        match shared.send(req).await {
-            Ok(resp) if resp.status().is_success() => "ended",
-            Ok(_) => "refused",
-            Err(_) => "unreachable",
-        }
     }
 
     /// Every stream this instance holds.

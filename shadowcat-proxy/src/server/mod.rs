@@ -39,8 +39,10 @@ use rejection::Rejection;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod delete;
+mod ender;
 mod get;
 mod post;
+mod ratelimit;
 mod rejection;
 mod stdio;
 
@@ -109,6 +111,10 @@ struct Shared {
     /// A session id no session has: the readiness check asks the store
     /// for it.
     probe_id: shadowcat_session::SessionId,
+    /// The per-client limit on session creation (none when 0).
+    create_limit: Option<ratelimit::CreateLimiter>,
+    /// Ends sessions upstream that ended here without a client's DELETE.
+    ender: Arc<ender::SessionEnder>,
 }
 
 impl ReverseProxy {
@@ -201,6 +207,15 @@ impl ReverseProxy {
             None => None,
         };
         let pool = UpstreamPool::new(&config.upstream, config.limits.upstream_connect_timeout);
+        let ender = ender::SessionEnder::start(
+            Arc::clone(&pool),
+            config.upstream.clone(),
+            bearer.clone(),
+            &sessions,
+            stdio.as_ref(),
+        );
+        let create_limit =
+            ratelimit::CreateLimiter::new(config.limits.max_session_creates_per_minute);
         let env = Arc::new(StreamEnv {
             pool: Arc::clone(&pool),
             uri: config.upstream.clone(),
@@ -231,6 +246,8 @@ impl ReverseProxy {
                 probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
                     ProxyError::Config(format!("no randomness for a session id: {e}"))
                 })?,
+                create_limit,
+                ender,
             }),
             closing_tx,
         })
@@ -239,6 +256,14 @@ impl ReverseProxy {
     /// The address the proxy listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the store's idle sweeper should tell about the sessions it
+    /// expires ([`shadowcat_session::IdleSweeper::start_with`]): the proxy
+    /// drops them from memory, ends them upstream with DELETE and stops
+    /// their stdio servers.
+    pub fn expiry_hook(&self) -> Arc<dyn shadowcat_session::ExpiryHook> {
+        Arc::clone(&self.shared.ender) as Arc<dyn shadowcat_session::ExpiryHook>
     }
 
     /// The operator's handle on this proxy (sessions, streams, readiness);
@@ -286,7 +311,8 @@ impl ReverseProxy {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let shared = Arc::clone(&shared);
-                        let svc = hyper::service::service_fn(move |req| {
+                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(ratelimit::ClientAddr(peer));
                             let shared = Arc::clone(&shared);
                             async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
                         });

@@ -6,12 +6,16 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use std::net::IpAddr;
+
 use super::body::ProxyBody;
+use super::ratelimit::{ClientAddr, retry_secs};
 use super::rejection::Rejection;
 use super::{Shared, accepts, unavailable};
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{MCP_METHOD, MCP_SESSION_ID, media_type_is};
+use crate::session::{CreateError, FULL_MEMO};
 use crate::stream::StreamKind;
 use crate::stream::StreamSlot;
 
@@ -22,6 +26,7 @@ impl Shared {
         version: Option<ProtocolVersion>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let (parts, body) = req.into_parts();
+        let client = parts.extensions.get::<ClientAddr>().map(|c| c.0.ip());
         if !media_type_is(&parts.headers, &header::CONTENT_TYPE, "application/json") {
             return Err(Rejection::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -62,7 +67,7 @@ impl Shared {
                 .await
                 .map_err(|r| r.with_id(rpc_id));
         }
-        self.post_stateful(&parts.headers, bytes, &msg, version)
+        self.post_stateful(&parts.headers, bytes, &msg, version, client)
             .await
             .map_err(|r| r.with_id(rpc_id))
     }
@@ -73,6 +78,7 @@ impl Shared {
         bytes: Bytes,
         msg: &RpcBody,
         version: Option<ProtocolVersion>,
+        client: Option<IpAddr>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let is_init = msg.is_initialize();
         if msg
@@ -84,6 +90,9 @@ impl Shared {
             return Err(Rejection::bad_request(
                 "initialize must be sent alone, as a request, not in a batch",
             ));
+        }
+        if is_init && let Some(ip) = client {
+            self.check_create_rate(ip)?;
         }
         let session = if is_init {
             None
@@ -135,7 +144,7 @@ impl Shared {
         bytes: Bytes,
         version: ProtocolVersion,
     ) -> Result<Response<ProxyBody>, Rejection> {
-        self.check_session_room().await?;
+        self.check_session_room()?;
         let init_id = match jsonrpc::parse_body(&bytes) {
             Ok(RpcBody::Single(m)) => m.id,
             _ => None,
@@ -162,12 +171,20 @@ impl Shared {
                 ));
             }
         };
-        let session = match self.sessions.create(upstream_id, version).await {
+        let max = self.config.limits.max_sessions;
+        let session = match self
+            .sessions
+            .create(upstream_id.clone(), version, max)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
-                metrics::counter!("shadowcat_store_errors_total", "op" => "create").increment(1);
-                tracing::warn!(error = %e, "could not create a session");
-                return Err(unavailable(&e));
+                // The upstream made a session the proxy will not keep:
+                // end it there.
+                if let Some(up) = upstream_id {
+                    self.ender.end_refused(up, version.as_str());
+                }
+                return Err(self.create_failed(&e));
             }
         };
         metrics::counter!("shadowcat_sessions_created_total").increment(1);
@@ -228,26 +245,72 @@ impl Shared {
         Ok(self.relay(resp, None, None, "stateless"))
     }
 
-    /// 503 when the store holds `max_sessions` sessions.
-    pub(super) async fn check_session_room(&self) -> Result<(), Rejection> {
-        let max = self.config.limits.max_sessions;
-        match self.sessions.count().await {
-            Ok(n) if n >= max => {
-                return Err(Rejection::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    jsonrpc::SERVER_ERROR,
-                    format!(
-                        "the proxy holds {n} sessions, its limit ({max}); end unused sessions or raise max_sessions"
-                    ),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                metrics::counter!("shadowcat_store_errors_total", "op" => "count").increment(1);
-                tracing::warn!(error = %e, "session count failed");
-                return Err(unavailable(&e));
-            }
+    /// 503 when a create found the store full within [`FULL_MEMO`]: the
+    /// initialize goes neither upstream nor to the store. The exact bound
+    /// is the store's, at create.
+    pub(super) fn check_session_room(&self) -> Result<(), Rejection> {
+        if self.sessions.recently_full() {
+            metrics::counter!("shadowcat_sessions_refused_total", "limit" => "max_sessions")
+                .increment(1);
+            return Err(full(self.config.limits.max_sessions));
         }
         Ok(())
     }
+
+    /// 429 when `ip` created `max_session_creates_per_minute` sessions in
+    /// the last minute.
+    fn check_create_rate(&self, ip: IpAddr) -> Result<(), Rejection> {
+        let Some(limit) = &self.create_limit else {
+            return Ok(());
+        };
+        let Err(limited) = limit.check(ip, tokio::time::Instant::now()) else {
+            return Ok(());
+        };
+        metrics::counter!("shadowcat_session_create_limited_total").increment(1);
+        let secs = retry_secs(limited.retry_after);
+        let per_minute = limit.per_minute();
+        if limited.first {
+            tracing::warn!(client = %ip, per_minute, "a client reached the session creation limit; its initializes get 429 (logged once a minute per client)");
+        }
+        Err(Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            jsonrpc::SERVER_ERROR,
+            format!(
+                "this client created {per_minute} sessions in the last minute, the limit (max_session_creates_per_minute); reuse a session or retry in {secs} s"
+            ),
+        )
+        .with_retry_after(secs))
+    }
+
+    /// The client's answer to a failed create, logged and counted.
+    pub(super) fn create_failed(&self, e: &CreateError) -> Rejection {
+        match e {
+            CreateError::Full(max) => {
+                metrics::counter!("shadowcat_sessions_refused_total", "limit" => "max_sessions")
+                    .increment(1);
+                tracing::warn!(
+                    max_sessions = max,
+                    "the store holds max_sessions sessions; initialize refused"
+                );
+                full(*max)
+            }
+            e => {
+                metrics::counter!("shadowcat_store_errors_total", "op" => "create").increment(1);
+                tracing::warn!(error = %e, "could not create a session");
+                unavailable(e)
+            }
+        }
+    }
+}
+
+/// 503 for `max_sessions` reached.
+fn full(max: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        jsonrpc::SERVER_ERROR,
+        format!(
+            "the proxy holds {max} sessions, its limit (max_sessions); end unused sessions (DELETE) or raise max_sessions, then retry"
+        ),
+    )
+    .with_retry_after(FULL_MEMO.as_secs())
 }

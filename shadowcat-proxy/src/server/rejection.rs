@@ -22,6 +22,8 @@ pub(super) struct Rejection {
     pub id: Option<Value>,
     /// An `Allow` header (for 405).
     pub allow: Option<&'static str>,
+    /// A `Retry-After` header, in seconds (for 429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -37,12 +39,19 @@ impl Rejection {
             message: message.into(),
             id: None,
             allow: None,
+            retry_after: None,
         }
     }
 
     /// 400 with JSON-RPC "invalid request".
     pub(super) fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST, message)
+    }
+
+    /// Adds `Retry-After: secs` (at least 1).
+    pub(super) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     /// Sets the JSON-RPC id echoed in the error.
@@ -63,6 +72,9 @@ impl Rejection {
         );
         if let Some(allow) = self.allow {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

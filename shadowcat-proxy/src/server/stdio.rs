@@ -6,9 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::Shared;
 use super::body::ProxyBody;
 use super::rejection::Rejection;
-use super::{Shared, unavailable};
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::session::SessionEntry;
@@ -37,15 +37,11 @@ impl Shared {
             }
             None => {
                 bridge.check_room().map_err(|e| bridge_rejection(&e))?;
-                self.check_session_room().await?;
-                let session = match self.sessions.create(None, version).await {
+                self.check_session_room()?;
+                let max = self.config.limits.max_sessions;
+                let session = match self.sessions.create(None, version, max).await {
                     Ok(s) => s,
-                    Err(e) => {
-                        metrics::counter!("shadowcat_store_errors_total", "op" => "create")
-                            .increment(1);
-                        tracing::warn!(error = %e, "could not create a session");
-                        return Err(unavailable(&e));
-                    }
+                    Err(e) => return Err(self.create_failed(&e)),
                 };
                 let child = match bridge.spawn(&session.id).await {
                     Ok(c) => c,

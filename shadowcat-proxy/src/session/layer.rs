@@ -15,6 +15,7 @@ use crate::session::{CacheLimits, CreateError, Sessions};
 #[derive(Debug)]
 pub struct SessionLayer {
     sessions: Sessions,
+    max_sessions: u64,
 }
 
 impl SessionLayer {
@@ -31,6 +32,7 @@ impl SessionLayer {
                 writer,
                 CacheLimits::from_limits(limits),
             ),
+            max_sessions: limits.max_sessions,
         }
     }
 
@@ -40,11 +42,12 @@ impl SessionLayer {
         let up = http::HeaderValue::from_str(upstream_id).map_err(|e| e.to_string())?;
         match self
             .sessions
-            .create(Some(up), ProtocolVersion::ASSUMED)
+            .create(Some(up), ProtocolVersion::ASSUMED, self.max_sessions)
             .await
         {
             Ok(e) => Ok(e.id.clone()),
             Err(CreateError::Random(e)) => Err(e),
+            Err(e @ CreateError::Full(_)) => Err(e.to_string()),
             Err(CreateError::Store(e)) => Err(e.to_string()),
         }
     }

@@ -107,10 +107,17 @@ pub(crate) enum CreateError {
     /// The OS random source failed.
     #[error("no randomness for a session id: {0}")]
     Random(String),
+    /// The store holds `max_sessions` already.
+    #[error("the proxy holds {0} sessions, its limit (max_sessions)")]
+    Full(u64),
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// After a create found the store full, this instance refuses initializes
+/// for this long without asking the upstream or the store.
+pub(crate) const FULL_MEMO: Duration = Duration::from_secs(1);
 
 /// The cache's limits (from [`crate::Limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +326,8 @@ pub(crate) struct Sessions {
     limits: CacheLimits,
     writer: Option<WriterHandle>,
     upstream_label: String,
+    /// Until when the store is taken to be full (see [`FULL_MEMO`]).
+    full_until: Mutex<Option<Instant>>,
 }
 
 impl Sessions {
@@ -334,6 +343,7 @@ impl Sessions {
             limits,
             writer,
             upstream_label,
+            full_until: Mutex::new(None),
         }
     }
 
@@ -517,11 +527,22 @@ impl Sessions {
         Ok(key)
     }
 
-    /// Creates a session mapped to `upstream_id` and stores it.
+    /// True when a create found the store full less than [`FULL_MEMO`]
+    /// ago.
+    pub(crate) fn recently_full(&self) -> bool {
+        self.full_until
+            .lock()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Creates a session mapped to `upstream_id` and stores it, unless the
+    /// store holds `max_sessions` already ([`CreateError::Full`]; exact
+    /// under concurrency: the store counts and creates in one step).
     pub(crate) async fn create(
         &self,
         upstream_id: Option<HeaderValue>,
         version: ProtocolVersion,
+        max_sessions: u64,
     ) -> Result<Arc<SessionEntry>, CreateError> {
         let id = SessionId::generate().map_err(|e| CreateError::Random(e.to_string()))?;
         let key = ResumeKey::generate().map_err(|e| CreateError::Random(e.to_string()))?;
@@ -531,7 +552,14 @@ impl Sessions {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        self.store.create(&session).await?;
+        match self.store.create_bounded(&session, max_sessions).await {
+            Ok(()) => {}
+            Err(StoreError::Full { limit, .. }) => {
+                *self.full_until.lock() = Some(Instant::now() + FULL_MEMO);
+                return Err(CreateError::Full(limit));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let entry = Arc::new(SessionEntry {
             id,
             upstream_id,
@@ -568,9 +596,16 @@ impl Sessions {
         self.store.delete(id).await
     }
 
-    /// How many sessions the store holds.
-    pub(crate) async fn count(&self) -> Result<u64, StoreError> {
-        self.store.count().await
+    /// A session that left the store (expired): out of this instance's
+    /// cache now, its streams released, its pending writer values dropped.
+    pub(crate) fn forget_gone(&self, id: &SessionId) {
+        let removed = self.cache.lock().remove(id.as_str());
+        if let Some(entry) = removed {
+            self.release(&entry, Evicted::Gone);
+        }
+        if let Some(w) = &self.writer {
+            w.forget(id);
+        }
     }
 }
 
@@ -613,7 +648,9 @@ mod tests {
     }
 
     async fn create(s: &Sessions) -> Arc<SessionEntry> {
-        s.create(None, ProtocolVersion::ASSUMED).await.unwrap()
+        s.create(None, ProtocolVersion::ASSUMED, u64::MAX)
+            .await
+            .unwrap()
     }
 
     fn cached(s: &Sessions, e: &SessionEntry) -> bool {

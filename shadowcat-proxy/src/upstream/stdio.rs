@@ -764,8 +764,8 @@ mod tests {
         Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     };
     use shadowcat_session::{
-        BatchingWriter, MemoryStore, Page, Session, SessionStore, StoreError, UnixMillis, Update,
-        WriterConfig,
+        BatchingWriter, ExpiredSession, MemoryStore, Page, Session, SessionStore, StoreError,
+        UnixMillis, Update, WriterConfig,
     };
 
     /// Every wait in these tests is bounded by this.
@@ -803,7 +803,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let (bridge, sessions) = cat_bridge(store, Duration::from_secs(3600), None);
         let s = sessions
-            .create(None, ProtocolVersion::ASSUMED)
+            .create(None, ProtocolVersion::ASSUMED, u64::MAX)
             .await
             .unwrap();
         let child = bridge.spawn(&s.id).await.unwrap();
@@ -853,8 +853,12 @@ mod tests {
         fn kind(&self) -> &'static str {
             "failing"
         }
-        async fn create(&self, session: &Session) -> Result<(), StoreError> {
-            self.inner.create(session).await
+        async fn create_bounded(
+            &self,
+            session: &Session,
+            max_sessions: u64,
+        ) -> Result<(), StoreError> {
+            self.inner.create_bounded(session, max_sessions).await
         }
         async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
             self.inner.get(id).await
@@ -884,7 +888,7 @@ mod tests {
             &self,
             now: UnixMillis,
             max_idle: Duration,
-        ) -> Result<u64, StoreError> {
+        ) -> Result<Vec<ExpiredSession>, StoreError> {
             self.inner.expire_idle(now, max_idle).await
         }
     }
@@ -960,7 +964,7 @@ mod tests {
                 Some(handle.clone()),
             );
             let s = sessions
-                .create(None, ProtocolVersion::ASSUMED)
+                .create(None, ProtocolVersion::ASSUMED, u64::MAX)
                 .await
                 .unwrap();
             handle.touch(&s.id, now_millis());

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shadowcat_session::{
-    ResumeKey, ResumptionPoint, Session, SessionId, SessionStore, StoreError, StreamId, Update,
-    now_millis,
+    ExpiredSession, ResumeKey, ResumptionPoint, Session, SessionId, SessionStore, StoreError,
+    StreamId, Update, now_millis,
 };
 
 use crate::support::point_of;
@@ -43,6 +43,7 @@ where
 {
     create_get_roundtrip(make().await).await;
     create_twice_is_already_exists(make().await).await;
+    create_bounded_is_exact_under_concurrency(make().await).await;
     update_replaces_and_unknown_is_not_found(make().await).await;
     delete_removes_everything(make().await).await;
     list_pages_in_id_order(make().await).await;
@@ -94,6 +95,54 @@ async fn create_twice_is_already_exists(store: Arc<dyn SessionStore>) {
     );
     assert!(!err.is_retryable());
     assert_eq!(store.count().await.unwrap(), 1);
+}
+
+/// 64 creates at once against a bound of 50: exactly 50 land, the rest
+/// are `Full`, and a session that leaves makes room for one more.
+async fn create_bounded_is_exact_under_concurrency(store: Arc<dyn SessionStore>) {
+    const MAX: u64 = 50;
+    const TRIES: usize = 64;
+    let tasks: Vec<_> = (0..TRIES)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let s = session("u");
+                store.create_bounded(&s, MAX).await.map(|()| s.id)
+            })
+        })
+        .collect();
+    let (mut created, mut full) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(id) => created.push(id),
+            Err(StoreError::Full { limit, .. }) => {
+                assert_eq!(limit, MAX);
+                full += 1;
+            }
+            Err(e) => panic!("{}: unexpected create error {e:?}", store.kind()),
+        }
+    }
+    assert_eq!(
+        (created.len() as u64, full),
+        (MAX, TRIES - MAX as usize),
+        "{}: the bound is exact",
+        store.kind()
+    );
+    assert_eq!(store.count().await.unwrap(), MAX, "{}", store.kind());
+    let err = store.create_bounded(&session("u"), MAX).await.unwrap_err();
+    assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("50"), "{err}");
+    // An id that exists is AlreadyExists, even at the bound.
+    let again = store.get(&created[0]).await.unwrap().unwrap();
+    let err = store.create_bounded(&again, MAX).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    assert!(store.delete(&created[0]).await.unwrap());
+    store.create_bounded(&session("u"), MAX).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), MAX, "{}", store.kind());
+    // Unbounded `create` ignores it.
+    store.create(&session("u")).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), MAX + 1, "{}", store.kind());
 }
 
 async fn update_replaces_and_unknown_is_not_found(store: Arc<dyn SessionStore>) {
@@ -339,7 +388,37 @@ async fn expire_idle_removes_only_idle(store: Arc<dyn SessionStore>) {
         .expire_idle(now, Duration::from_secs(5 * 60))
         .await
         .unwrap();
-    assert_eq!(gone, 1, "{}: exactly the idle one expires", store.kind());
+    assert_eq!(
+        gone,
+        vec![ExpiredSession::of(&idle)],
+        "{}: exactly the idle one expires, reported with what ends it upstream",
+        store.kind()
+    );
+    assert!(
+        gone[0].upstream_session_id.is_some(),
+        "{}: the upstream session id is reported",
+        store.kind()
+    );
+    // Reported once: a second sweep finds nothing.
+    assert_eq!(
+        store
+            .expire_idle(now, Duration::from_secs(5 * 60))
+            .await
+            .unwrap(),
+        vec![],
+        "{}",
+        store.kind()
+    );
+    // A session without an upstream id is reported without one.
+    let mut bare = session("u");
+    bare.upstream_session_id = None;
+    bare.last_activity = now - 10 * 60_000;
+    store.create(&bare).await.unwrap();
+    let gone = store
+        .expire_idle(now, Duration::from_secs(5 * 60))
+        .await
+        .unwrap();
+    assert_eq!(gone, vec![ExpiredSession::of(&bare)], "{}", store.kind());
     assert!(store.get(&idle.id).await.unwrap().is_none());
     assert!(store.get(&busy.id).await.unwrap().is_some());
     assert_eq!(store.count().await.unwrap(), 1);

@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use shadowcat_session::{
-    MemoryStore, Page, Session, SessionId, SessionStore, StoreError, StreamId, UnixMillis, Update,
+    ExpiredSession, MemoryStore, Page, Session, SessionId, SessionStore, StoreError, StreamId,
+    UnixMillis, Update,
 };
 use tokio::sync::watch;
 
@@ -206,8 +207,8 @@ impl SessionStore for FlakyStore {
         "flaky"
     }
 
-    async fn create(&self, session: &Session) -> Result<(), StoreError> {
-        self.inner.create(session).await
+    async fn create_bounded(&self, session: &Session, max_sessions: u64) -> Result<(), StoreError> {
+        self.inner.create_bounded(session, max_sessions).await
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
@@ -237,7 +238,11 @@ impl SessionStore for FlakyStore {
         result
     }
 
-    async fn expire_idle(&self, now: UnixMillis, max_idle: Duration) -> Result<u64, StoreError> {
+    async fn expire_idle(
+        &self,
+        now: UnixMillis,
+        max_idle: Duration,
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
         self.inner.expire_idle(now, max_idle).await
     }
 }
