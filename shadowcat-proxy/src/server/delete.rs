@@ -34,7 +34,7 @@ impl Shared {
         match self.send(up).await {
             Ok(resp) => Ok(self.relay(resp, None, None, "delete")),
             Err(rej) => {
-                tracing::warn!(session = %session.id, status = %rej.status, "upstream DELETE failed; the proxy session is removed anyway");
+                tracing::warn!(session_fp = %session.id.fingerprint(), status = %rej.status, "upstream DELETE failed; the proxy session is removed anyway");
                 Ok(no_content())
             }
         }

@@ -670,7 +670,7 @@ impl Shared {
         label: &'static str,
     ) -> Result<Response<ProxyBody>, Rejection> {
         if resp.status() == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
-            tracing::info!(session = %session.id, "upstream no longer knows the session; removing it");
+            tracing::info!(session_fp = %session.id.fingerprint(), "upstream no longer knows the session; removing it");
             self.forget(session).await;
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -684,7 +684,7 @@ impl Shared {
     async fn forget(&self, session: &SessionEntry) {
         if let Err(e) = self.sessions.remove(&session.id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
-            tracing::warn!(session = %session.id, error = %e, "could not remove the session from the store");
+            tracing::warn!(session_fp = %session.id.fingerprint(), error = %e, "could not remove the session from the store");
         }
     }
 
@@ -698,7 +698,7 @@ impl Shared {
         resume_after: Option<String>,
     ) -> StreamBody {
         let stream = session.next_stream(matches!(kind, StreamKind::Get));
-        tracing::debug!(session = %session.id, stream = stream.0, ?kind, "SSE stream opened");
+        tracing::debug!(session_fp = %session.id.fingerprint(), stream = stream.0, ?kind, "SSE stream opened");
         let sink = self
             .writer
             .as_ref()

@@ -171,7 +171,7 @@ impl Shared {
             }
         };
         metrics::counter!("shadowcat_sessions_created_total").increment(1);
-        tracing::debug!(session = %session.id, %version, "session created");
+        tracing::debug!(session_fp = %session.id.fingerprint(), %version, "session created");
         let slot = StreamSlot::acquire(
             &session.open_streams,
             self.config.limits.max_streams_per_session,
