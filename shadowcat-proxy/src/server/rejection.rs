@@ -21,7 +21,11 @@ pub(super) struct Rejection {
     /// The JSON-RPC id of the request, when known.
     pub id: Option<Value>,
     /// An `Allow` header (for 405).
-    pub allow: Option<&'static str>,
+    pub allow: Option<HeaderValue>,
+    /// Close the connection after the answer (`Connection: close`).
+    pub close: bool,
+    /// A `Retry-After` header, copied from the upstream.
+    pub retry_after: Option<HeaderValue>,
 }
 
 impl Rejection {
@@ -37,6 +41,8 @@ impl Rejection {
             message: message.into(),
             id: None,
             allow: None,
+            close: false,
+            retry_after: None,
         }
     }
 
@@ -62,7 +68,13 @@ impl Rejection {
             HeaderValue::from_static("application/json"),
         );
         if let Some(allow) = self.allow {
-            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            h.insert(header::ALLOW, allow);
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(v) = self.retry_after {
+            h.insert(header::RETRY_AFTER, v);
         }
         resp
     }
