@@ -102,7 +102,8 @@ fn ci() -> Result<(), String> {
 }
 
 /// Deterministic gates: allocations per event, bytes per stream/session,
-/// tasks per event, store writes per event, bytes left by ended sessions.
+/// tasks per event, store writes per event, bytes left by ended sessions,
+/// bytes held per request body byte.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -117,6 +118,8 @@ fn gates() -> Result<(), String> {
         "session_gates",
         "--test",
         "session_expiry_gate",
+        "--test",
+        "body_gate",
         "--",
         "--test-threads=1",
     ]);

@@ -467,10 +467,28 @@ fn unavailable(e: &dyn std::fmt::Display) -> Rejection {
 impl Shared {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = method_label(req.method());
+        let resp = match self.abortable(self.route(req)).await {
+            Ok(resp) => resp,
+            Err(rej) => {
+                tracing::debug!(status = %rej.status, message = %rej.message, "request rejected");
+                rej.into_response()
+            }
+        };
+        metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
+            .increment(1);
+        resp
+    }
+
+    /// `answer`, unless the drain deadline passes first: then 503 (a
+    /// JSON-RPC error, never an empty reply).
+    async fn abortable<T>(
+        &self,
+        answer: impl Future<Output = Result<T, Rejection>>,
+    ) -> Result<T, Rejection> {
         let mut aborting = self.aborting.clone();
-        let answer = tokio::select! {
+        tokio::select! {
             biased;
-            answer = self.route(req) => answer,
+            answer = answer => answer,
             // Also when the sender is gone: the proxy stopped serving.
             _ = aborting.wait_for(|a| *a) => {
                 metrics::counter!("shadowcat_requests_aborted_total").increment(1);
@@ -482,17 +500,7 @@ impl Shared {
                 rej.close = true;
                 Err(rej)
             }
-        };
-        let resp = match answer {
-            Ok(resp) => resp,
-            Err(rej) => {
-                tracing::debug!(status = %rej.status, message = %rej.message, "request rejected");
-                rej.into_response()
-            }
-        };
-        metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
-            .increment(1);
-        resp
+        }
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {

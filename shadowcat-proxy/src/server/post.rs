@@ -58,11 +58,11 @@ impl Shared {
         }
         if stateless {
             return self
-                .post_stateless(&parts.headers, bytes, &msg, version)
+                .abortable(self.post_stateless(&parts.headers, bytes, &msg, version))
                 .await
                 .map_err(|r| r.with_id(rpc_id));
         }
-        self.post_stateful(&parts.headers, bytes, &msg, version)
+        self.abortable(self.post_stateful(&parts.headers, bytes, &msg, version))
             .await
             .map_err(|r| r.with_id(rpc_id))
     }
