@@ -148,7 +148,7 @@ fn request_body_bytes_held_per_body_byte_at_most_two() {
         let held = live() - before;
         let peak = peak() - before;
         let per_byte = held as f64 / BODY_BYTES as f64;
-        println!(
+        eprintln!(
             "declared length: {declare}: {BODY_BYTES} body bytes, held {held} bytes ({per_byte:.2} per body byte), peak {peak}"
         );
         assert!(
@@ -179,7 +179,7 @@ fn keeping_the_frames_would_fail_the_gate() {
         )
         .expect("collects");
     let held = live() - before;
-    println!("frames kept: {N} body bytes, held {held} bytes");
+    eprintln!("frames kept: {N} body bytes, held {held} bytes");
     assert!(
         held >= (N * FRAME_BUFFER) as i64,
         "the gate's measure sees pinned frame buffers ({held} bytes)"

@@ -36,7 +36,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Serve MCP Streamable HTTP and proxy it to an upstream MCP server.
-    Reverse(ReverseArgs),
+    Reverse(Box<ReverseArgs>),
     /// Forward proxies for clients that launch their server as a program.
     Forward {
         #[command(subcommand)]

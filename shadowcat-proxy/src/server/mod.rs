@@ -534,7 +534,7 @@ impl Shared {
                         req.method()
                     ),
                 );
-                rej.allow = Some(HeaderValue::from_static("GET, POST, DELETE"));
+                rej.allow = Some("GET, POST, DELETE");
                 Err(rej)
             }
         }
@@ -817,7 +817,9 @@ impl Shared {
                 jsonrpc::METHOD_NOT_FOUND,
                 "the upstream MCP server does not allow this method here (HTTP 405)",
             );
-            rej.allow = parts.headers.get(header::ALLOW).cloned();
+            if let Some(v) = parts.headers.get(header::ALLOW) {
+                rej.headers.push((header::ALLOW, v.clone()));
+            }
             return rej;
         }
         let kind = if status.is_success() {
@@ -834,7 +836,9 @@ impl Shared {
                 "the upstream MCP server answered HTTP {status} with {content_type} ({len} bytes), not a JSON-RPC message; check the upstream URL and the server's logs"
             ),
         );
-        rej.retry_after = parts.headers.get(header::RETRY_AFTER).cloned();
+        if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+            rej.headers.push((header::RETRY_AFTER, v.clone()));
+        }
         rej
     }
 
@@ -989,7 +993,7 @@ fn stateless_no(method: &Method) -> Rejection {
             "protocol 2026-07-28 has no sessions or GET stream; {method} is not allowed, use POST"
         ),
     );
-    rej.allow = Some(HeaderValue::from_static("POST"));
+    rej.allow = Some("POST");
     rej
 }
 

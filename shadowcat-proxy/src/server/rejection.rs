@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::mcp::jsonrpc;
@@ -21,11 +21,11 @@ pub(super) struct Rejection {
     /// The JSON-RPC id of the request, when known.
     pub id: Option<Value>,
     /// An `Allow` header (for 405).
-    pub allow: Option<HeaderValue>,
+    pub allow: Option<&'static str>,
     /// Close the connection after the answer (`Connection: close`).
     pub close: bool,
-    /// A `Retry-After` header, copied from the upstream.
-    pub retry_after: Option<HeaderValue>,
+    /// More headers (e.g. an upstream's `Allow` or `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
@@ -42,7 +42,7 @@ impl Rejection {
             id: None,
             allow: None,
             close: false,
-            retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -68,13 +68,13 @@ impl Rejection {
             HeaderValue::from_static("application/json"),
         );
         if let Some(allow) = self.allow {
-            h.insert(header::ALLOW, allow);
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.close {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(v) = self.retry_after {
-            h.insert(header::RETRY_AFTER, v);
+        for (name, v) in self.headers {
+            h.append(name, v);
         }
         resp
     }
