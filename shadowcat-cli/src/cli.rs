@@ -39,7 +39,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Serve MCP Streamable HTTP and proxy it to an upstream MCP server.
-    Reverse(ReverseArgs),
+    Reverse(Box<ReverseArgs>),
     /// Forward proxies for clients that launch their server as a program.
     Forward {
         #[command(subcommand)]
@@ -92,6 +92,20 @@ pub(crate) struct ReverseArgs {
         value_delimiter = ','
     )]
     pub(crate) allowed_origins: Vec<String>,
+    /// A host name (no port) the `Host` header may name besides
+    /// localhost, 127.0.0.1, [::1] and the bound address (repeatable).
+    /// `Host` is checked when listening on loopback, elsewhere only when
+    /// a name is given (DNS-rebinding defence); a mismatch gets 403.
+    #[arg(
+        long = "allowed-host",
+        env = "SHADOWCAT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Most client connections open at once; more are answered 503 and
+    /// closed [default: 4096].
+    #[arg(long, env = "SHADOWCAT_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
     /// Seconds in-flight requests get to finish on shutdown [default: 10].
     #[arg(long, env = "SHADOWCAT_DRAIN_TIMEOUT_SECS")]
     pub(crate) drain_timeout_secs: Option<u64>,

@@ -84,7 +84,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let store = file.store(cli.store.as_deref());
     match cli.command {
         Command::Reverse(args) => {
-            let settings = ReverseSettings::resolve(args, file)?;
+            let settings = ReverseSettings::resolve(*args, file)?;
             run::reverse(settings, store, log_format).await
         }
         Command::Forward { command } => forward_cmd::run(command, log_format).await,

@@ -38,6 +38,7 @@ pub(crate) struct FileConfig {
     log_format: Option<LogFormat>,
     upstream_bearer: Option<String>,
     allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     drain_timeout_secs: Option<u64>,
     session_idle_timeout_secs: Option<u64>,
     /// A stdio MCP server to serve: program and arguments.
@@ -57,6 +58,10 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
+    body_read_timeout_ms: Option<u64>,
+    body_idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_response_bytes: Option<usize>,
     upstream_connect_timeout_ms: Option<u64>,
     upstream_response_timeout_ms: Option<u64>,
     max_sessions: Option<u64>,
@@ -235,6 +240,11 @@ impl ReverseSettings {
             args.allowed_origins
         };
         proxy.allowed_origins = OriginPolicy::from_patterns(origins);
+        proxy.allowed_hosts = if args.allowed_hosts.is_empty() {
+            file.allowed_hosts.unwrap_or_default()
+        } else {
+            args.allowed_hosts
+        };
         if let Some(spec) = args.upstream_bearer.or(file.upstream_bearer) {
             proxy.upstream_bearer = Some(read_secret(&spec, "--upstream-bearer")?);
         }
@@ -249,6 +259,18 @@ impl ReverseSettings {
         }
         if let Some(v) = f.max_headers {
             l.max_headers = v;
+        }
+        if let Some(v) = f.body_read_timeout_ms {
+            l.body_read_timeout = ms(v);
+        }
+        if let Some(v) = f.body_idle_timeout_ms {
+            l.body_idle_timeout = ms(v);
+        }
+        if let Some(v) = args.max_connections.or(f.max_connections) {
+            l.max_connections = v;
+        }
+        if let Some(v) = f.max_response_bytes {
+            l.max_response_bytes = v;
         }
         if let Some(v) = f.upstream_connect_timeout_ms {
             l.upstream_connect_timeout = ms(v);
@@ -395,6 +417,8 @@ mod tests {
             admin_token: None,
             upstream_bearer: None,
             allowed_origins: vec![],
+            allowed_hosts: vec![],
+            max_connections: None,
             drain_timeout_secs: None,
             session_idle_timeout_secs: None,
             upstream_cmd: false,
@@ -413,8 +437,13 @@ mod tests {
             upstream = "http://127.0.0.1:1/mcp"
             bind = "127.0.0.1:7000"
             allowed_origins = ["https://a.example"]
+            allowed_hosts = ["file.example"]
             [limits]
             max_body_bytes = 10
+            body_read_timeout_ms = 3000
+            body_idle_timeout_ms = 700
+            max_connections = 50
+            max_response_bytes = 2048
             keepalive_interval_ms = 250
             replay_max_events = 99
             replay_max_bytes = 4096
@@ -434,7 +463,14 @@ mod tests {
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.bind = Some("127.0.0.1:7001".parse().unwrap());
         a.session_revalidate_interval_ms = Some(400);
+        a.allowed_hosts = vec!["flag.example".into()];
+        a.max_connections = Some(60);
         let s = ReverseSettings::resolve(a, file).unwrap();
+        assert_eq!(s.proxy.allowed_hosts, ["flag.example"], "the flag wins");
+        assert_eq!(s.proxy.limits.max_connections, 60, "the flag wins");
+        assert_eq!(s.proxy.limits.body_read_timeout, Duration::from_secs(3));
+        assert_eq!(s.proxy.limits.body_idle_timeout, Duration::from_millis(700));
+        assert_eq!(s.proxy.limits.max_response_bytes, 2048);
         assert_eq!(s.proxy.upstream, "http://127.0.0.1:2/mcp");
         assert_eq!(s.proxy.bind.port(), 7001);
         assert_eq!(s.proxy.limits.max_body_bytes, 10);

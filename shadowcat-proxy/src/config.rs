@@ -23,8 +23,15 @@ pub struct ReverseProxyConfig {
     pub bind: SocketAddr,
     /// The MCP endpoint path clients use. Default `/mcp`.
     pub path: String,
-    /// Which `Origin` headers are accepted. Default: loopback origins only.
+    /// Which `Origin` headers are accepted (every one a request carries
+    /// is checked). Default: loopback origins only.
     pub allowed_origins: OriginPolicy,
+    /// Host names (without port) a request's `Host` header may name,
+    /// besides `localhost`, `127.0.0.1`, `[::1]` and the bound address
+    /// (DNS-rebinding defence). When the proxy listens on a loopback
+    /// address `Host` is always checked; elsewhere only when this list is
+    /// not empty. A mismatch gets 403. Default empty.
+    pub allowed_hosts: Vec<String>,
     /// Sent upstream as `Authorization: Bearer …`. The client's own
     /// credentials are never forwarded. Default none.
     pub upstream_bearer: Option<String>,
@@ -42,6 +49,7 @@ impl std::fmt::Debug for ReverseProxyConfig {
             .field("bind", &self.bind)
             .field("path", &self.path)
             .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field(
                 "upstream_bearer",
                 &self.upstream_bearer.as_ref().map(|_| "<redacted>"),
@@ -65,6 +73,7 @@ impl ReverseProxyConfig {
             bind: DEFAULT_BIND.parse().expect("default bind address parses"),
             path: DEFAULT_PATH.to_owned(),
             allowed_origins: OriginPolicy::default(),
+            allowed_hosts: Vec::new(),
             upstream_bearer: None,
             limits: Limits::default(),
             upstream_cmd: None,
@@ -86,17 +95,33 @@ impl ReverseProxyConfig {
 pub struct Limits {
     /// Largest request body accepted; larger gets 413. Default 4 MiB.
     pub max_body_bytes: usize,
-    /// Largest request head (request line plus headers) accepted; larger
-    /// gets 431. Must be at least 8192. Default 64 KiB.
+    /// Largest request head accepted; larger gets 431. Counted as the
+    /// request line plus, per header, name, value and 4 bytes (`: `,
+    /// CRLF), whatever way the head arrives (whitespace around values is
+    /// not counted). Also bounds the connection's read and write buffers.
+    /// Must be at least 8192. Default 64 KiB.
     pub max_header_bytes: usize,
+    /// A request body must arrive whole within this time of the handler
+    /// starting to read it; else 408. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; then 408.
+    /// Default 10 s.
+    pub body_idle_timeout: Duration,
+    /// Most client connections open at once; one more is answered 503
+    /// (with `Connection: close`) and closed. Default 4,096.
+    pub max_connections: usize,
+    /// Largest JSON (non-SSE) answer accepted from the upstream. Such an
+    /// answer is read whole (within `upstream_response_timeout`) before
+    /// the client is answered; larger gets 502. Default 16 MiB.
+    pub max_response_bytes: usize,
     /// Most request headers accepted. Default 100.
     pub max_headers: usize,
     /// How long to wait for a TCP connection to the upstream; then 504.
     /// Default 5 s.
     pub upstream_connect_timeout: Duration,
     /// How long to wait for the upstream's response head (status and
-    /// headers; a stream may then run as long as it likes); then 504.
-    /// Default 60 s.
+    /// headers; an SSE stream may then run as long as it likes, a JSON
+    /// answer must be complete within it too); then 504. Default 60 s.
     pub upstream_response_timeout: Duration,
     /// Most live sessions (in the store); an initialize beyond it gets 503
     /// with `Retry-After`. Exact under concurrency, across every instance
@@ -176,6 +201,10 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 4 << 20,
             max_header_bytes: 64 << 10,
+            body_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_response_bytes: 16 << 20,
             max_headers: 100,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),

@@ -9,6 +9,7 @@
 //! Modules, by what they are about:
 //! - `mcp`: MCP's headers, JSON-RPC, protocol revisions.
 //! - `event_id`: the sealed client event ids.
+//! - `collect`: reading a whole body, bounded in bytes and time.
 //! - `stream`: the stream engine (replay, reader, sources, linger).
 //! - `upstream`: toward the server (pooled HTTP/1, stdio children).
 //! - `session`: sessions (store plus a bounded, revalidated cache) and the
@@ -18,6 +19,7 @@
 //!   readiness), served by the CLI's admin listener.
 //! - [`forward`]: the forward proxies.
 
+mod collect;
 mod config;
 mod error;
 mod event_id;

@@ -63,6 +63,7 @@ pub struct RecordedRequest {
 #[derive(Debug, Default)]
 struct State {
     requests: Mutex<Vec<RecordedRequest>>,
+    request_seen: Notify,
     sessions: Mutex<HashSet<String>>,
     next_session: AtomicU64,
     next_stream: AtomicU64,
@@ -188,6 +189,21 @@ impl TestUpstream {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests.lock().clone()
+    }
+
+    /// Waits up to `timeout` until at least `n` requests were received;
+    /// true if so.
+    pub async fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = self.state.request_seen.notified();
+            if self.state.requests.lock().len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, seen).await.is_err() {
+                return self.state.requests.lock().len() >= n;
+            }
+        }
     }
 
     /// The session ids the upstream issued and has not seen deleted.
@@ -341,6 +357,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
         headers: parts.headers.clone(),
         body: body.clone(),
     });
+    st.request_seen.notify_waiters();
     let version = parts
         .headers
         .get("mcp-protocol-version")
@@ -768,4 +785,21 @@ impl BudgetProbe {
     pub fn releases(&self) -> u64 {
         self.0.releases()
     }
+}
+
+/// Reads `body` whole with the proxy's own body reader, as a request body
+/// is read (at most `max` bytes; generous timeouts), for the body gate.
+pub async fn read_body_whole<B>(body: B, max: usize) -> Result<Bytes, String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let limits = crate::collect::ReadLimits {
+        max,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+    };
+    crate::collect::read_whole(body, limits)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -13,8 +13,8 @@ pub mod store;
 
 pub use memory::MemoryStore;
 pub use model::{
-    InvalidSessionId, RESUME_KEY_LEN, ResumeKey, ResumptionPoint, Session, SessionId, StreamId,
-    StreamPoint, UnixMillis, Update, now_millis,
+    Fingerprint, InvalidSessionId, RESUME_KEY_LEN, ResumeKey, ResumptionPoint, Session, SessionId,
+    StreamId, StreamPoint, UnixMillis, Update, now_millis,
 };
 pub use store::{ExpiredSession, Page, SessionStore, StoreError};
 

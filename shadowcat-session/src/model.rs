@@ -73,6 +73,44 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A short name for the id in logs: 8 hex characters of a hash keyed
+    /// with a random per-process key. The full id is the session's only
+    /// credential, so logs carry this instead; it is stable for the life
+    /// of the process (not across restarts or instances).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self.as_str())
+    }
+}
+
+/// A session id's log name; see [`SessionId::fingerprint`]. Displays as 8
+/// lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(u32);
+
+impl Fingerprint {
+    /// The fingerprint of a session id given as text (one a client sent
+    /// that may not be valid).
+    pub fn of(id: &str) -> Self {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let h = KEY
+            .get_or_init(std::hash::RandomState::new)
+            .hash_one(id.as_bytes());
+        Fingerprint((h >> 32) as u32)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
 }
 
 impl fmt::Debug for SessionId {
@@ -335,5 +373,26 @@ mod resume_key_tests {
         assert_eq!(ResumeKey::from_hex(&"0".repeat(31)), None);
         assert_eq!(ResumeKey::from_hex(&"g".repeat(32)), None);
         assert!(!format!("{k:?}").contains(&k.to_hex()), "Debug redacts");
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn eight_hex_characters_stable_and_distinct() {
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        let fa = a.fingerprint().to_string();
+        assert_eq!(fa.len(), 8);
+        assert!(
+            fa.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert!(!a.as_str().contains(&fa), "not a piece of the id");
+        assert_eq!(a.fingerprint(), a.clone().fingerprint(), "stable");
+        assert_eq!(Fingerprint::of(a.as_str()), a.fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }

@@ -138,7 +138,8 @@ fn ci() -> Result<(), String> {
 
 /// Deterministic gates: allocations per event, bytes per stream/session,
 /// tasks per event, store writes per event, bytes left by ended sessions,
-/// buffered bytes within the budget whatever the number of dropped streams.
+/// buffered bytes within the budget whatever the number of dropped streams,
+/// bytes held per request body byte.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -155,6 +156,8 @@ fn gates() -> Result<(), String> {
         "session_expiry_gate",
         "--test",
         "budget_gate",
+        "--test",
+        "body_gate",
         "--",
         "--test-threads=1",
     ]);

@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use parking_lot::Mutex;
 use serde_json::Value;
 use shadowcat_session::{SessionId, StreamId};
@@ -35,6 +35,7 @@ use shadowcat_transport::{LineError, LineReader, ReconnectConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::collect::{ReadError, ReadLimits, read_whole};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, is_sse};
 use crate::stream::replay::ReplayLimits;
@@ -255,7 +256,7 @@ impl Relay {
                 .await;
         }
         if !status.is_success() {
-            let text = match read_limited(resp.into_body(), 2048).await {
+            let text = match read_limited(resp.into_body(), 2048, self.env.response_timeout).await {
                 Ok(body) => String::from_utf8_lossy(&body).into_owned(),
                 Err(e) => format!("({e})"),
             };
@@ -270,7 +271,13 @@ impl Relay {
             let kind = StreamKind::Request(id.clone());
             return self.pump(resp.into_body(), kind, init).await;
         }
-        let body = match read_limited(resp.into_body(), self.max_response_bytes).await {
+        let body = match read_limited(
+            resp.into_body(),
+            self.max_response_bytes,
+            self.env.response_timeout,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(e) => return self.fail(&id, e.to_string()).await,
         };
@@ -333,19 +340,35 @@ enum BodyError {
     TooLarge(usize),
     #[error("the upstream's response body could not be read: {0}")]
     Unreadable(String),
+    #[error("the upstream's response body was not complete within {0:?}")]
+    Timeout(Duration),
 }
 
-/// The whole body, at most `max` bytes; a failure is counted (the caller
-/// logs it and answers the client).
-async fn read_limited(body: UpstreamBody, max: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => {
+/// The whole body, at most `max` bytes, within `timeout` (the proxy's one
+/// body reader); a failure is counted (the caller logs it and answers the
+/// client).
+async fn read_limited(
+    body: UpstreamBody,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    let limits = ReadLimits {
+        max,
+        deadline: tokio::time::Instant::now() + timeout,
+        idle: timeout,
+    };
+    match read_whole(body, limits).await {
+        Ok(b) => Ok(b),
+        Err(ReadError::TooLarge(_)) => {
             metrics::counter!("shadowcat_upstream_errors_total", "kind" => "body_too_large")
                 .increment(1);
             Err(BodyError::TooLarge(max))
         }
-        Err(e) => {
+        Err(ReadError::Deadline | ReadError::Idle(_)) => {
+            metrics::counter!("shadowcat_upstream_errors_total", "kind" => "timeout").increment(1);
+            Err(BodyError::Timeout(timeout))
+        }
+        Err(ReadError::Body(e)) => {
             metrics::counter!("shadowcat_upstream_errors_total", "kind" => "body_unreadable")
                 .increment(1);
             Err(BodyError::Unreadable(e.to_string()))

@@ -1,5 +1,5 @@
-//! Response bodies toward the client: a fixed body, an upstream body
-//! streamed through untouched, a session's resumable stream
+//! Response bodies toward the client: a fixed body (JSON answers are read
+//! whole first), a session's resumable stream
 //! ([`crate::stream`]) or, without a session (2026-07-28), an SSE stream
 //! forwarded event by event.
 //!
@@ -37,7 +37,6 @@ pub(crate) struct ProxyBody(Inner);
 #[derive(Debug)]
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(UpstreamBody),
     Sse(Box<SseForward>),
     Stream(Box<StreamBody>),
 }
@@ -51,11 +50,6 @@ impl ProxyBody {
     /// No body.
     pub(crate) fn empty() -> Self {
         ProxyBody(Inner::Full(None))
-    }
-
-    /// The upstream's body, streamed through as it arrives.
-    pub(crate) fn upstream(body: UpstreamBody) -> Self {
-        ProxyBody(Inner::Upstream(body))
     }
 
     /// An SSE stream forwarded event by event.
@@ -79,9 +73,6 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
             Inner::Sse(fwd) => fwd.poll_next(cx),
             Inner::Stream(s) => s.poll_next(cx),
         }
@@ -90,7 +81,6 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Inner::Full(b) => b.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
             Inner::Sse(fwd) => fwd.done,
             Inner::Stream(s) => s.is_done(),
         }
@@ -100,7 +90,6 @@ impl Body for ProxyBody {
         match &self.0 {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Upstream(body) => body.size_hint(),
             Inner::Sse(_) | Inner::Stream(_) => SizeHint::default(),
         }
     }

@@ -31,10 +31,14 @@ impl Shared {
             return Ok(no_content());
         }
         let up = self.upstream_request(Method::DELETE, headers, Some(&session), Bytes::new());
-        match self.send(up).await {
-            Ok(resp) => Ok(self.relay(resp, None, None, "delete")),
+        let answer = match self.send(up).await {
+            Ok(resp) => self.relay(resp, None, None, "delete").await,
+            Err(rej) => Err(rej),
+        };
+        match answer {
+            Ok(resp) => Ok(resp),
             Err(rej) => {
-                tracing::warn!(session = %session.id, status = %rej.status, "upstream DELETE failed; the proxy session is removed anyway");
+                tracing::warn!(session_fp = %session.id.fingerprint(), status = %rej.status, "upstream DELETE failed; the proxy session is removed anyway");
                 Ok(no_content())
             }
         }

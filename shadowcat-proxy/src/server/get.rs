@@ -63,7 +63,7 @@ impl Shared {
         if let Some((text, id)) = resume {
             if let Err(e) = id.verify(&session.key, &session.id) {
                 metrics::counter!("shadowcat_resume_rejected_total").increment(1);
-                tracing::info!(session = %session.id, last_event_id = %text, "Last-Event-ID rejected");
+                tracing::info!(session_fp = %session.id.fingerprint(), last_event_id = %text, "Last-Event-ID rejected");
                 return Err(Rejection::bad_request(format!(
                     "Last-Event-ID {text:?} is not valid here: {e}; open a new stream without it"
                 )));
@@ -100,11 +100,11 @@ impl Shared {
                 Ok(body) => {
                     metrics::counter!("shadowcat_client_resumes_total", "from" => "buffer")
                         .increment(1);
-                    tracing::debug!(session = %session.id, stream = id.stream, seq = id.seq, "client resumes from the replay buffer");
+                    tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, "client resumes from the replay buffer");
                     return Ok(self.stream_response(body, session, None));
                 }
                 Err(why) => {
-                    tracing::debug!(session = %session.id, stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the upstream");
+                    tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the upstream");
                     not_held = (why.limit(), why.cause(&self.env));
                     stream.release();
                 }
@@ -113,7 +113,7 @@ impl Shared {
         let (limit, held_cause) = not_held;
         let gap = |status: StatusCode, cause: String| {
             metrics::counter!("shadowcat_resume_gaps_total", "limit" => limit).increment(1);
-            tracing::warn!(session = %session.id, last_event_id = %text, %cause, limit, "client stream cannot be resumed");
+            tracing::warn!(session_fp = %session.id.fingerprint(), last_event_id = %text, %cause, limit, "client stream cannot be resumed");
             Rejection::new(
                 status,
                 jsonrpc::SERVER_ERROR,
@@ -173,7 +173,7 @@ impl Shared {
         );
         metrics::counter!("shadowcat_client_resumes_total", "from" => "upstream").increment(1);
         metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(session = %session.id, "client resumes from the upstream");
+        tracing::debug!(session_fp = %session.id.fingerprint(), "client resumes from the upstream");
         Ok(self.stream_response(body, session, None))
     }
 
@@ -189,7 +189,7 @@ impl Shared {
             Ok(s) => s?,
             Err(e) => {
                 metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
-                tracing::warn!(session = %session.id, error = %e, "could not read the stored resumption point");
+                tracing::warn!(session_fp = %session.id.fingerprint(), error = %e, "could not read the stored resumption point");
                 return None;
             }
         };
@@ -199,7 +199,7 @@ impl Shared {
             .find(|p| p.stream.0 == id.stream)?
             .point;
         if point.client_seq != id.seq {
-            tracing::debug!(session = %session.id, stream = id.stream, stored = point.client_seq, wanted = id.seq, "stored resumption point is not the client's");
+            tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, stored = point.client_seq, wanted = id.seq, "stored resumption point is not the client's");
             return None;
         }
         point.upstream_event_id.clone()

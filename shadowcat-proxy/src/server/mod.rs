@@ -5,19 +5,22 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::collect::{ReadError, ReadLimits, read_whole};
 use crate::config::{Limits, ReverseProxyConfig};
 use crate::error::ProxyError;
 use crate::event_id::StreamSealer;
@@ -25,6 +28,7 @@ use crate::mcp::jsonrpc::{self};
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{
     MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_ACCEL_BUFFERING, is_sse,
+    media_type_is,
 };
 use crate::server::body::{ProxyBody, SseForward};
 use crate::session::{CacheLimits, SessionEntry, Sessions};
@@ -34,13 +38,17 @@ use crate::stream::{Closing, StreamSlot};
 use crate::stream::{Pump, PumpSource, PumpSpec, StreamBody, StreamEnv, StreamKind, StreamShared};
 use crate::upstream::http::{UpstreamBody, UpstreamPool};
 use crate::upstream::stdio::StdioBridge;
+use conns::{AcceptErrors, OpenConnection, refusal_reply, refuse, warn_on_file_limit};
+use guard::HostCheck;
 use rejection::Rejection;
 
 pub(crate) mod admin;
 pub(crate) mod body;
+mod conns;
 mod delete;
 mod ender;
 mod get;
+mod guard;
 mod post;
 mod ratelimit;
 mod rejection;
@@ -66,6 +74,15 @@ const MCP_PARAM_PREFIX: &str = "mcp-param-";
 const FORWARDED_RESPONSE_HEADERS: [HeaderName; 3] =
     [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
 
+/// After the drain timeout, how long requests still in flight get to
+/// write their 503 before their connections are dropped.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// When an upstream answer must be complete (request start plus
+/// `upstream_response_timeout`); kept in the response's extensions.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
 /// A bound, ready-to-serve reverse proxy.
 ///
 /// ```no_run
@@ -85,6 +102,7 @@ pub struct ReverseProxy {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     closing_tx: watch::Sender<bool>,
+    aborting_tx: watch::Sender<bool>,
 }
 
 /// How serving ended.
@@ -105,6 +123,11 @@ struct Shared {
     bearer: Option<HeaderValue>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
+    /// Set when the drain timeout ended: requests still in flight are
+    /// answered 503.
+    aborting: watch::Receiver<bool>,
+    /// The `Host` check, when one applies.
+    hosts: Option<HostCheck>,
     env: Arc<StreamEnv>,
     /// True while the listener accepts connections.
     accepting: std::sync::atomic::AtomicBool,
@@ -139,6 +162,15 @@ impl ReverseProxy {
         if config.limits.max_header_bytes < 8192 {
             return Err(ProxyError::Config(
                 "max_header_bytes must be at least 8192".into(),
+            ));
+        }
+        if config.limits.max_connections == 0
+            || config.limits.max_response_bytes == 0
+            || config.limits.body_read_timeout.is_zero()
+            || config.limits.body_idle_timeout.is_zero()
+        {
+            return Err(ProxyError::Config(
+                "max_connections, max_response_bytes, body_read_timeout and body_idle_timeout must be above zero".into(),
             ));
         }
         if config.limits.keepalive_interval.is_zero() {
@@ -183,6 +215,8 @@ impl ReverseProxy {
         })?;
 
         let (closing_tx, closing) = watch::channel(false);
+        let (aborting_tx, aborting) = watch::channel(false);
+        let hosts = HostCheck::new(&config, local_addr);
         let label = match &config.upstream_cmd {
             Some(cmd) => cmd.label(),
             None => config.upstream.to_string(),
@@ -241,6 +275,8 @@ impl ReverseProxy {
                 bearer,
                 writer,
                 closing,
+                aborting,
+                hosts,
                 env,
                 accepting: std::sync::atomic::AtomicBool::new(false),
                 probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
@@ -250,6 +286,7 @@ impl ReverseProxy {
                 ender,
             }),
             closing_tx,
+            aborting_tx,
         })
     }
 
@@ -281,7 +318,7 @@ impl ReverseProxy {
 
     /// Serves until `shutdown` completes, then stops accepting, ends open
     /// SSE streams cleanly and waits up to `drain_timeout` for in-flight
-    /// requests to finish.
+    /// requests to finish; those still running then are answered 503.
     pub async fn serve_with_drain(
         self,
         shutdown: impl Future<Output = ()>,
@@ -292,6 +329,7 @@ impl ReverseProxy {
             local_addr,
             shared,
             closing_tx,
+            aborting_tx,
         } = self;
         let limits = &shared.config.limits;
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -301,6 +339,11 @@ impl ReverseProxy {
             .max_headers(limits.max_headers);
         let graceful = GracefulShutdown::new();
         tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.sessions.upstream_label(), "reverse proxy listening");
+        warn_on_file_limit(limits.max_connections);
+        let open = Arc::new(AtomicUsize::new(0));
+        let refusing = Arc::new(AtomicUsize::new(0));
+        let refusal = refusal_reply(limits.max_connections);
+        let mut accept_errors = AcceptErrors::default();
         let mut shutdown = std::pin::pin!(shutdown);
         shared
             .accepting
@@ -309,7 +352,12 @@ impl ReverseProxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if open.load(Ordering::Relaxed) >= limits.max_connections {
+                            refuse(stream, peer, &refusal, &refusing);
+                            continue;
+                        }
                         let _ = stream.set_nodelay(true);
+                        let guard = OpenConnection::new(&open);
                         let shared = Arc::clone(&shared);
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                             req.extensions_mut().insert(ratelimit::ClientAddr(peer));
@@ -318,14 +366,14 @@ impl ReverseProxy {
                         });
                         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                         tokio::spawn(async move {
+                            let _guard = guard;
                             if let Err(e) = conn.await {
                                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
                             }
                         });
                     }
                     Err(e) => {
-                        metrics::counter!("shadowcat_accept_errors_total").increment(1);
-                        tracing::warn!(error = %e, "accept failed");
+                        accept_errors.failed(&e);
                         // Out of descriptors and the like: back off briefly
                         // instead of spinning.
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -340,14 +388,22 @@ impl ReverseProxy {
         drop(listener);
         tracing::info!("shutting down: no new connections; closing streams");
         let _ = closing_tx.send(true);
-        let drained = tokio::time::timeout(drain_timeout, graceful.shutdown())
+        let mut all_closed = std::pin::pin!(graceful.shutdown());
+        let drained = tokio::time::timeout(drain_timeout, all_closed.as_mut())
             .await
             .is_ok();
         if !drained {
             tracing::warn!(
                 ?drain_timeout,
-                "connections still open after the drain timeout; dropping them"
+                "requests still in flight after the drain timeout; answering them 503"
             );
+            let _ = aborting_tx.send(true);
+            if tokio::time::timeout(ABORT_GRACE, all_closed).await.is_err() {
+                tracing::warn!(
+                    ?ABORT_GRACE,
+                    "connections still open after the 503 answers; dropping them"
+                );
+            }
         }
         if let Some(bridge) = &shared.stdio {
             let grace = shared
@@ -474,7 +530,7 @@ fn unavailable(e: &dyn std::fmt::Display) -> Rejection {
 impl Shared {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = method_label(req.method());
-        let resp = match self.route(req).await {
+        let resp = match self.abortable(self.route(req)).await {
             Ok(resp) => resp,
             Err(rej) => {
                 tracing::debug!(status = %rej.status, message = %rej.message, "request rejected");
@@ -486,7 +542,36 @@ impl Shared {
         resp
     }
 
+    /// `answer`, unless the drain deadline passes first: then 503 (a
+    /// JSON-RPC error, never an empty reply).
+    async fn abortable<T>(
+        &self,
+        answer: impl Future<Output = Result<T, Rejection>>,
+    ) -> Result<T, Rejection> {
+        let mut aborting = self.aborting.clone();
+        tokio::select! {
+            biased;
+            answer = answer => answer,
+            // Also when the sender is gone: the proxy stopped serving.
+            _ = aborting.wait_for(|a| *a) => {
+                metrics::counter!("shadowcat_requests_aborted_total").increment(1);
+                let mut rej = Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    jsonrpc::SERVER_ERROR,
+                    "the proxy is shutting down; retry",
+                );
+                rej.close = true;
+                Err(rej)
+            }
+        }
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
+        guard::check_head(&req, self.config.limits.max_header_bytes)?;
+        if let Some(hosts) = &self.hosts {
+            hosts.check(req.headers())?;
+        }
+        guard::check_origins(&self.config.allowed_origins, req.headers())?;
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -495,18 +580,6 @@ impl Shared {
                     "no MCP endpoint at {}; the endpoint is {}",
                     req.uri().path(),
                     self.config.path
-                ),
-            ));
-        }
-        if let Some(origin) = req.headers().get(header::ORIGIN)
-            && !self.config.allowed_origins.allows(origin.as_bytes())
-        {
-            return Err(Rejection::new(
-                StatusCode::FORBIDDEN,
-                jsonrpc::SERVER_ERROR,
-                format!(
-                    "Origin {:?} is not allowed; start the proxy with --allowed-origin for it",
-                    String::from_utf8_lossy(origin.as_bytes())
                 ),
             ));
         }
@@ -637,8 +710,12 @@ impl Shared {
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Rejection> {
         let timeout = self.config.limits.upstream_response_timeout;
-        match tokio::time::timeout(timeout, self.pool.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.pool.request(req)).await {
+            Ok(Ok(mut resp)) => {
+                resp.extensions_mut().insert(Deadline(deadline));
+                Ok(resp)
+            }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "request" };
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
@@ -673,40 +750,42 @@ impl Shared {
         }
     }
 
-    /// The client's response for an upstream response.
-    fn relay(
+    /// The client's response for an upstream response: an SSE stream (a
+    /// session's resumable one, or passed through without a session), or
+    /// a JSON answer read whole first (see [`Shared::read_answer`]).
+    async fn relay(
         &self,
         resp: Response<UpstreamBody>,
         session: Option<(&SessionEntry, StreamKind)>,
         slot: Option<StreamSlot>,
         label: &'static str,
-    ) -> Response<ProxyBody> {
-        let (parts, body) = resp.into_parts();
-        let sse = is_sse(&parts.headers);
-        let session = match session {
-            Some((s, kind)) if sse => {
-                let stream = self.open_stream(PumpSource::Upstream(body), s, slot, kind, None);
-                let mut out = self.stream_response(stream, s, Some(parts.status));
-                for v in parts.headers.get_all(header::RETRY_AFTER) {
-                    out.headers_mut().append(header::RETRY_AFTER, v.clone());
-                }
-                return out;
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        if !is_sse(resp.headers()) {
+            let mut out = self.read_answer(resp).await?;
+            if let Some((s, _)) = session
+                && let Ok(v) = HeaderValue::from_str(s.id.as_str())
+            {
+                out.headers_mut().insert(MCP_SESSION_ID, v);
             }
-            Some((s, _)) => Some(s),
-            None => None,
-        };
-        let body = if sse {
-            // No session (2026-07-28): no ids to resume by; forwarded as is.
-            ProxyBody::sse(SseForward::new(
-                body,
-                self.config.limits.keepalive_interval,
-                Some(self.closing()),
-                slot,
-                label,
-            ))
-        } else {
-            ProxyBody::upstream(body)
-        };
+            return Ok(out);
+        }
+        let (parts, body) = resp.into_parts();
+        if let Some((s, kind)) = session {
+            let stream = self.open_stream(PumpSource::Upstream(body), s, slot, kind, None);
+            let mut out = self.stream_response(stream, s, Some(parts.status));
+            for v in parts.headers.get_all(header::RETRY_AFTER) {
+                out.headers_mut().append(header::RETRY_AFTER, v.clone());
+            }
+            return Ok(out);
+        }
+        // No session (2026-07-28): no ids to resume by; forwarded as is.
+        let body = ProxyBody::sse(SseForward::new(
+            body,
+            self.config.limits.keepalive_interval,
+            Some(self.closing()),
+            slot,
+            label,
+        ));
         let mut out = Response::new(body);
         *out.status_mut() = parts.status;
         let h = out.headers_mut();
@@ -715,41 +794,197 @@ impl Shared {
                 h.append(name.clone(), v.clone());
             }
         }
-        if sse {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        }
-        if let Some(s) = session
-            && let Ok(v) = HeaderValue::from_str(s.id.as_str())
-        {
-            h.insert(MCP_SESSION_ID, v);
-        }
-        out
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        Ok(out)
     }
 
-    async fn read_body(&self, body: Incoming, headers: &HeaderMap) -> Result<Bytes, Rejection> {
-        let max = self.config.limits.max_body_bytes;
-        let too_large = || {
-            Rejection::new(
+    /// A non-SSE upstream answer, read whole (at most
+    /// `max_response_bytes`, complete within `upstream_response_timeout`
+    /// of the request) before the client gets anything, so a failure is
+    /// a JSON-RPC error and the upstream connection goes back to the
+    /// pool. Relayed: JSON answers, 2xx answers with no body, and 405
+    /// (as a JSON-RPC error: a server without a GET stream or DELETE says
+    /// so with 405). Anything else (an HTML error page, a 200
+    /// `text/html`) is a 502 quoting the upstream's status.
+    async fn read_answer(
+        &self,
+        resp: Response<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let (parts, body) = resp.into_parts();
+        let timeout = self.config.limits.upstream_response_timeout;
+        let deadline = parts
+            .extensions
+            .get::<Deadline>()
+            .map_or_else(|| Instant::now() + timeout, |d| d.0);
+        let limits = ReadLimits {
+            max: self.config.limits.max_response_bytes,
+            deadline,
+            idle: timeout,
+        };
+        let status = parts.status;
+        let bytes = match read_whole(body, limits).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.answer_unread(status, e)),
+        };
+        let json = media_type_is(&parts.headers, &header::CONTENT_TYPE, "application/json");
+        // Without a length or chunks the body ends when the connection
+        // does, so a cut looks like an end: such JSON must parse whole.
+        let close_delimited = !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        if json
+            && close_delimited
+            && !bytes.is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+        {
+            return Err(self.answer_unread(
+                status,
+                ReadError::Body("the connection closed in the middle of the JSON answer"),
+            ));
+        }
+        if !(json || status.is_success() && bytes.is_empty()) {
+            return Err(self.not_json_rpc(&parts, bytes.len()));
+        }
+        let mut out = Response::new(if bytes.is_empty() {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(bytes)
+        });
+        *out.status_mut() = status;
+        let h = out.headers_mut();
+        for name in &FORWARDED_RESPONSE_HEADERS {
+            for v in parts.headers.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why an upstream answer could not be read whole, for the client.
+    fn answer_unread<E: std::fmt::Display>(
+        &self,
+        status: StatusCode,
+        e: ReadError<E>,
+    ) -> Rejection {
+        let upstream = &self.config.upstream;
+        let (kind, http, message) = match e {
+            ReadError::TooLarge(max) => (
+                "body_too_large",
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the upstream MCP server's answer (HTTP {status}) is larger than {max} bytes (max_response_bytes); it was not relayed"
+                ),
+            ),
+            ReadError::Deadline | ReadError::Idle(_) => (
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the upstream MCP server did not finish its answer (HTTP {status}) within {:?} (upstream_response_timeout)",
+                    self.config.limits.upstream_response_timeout
+                ),
+            ),
+            ReadError::Body(e) => (
+                "body_cut",
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the upstream MCP server's answer (HTTP {status}) was cut short ({e}); retry the request"
+                ),
+            ),
+        };
+        metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
+        tracing::warn!(%upstream, %status, kind, %message, "upstream answer not relayed");
+        Rejection::new(http, jsonrpc::INTERNAL_ERROR, message)
+    }
+
+    /// An upstream answer that is not JSON-RPC: 502 quoting its status
+    /// and content type; 405 stays 405.
+    fn not_json_rpc(&self, parts: &http::response::Parts, len: usize) -> Rejection {
+        let status = parts.status;
+        let content_type = match parts.headers.get(header::CONTENT_TYPE) {
+            Some(v) => format!("Content-Type {:?}", String::from_utf8_lossy(v.as_bytes())),
+            None => "no Content-Type".to_owned(),
+        };
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            let mut rej = Rejection::new(
+                status,
+                jsonrpc::METHOD_NOT_FOUND,
+                "the upstream MCP server does not allow this method here (HTTP 405)",
+            );
+            if let Some(v) = parts.headers.get(header::ALLOW) {
+                rej.headers.push((header::ALLOW, v.clone()));
+            }
+            return rej;
+        }
+        let kind = if status.is_success() {
+            "content_type"
+        } else {
+            "error_page"
+        };
+        metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
+        tracing::warn!(upstream = %self.config.upstream, %status, %content_type, bytes = len, "upstream answered neither JSON nor SSE; answering 502");
+        let mut rej = Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            jsonrpc::INTERNAL_ERROR,
+            format!(
+                "the upstream MCP server answered HTTP {status} with {content_type} ({len} bytes), not a JSON-RPC message; check the upstream URL and the server's logs"
+            ),
+        );
+        if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+            rej.headers.push((header::RETRY_AFTER, v.clone()));
+        }
+        rej
+    }
+
+    /// A request body, read whole within `max_body_bytes`,
+    /// `body_read_timeout` and `body_idle_timeout` (see [`read_whole`]).
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Rejection> {
+        let l = &self.config.limits;
+        let limits = ReadLimits {
+            max: l.max_body_bytes,
+            deadline: Instant::now() + l.body_read_timeout,
+            idle: l.body_idle_timeout,
+        };
+        let (status, code, message, timeout) = match read_whole(body, limits).await {
+            Ok(b) => return Ok(b),
+            Err(ReadError::TooLarge(max)) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 jsonrpc::INVALID_REQUEST,
                 format!("the request body is larger than the limit of {max} bytes"),
-            )
+                None,
+            ),
+            Err(ReadError::Deadline) => (
+                StatusCode::REQUEST_TIMEOUT,
+                jsonrpc::INVALID_REQUEST,
+                format!(
+                    "the request body did not arrive whole within {:?} (body_read_timeout); send it at once",
+                    l.body_read_timeout
+                ),
+                Some("body_read_timeout"),
+            ),
+            Err(ReadError::Idle(idle)) => (
+                StatusCode::REQUEST_TIMEOUT,
+                jsonrpc::INVALID_REQUEST,
+                format!(
+                    "no request body bytes came for {idle:?} (body_idle_timeout); send the body at once"
+                ),
+                Some("body_idle_timeout"),
+            ),
+            Err(ReadError::Body(e)) => (
+                StatusCode::BAD_REQUEST,
+                jsonrpc::INVALID_REQUEST,
+                format!("could not read the request body: {e}"),
+                None,
+            ),
         };
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return Err(too_large());
+        if let Some(limit) = timeout {
+            metrics::counter!("shadowcat_request_body_timeouts_total", "limit" => limit)
+                .increment(1);
+            tracing::debug!(limit, "request body timed out");
         }
-        match Limited::new(body, max).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(Rejection::bad_request(format!(
-                "could not read the request body: {e}"
-            ))),
-        }
+        let mut rej = Rejection::new(status, code, message);
+        // The rest of the body is not read: the connection cannot be reused.
+        rej.close = true;
+        Err(rej)
     }
 
     /// Common handling of an upstream answer in a session: a 404 means the
@@ -763,7 +998,7 @@ impl Shared {
         label: &'static str,
     ) -> Result<Response<ProxyBody>, Rejection> {
         if resp.status() == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
-            tracing::info!(session = %session.id, "upstream no longer knows the session; removing it");
+            tracing::info!(session_fp = %session.id.fingerprint(), "upstream no longer knows the session; removing it");
             self.forget(session).await;
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -771,13 +1006,13 @@ impl Shared {
                 "the session expired upstream; initialize a new one (without Mcp-Session-Id)",
             ));
         }
-        Ok(self.relay(resp, Some((session, kind)), slot, label))
+        self.relay(resp, Some((session, kind)), slot, label).await
     }
 
     async fn forget(&self, session: &SessionEntry) {
         if let Err(e) = self.sessions.remove(&session.id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
-            tracing::warn!(session = %session.id, error = %e, "could not remove the session from the store");
+            tracing::warn!(session_fp = %session.id.fingerprint(), error = %e, "could not remove the session from the store");
         }
     }
 
@@ -791,7 +1026,7 @@ impl Shared {
         resume_after: Option<String>,
     ) -> StreamBody {
         let stream = session.next_stream(matches!(kind, StreamKind::Get));
-        tracing::debug!(session = %session.id, stream = stream.0, ?kind, "SSE stream opened");
+        tracing::debug!(session_fp = %session.id.fingerprint(), stream = stream.0, ?kind, "SSE stream opened");
         let sink = self
             .writer
             .as_ref()

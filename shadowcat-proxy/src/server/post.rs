@@ -2,7 +2,7 @@
 //! `initialize` creates the session; the stateless revision passes through.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -14,7 +14,7 @@ use super::rejection::Rejection;
 use super::{Shared, accepts, unavailable};
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::protocol::ProtocolVersion;
-use crate::mcp::{MCP_METHOD, MCP_SESSION_ID, media_type_is};
+use crate::mcp::{MCP_METHOD, MCP_SESSION_ID, is_sse, media_type_is};
 use crate::session::{CreateError, FULL_MEMO};
 use crate::stream::StreamKind;
 use crate::stream::StreamSlot;
@@ -43,7 +43,7 @@ impl Shared {
                 "Accept must list both application/json and text/event-stream",
             ));
         }
-        let bytes = self.read_body(body, &parts.headers).await?;
+        let bytes = self.read_body(body).await?;
         let msg = jsonrpc::parse_body(&bytes)
             .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
         let rpc_id = match &msg {
@@ -63,11 +63,11 @@ impl Shared {
         }
         if stateless {
             return self
-                .post_stateless(&parts.headers, bytes, &msg, version)
+                .abortable(self.post_stateless(&parts.headers, bytes, &msg, version))
                 .await
                 .map_err(|r| r.with_id(rpc_id));
         }
-        self.post_stateful(&parts.headers, bytes, &msg, version, client)
+        self.abortable(self.post_stateful(&parts.headers, bytes, &msg, version, client))
             .await
             .map_err(|r| r.with_id(rpc_id))
     }
@@ -152,7 +152,7 @@ impl Shared {
         let up = self.upstream_request(Method::POST, headers, None, bytes);
         let resp = self.send(up).await?;
         if !resp.status().is_success() {
-            return Ok(self.relay(resp, None, None, "initialize"));
+            return self.relay(resp, None, None, "initialize").await;
         }
 
         let upstream_id = match resp.headers().get(&MCP_SESSION_ID) {
@@ -171,6 +171,12 @@ impl Shared {
                 ));
             }
         };
+        // A JSON answer is read (and checked) before the session exists.
+        let answer = if is_sse(resp.headers()) {
+            Err(resp)
+        } else {
+            Ok(self.read_answer(resp).await?)
+        };
         let max = self.config.limits.max_sessions;
         let session = match self
             .sessions
@@ -188,17 +194,27 @@ impl Shared {
             }
         };
         metrics::counter!("shadowcat_sessions_created_total").increment(1);
-        tracing::debug!(session = %session.id, %version, "session created");
+        tracing::debug!(session_fp = %session.id.fingerprint(), %version, "session created");
+        let resp = match answer {
+            Ok(mut out) => {
+                if let Ok(v) = HeaderValue::from_str(session.id.as_str()) {
+                    out.headers_mut().insert(MCP_SESSION_ID, v);
+                }
+                return Ok(out);
+            }
+            Err(resp) => resp,
+        };
         let slot = StreamSlot::acquire(
             &session.open_streams,
             self.config.limits.max_streams_per_session,
         );
-        Ok(self.relay(
+        self.relay(
             resp,
             Some((&session, StreamKind::Request(init_id))),
             slot,
             "initialize",
-        ))
+        )
+        .await
     }
 
     pub(super) async fn post_stateless(
@@ -242,7 +258,7 @@ impl Shared {
         // No session and no resumption: the stream is the request's. When
         // the client drops it, the upstream body is dropped with it, which
         // closes the upstream request: that is the cancellation.
-        Ok(self.relay(resp, None, None, "stateless"))
+        self.relay(resp, None, None, "stateless").await
     }
 
     /// 503 when a create found the store full within [`FULL_MEMO`]: the

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::mcp::jsonrpc;
@@ -24,6 +24,10 @@ pub(super) struct Rejection {
     pub allow: Option<&'static str>,
     /// A `Retry-After` header, in seconds (for 429 and 503).
     pub retry_after: Option<u64>,
+    /// Close the connection after the answer (`Connection: close`).
+    pub close: bool,
+    /// More headers (e.g. an upstream's `Allow` or `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
@@ -40,6 +44,8 @@ impl Rejection {
             id: None,
             allow: None,
             retry_after: None,
+            close: false,
+            headers: Vec::new(),
         }
     }
 
@@ -75,6 +81,12 @@ impl Rejection {
         }
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        for (name, v) in self.headers {
+            h.append(name, v);
         }
         resp
     }

@@ -46,13 +46,13 @@ impl Shared {
                 let child = match bridge.spawn(&session.id).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(session = %session.id, error = %e, "could not start the stdio server");
+                        tracing::warn!(session_fp = %session.id.fingerprint(), error = %e, "could not start the stdio server");
                         self.forget(&session).await;
                         return Err(bridge_rejection(&e));
                     }
                 };
                 metrics::counter!("shadowcat_sessions_created_total").increment(1);
-                tracing::debug!(session = %session.id, %version, "stdio session created");
+                tracing::debug!(session_fp = %session.id.fingerprint(), %version, "stdio session created");
                 (session, child)
             }
         };

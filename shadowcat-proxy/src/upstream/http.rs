@@ -269,6 +269,7 @@ impl UpstreamPool {
                 });
             }
         };
+        metrics::counter!("shadowcat_upstream_connects_total").increment(1);
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY toward the upstream");
         }

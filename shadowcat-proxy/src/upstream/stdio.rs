@@ -399,7 +399,7 @@ impl ChildSession {
     async fn route(&self, line: Bytes) {
         let Some(p) = Probe::parse(&line) else {
             metrics::counter!("shadowcat_stdio_errors_total", "kind" => "not_json").increment(1);
-            tracing::warn!(session = %self.id, len = line.len(), "the stdio server wrote a line that is not a JSON-RPC message; dropped");
+            tracing::warn!(session_fp = %self.id.fingerprint(), len = line.len(), "the stdio server wrote a line that is not a JSON-RPC message; dropped");
             return;
         };
         let (queue, response) = {
@@ -409,7 +409,7 @@ impl ChildSession {
                     Some(i) => (Some(pending.swap_remove(i).queue), true),
                     None => {
                         metrics::counter!("shadowcat_stdio_errors_total", "kind" => "stray_response").increment(1);
-                        tracing::warn!(session = %self.id, "the stdio server answered a request not in flight; dropped");
+                        tracing::warn!(session_fp = %self.id.fingerprint(), "the stdio server answered a request not in flight; dropped");
                         return;
                     }
                 },
@@ -432,13 +432,13 @@ impl ChildSession {
             if self.get_queue.push(line) == Pushed::Dropped {
                 metrics::counter!("shadowcat_stdio_errors_total", "kind" => "get_queue_full")
                     .increment(1);
-                tracing::warn!(session = %self.id, "the GET stream's queue is full (no client reads it); message dropped");
+                tracing::warn!(session_fp = %self.id.fingerprint(), "the GET stream's queue is full (no client reads it); message dropped");
             }
             return;
         };
         std::future::poll_fn(|cx| queue.poll_room(cx)).await;
         if queue.push(line) == Pushed::Abandoned {
-            tracing::debug!(session = %self.id, "message for a released stream dropped");
+            tracing::debug!(session_fp = %self.id.fingerprint(), "message for a released stream dropped");
         }
         if response {
             queue.finish(QueueEnd::Complete);
@@ -499,7 +499,7 @@ async fn write_to_child(
         }
         if let Err(e) = result.and(stdin.flush().await) {
             metrics::counter!("shadowcat_stdio_errors_total", "kind" => "write").increment(1);
-            tracing::warn!(session = %id, error = %e, "writing to the stdio server failed");
+            tracing::warn!(session_fp = %id.fingerprint(), error = %e, "writing to the stdio server failed");
             return;
         }
     }
@@ -638,7 +638,7 @@ impl StdioBridge {
         self.children.lock().insert(id.clone(), Arc::clone(&cs));
         self.live.send_modify(|n| *n += 1);
         metrics::gauge!("shadowcat_stdio_children").increment(1.0);
-        tracing::info!(session = %id, pid = cs.pid, "stdio server started");
+        tracing::info!(session_fp = %id.fingerprint(), pid = cs.pid, "stdio server started");
         tokio::spawn(write_to_child(rx, stdin, id.clone()));
         let bridge = Arc::clone(self);
         let session = Arc::clone(&cs);
@@ -670,12 +670,12 @@ impl StdioBridge {
         metrics::gauge!("shadowcat_stdio_children").decrement(1.0);
         if crashed.is_some() {
             metrics::counter!("shadowcat_stdio_crashes_total").increment(1);
-            tracing::warn!(session = %cs.id, pid = cs.pid, %cause, "stdio server ended its session");
+            tracing::warn!(session_fp = %cs.id.fingerprint(), pid = cs.pid, %cause, "stdio server ended its session");
             // The streams end on their own with the error; the session
             // goes now, so the next request gets 404.
             self.drop_session(&cs.id, "its stdio server ended").await;
         } else {
-            tracing::info!(session = %cs.id, pid = cs.pid, %status, "stdio server stopped");
+            tracing::info!(session_fp = %cs.id.fingerprint(), pid = cs.pid, %status, "stdio server stopped");
         }
     }
 
@@ -685,7 +685,7 @@ impl StdioBridge {
     async fn drop_session(&self, id: &SessionId, why: &'static str) {
         if let Err(e) = self.sessions.remove_keep_streams(id).await {
             metrics::counter!("shadowcat_store_errors_total", "op" => "delete").increment(1);
-            tracing::warn!(session = %id, error = %e, why, "could not remove an ended stdio session from the store");
+            tracing::warn!(session_fp = %id.fingerprint(), error = %e, why, "could not remove an ended stdio session from the store");
         }
     }
 
@@ -735,7 +735,7 @@ async fn check_children(bridge: Weak<StdioBridge>) {
             }
             let idle = now.saturating_sub(cs.last_active.load(Ordering::Relaxed)) > idle_ms;
             if idle && !cs.busy() {
-                tracing::info!(session = %cs.id, "stdio session idle past the timeout; stopping its server");
+                tracing::info!(session_fp = %cs.id.fingerprint(), "stdio session idle past the timeout; stopping its server");
                 b.drop_session(&cs.id, "idle past the timeout").await;
                 cs.stop();
                 continue;
@@ -743,13 +743,13 @@ async fn check_children(bridge: Weak<StdioBridge>) {
             match b.sessions.store().get(&cs.id).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    tracing::info!(session = %cs.id, "session gone from the store; stopping its stdio server");
+                    tracing::info!(session_fp = %cs.id.fingerprint(), "session gone from the store; stopping its stdio server");
                     b.drop_session(&cs.id, "gone from the store").await;
                     cs.stop();
                 }
                 Err(e) => {
                     metrics::counter!("shadowcat_store_errors_total", "op" => "get").increment(1);
-                    tracing::warn!(session = %cs.id, error = %e, "could not check a stdio session in the store");
+                    tracing::warn!(session_fp = %cs.id.fingerprint(), error = %e, "could not check a stdio session in the store");
                 }
             }
         }
