@@ -61,7 +61,7 @@ pub(crate) enum Command {
 }
 
 /// `shadowcat reverse` flags.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ReverseArgs {
     /// The upstream MCP endpoint, e.g. http://127.0.0.1:3001/mcp.
     #[arg(long, env = "SHADOWCAT_UPSTREAM")]

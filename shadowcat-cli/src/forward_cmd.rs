@@ -62,7 +62,7 @@ async fn stdio(args: ForwardStdioArgs, log_format: LogFormat) -> Result<ExitCode
     let client_in = client_stdin()?;
     let client_out = client_stdout()?;
     let shutdown = shutdown_signal()?;
-    logging::init(log_format);
+    let _ = logging::init(log_format, None);
     let report = relay_stdio(&config, client_in, client_out, shutdown)
         .await
         .map_err(|e| CliError::Config(e.to_string()))?;
@@ -94,7 +94,7 @@ async fn http(
     let client_in = client_stdin()?;
     let client_out = client_stdout()?;
     let shutdown = shutdown_signal()?;
-    logging::init(log_format);
+    let _ = logging::init(log_format, None);
     let report = relay_http(&config, client_in, client_out, shutdown)
         .await
         .map_err(|e| CliError::Config(e.to_string()))?;

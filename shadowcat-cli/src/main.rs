@@ -84,8 +84,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let store = file.store(cli.store.as_deref());
     match cli.command {
         Command::Reverse(args) => {
+            let reload = run::Reload {
+                args: (*args).clone(),
+                config: cli.config.clone(),
+                log_level: file.log_level().map(str::to_owned),
+            };
             let settings = ReverseSettings::resolve(*args, file)?;
-            run::reverse(settings, store, log_format).await
+            run::reverse(settings, store, log_format, reload).await
         }
         Command::Forward { command } => forward_cmd::run(command, log_format).await,
         Command::Sessions(args) => sessions_cmd::run(args, &file, &store, log_format).await,

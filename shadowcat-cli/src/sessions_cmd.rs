@@ -178,7 +178,7 @@ pub(crate) async fn run(
     spec: &str,
     log_format: LogFormat,
 ) -> Result<ExitCode, CliError> {
-    logging::init(log_format);
+    let _ = logging::init(log_format, None);
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let tried = match admin_api(&args, file)? {

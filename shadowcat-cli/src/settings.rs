@@ -36,6 +36,9 @@ pub(crate) struct FileConfig {
     /// The admin API's bearer token: `env:VAR` or `file:PATH`.
     admin_token: Option<String>,
     log_format: Option<LogFormat>,
+    /// The log filter (`RUST_LOG` syntax) when `RUST_LOG` is not set;
+    /// SIGHUP applies a changed one.
+    log_level: Option<String>,
     upstream_bearer: Option<String>,
     allowed_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
@@ -102,6 +105,11 @@ impl FileConfig {
         flag.or(self.store.as_deref())
             .unwrap_or(DEFAULT_STORE)
             .to_owned()
+    }
+
+    /// The config file's `log_level`.
+    pub(crate) fn log_level(&self) -> Option<&str> {
+        self.log_level.as_deref()
     }
 
     /// The log format: flag, then file, then text.

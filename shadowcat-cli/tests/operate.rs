@@ -505,3 +505,145 @@ async fn the_admin_token_is_required_off_loopback_and_enforced() {
     let text = String::from_utf8_lossy(&metrics);
     assert!(text.contains("shadowcat_admin_denied_total"), "{text}");
 }
+
+/// Reads an SSE body to its end; returns the progress numbers in order and
+/// whether the final result came.
+async fn progress_of(resp: http::Response<hyper::body::Incoming>) -> (Vec<u64>, bool) {
+    let body = tokio::time::timeout(WAIT * 3, resp.into_body().collect())
+        .await
+        .expect("stream ends in time")
+        .expect("stream reads")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let mut seen = Vec::new();
+    let mut done = false;
+    for line in text.lines() {
+        let Some(data) = line
+            .strip_prefix("data: ")
+            .or_else(|| line.strip_prefix("data:"))
+        else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        if let Some(p) = v["params"]["progress"].as_u64() {
+            seen.push(p);
+        }
+        if v.get("result").is_some() {
+            done = true;
+        }
+    }
+    (seen, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_new_limits_while_streams_flow() {
+    const STREAMS: usize = 20;
+    const EVENTS: u64 = 3000;
+    let upstream = TestUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("shadowcat-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("shadowcat.toml");
+    std::fs::write(
+        &cfg,
+        "log_level = \"info\"\n[limits]\nmax_body_bytes = 100000\nmax_streams_per_session = 32\n",
+    )
+    .unwrap();
+    let proxy = Proxy::start(
+        &upstream.url().to_string(),
+        "memory",
+        &[],
+        &[("SHADOWCAT_CONFIG", cfg.to_str().unwrap())],
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let sid = initialize(&client, &proxy.addr).await;
+    let headers = [
+        ("accept", "application/json, text/event-stream"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", VERSION),
+    ];
+    // 20 streams, each held after its first event until the reload.
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let body = json!({"jsonrpc":"2.0","id":100 + i,"method":"tools/call",
+            "params":{"name":"progress","arguments":{"count":EVENTS,"stall":1}}});
+        let mut b = http::Request::post(format!("http://{}/mcp", proxy.addr));
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = tokio::time::timeout(WAIT, client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "stream {i}");
+        streams.push(tokio::spawn(progress_of(resp)));
+    }
+
+    std::fs::write(
+        &cfg,
+        "log_level = \"debug\"\n[limits]\nmax_body_bytes = 300\nmax_streams_per_session = 32\nmax_buffered_bytes = 134217728\n",
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + WAIT;
+    let (mut reloaded, mut restart) = (None, None);
+    while reloaded.is_none() || restart.is_none() {
+        let line = proxy
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the reload is logged");
+        if line.contains("configuration reloaded") {
+            reloaded = Some(line);
+        } else if line.contains("apply only after a restart") {
+            restart = Some(line);
+        }
+    }
+    let reloaded = reloaded.unwrap();
+    assert!(reloaded.contains("max_body_bytes=300"), "{reloaded}");
+    assert!(reloaded.contains("log_level=debug"), "{reloaded}");
+    assert!(
+        restart.unwrap().contains("max_buffered_bytes"),
+        "the buffer budget needs a restart"
+    );
+
+    // The streams go on: let them past their stall, then every event
+    // arrives once, in order.
+    for _ in 0..STREAMS {
+        upstream.release();
+    }
+    for (i, s) in streams.into_iter().enumerate() {
+        let (seen, done) = s.await.unwrap();
+        let want: Vec<u64> = (1..=EVENTS).collect();
+        assert_eq!(
+            seen.len() as u64,
+            EVENTS,
+            "stream {i}: {} events",
+            seen.len()
+        );
+        assert!(seen == want, "stream {i}: events out of order or repeated");
+        assert!(done, "stream {i} got its result");
+    }
+
+    // The new limit holds for the next request.
+    let big = json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"x".repeat(400)}}});
+    assert_eq!(
+        call(&client, &proxy.addr, &sid, &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let small = json!({"jsonrpc":"2.0","id":10,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"x"}}});
+    assert_eq!(
+        call(&client, &proxy.addr, &sid, &small).await,
+        StatusCode::OK
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

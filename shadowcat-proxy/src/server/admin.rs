@@ -10,7 +10,9 @@ use http::header::HeaderValue;
 use serde::Serialize;
 use shadowcat_session::{BreakerState, Session, SessionId, StoreError, UnixMillis, now_millis};
 
-use super::Shared;
+use super::guard::HostCheck;
+use super::{Live, Shared};
+use crate::ReverseProxyConfig;
 pub use crate::stream::StreamView;
 
 /// Most sessions one `sessions` call reads from the store while filtering.
@@ -131,6 +133,15 @@ pub struct Readiness {
     pub ready: bool,
     /// What is not ready, for a person (empty when ready).
     pub not_ready: Vec<String>,
+}
+
+/// What [`Admin::reload`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// Settings that changed and apply from the next request on.
+    pub applied: Vec<String>,
+    /// Settings that changed but apply only after a restart (not applied).
+    pub need_restart: Vec<String>,
 }
 
 /// Why an admin call failed.
@@ -289,6 +300,86 @@ impl Admin {
             "session deleted through the admin API"
         );
         Ok(removed)
+    }
+
+    /// Applies what can change while running from `new`: the limits read
+    /// per request (`max_body_bytes`, `body_read_timeout`,
+    /// `body_idle_timeout`, `max_response_bytes`,
+    /// `upstream_response_timeout`, `max_sessions`,
+    /// `max_streams_per_session`, `max_last_event_id_len`), the allowed
+    /// origins and hosts. Open streams and requests in flight keep going;
+    /// the next request sees the new values. Other changed limits are
+    /// reported as needing a restart and not applied.
+    pub fn reload(&self, new: &ReverseProxyConfig) -> ReloadReport {
+        let shared = &self.shared;
+        let mut report = ReloadReport::default();
+        let mut live = self.shared.live.write();
+        let old = &live.limits;
+        let n = &new.limits;
+        let mut limits = old.clone();
+        macro_rules! live_fields {
+            ($($f:ident),*) => {$(
+                if format!("{:?}", old.$f) != format!("{:?}", n.$f) {
+                    report.applied.push(format!("{}={:?}", stringify!($f), n.$f));
+                    limits.$f = n.$f.clone();
+                }
+            )*};
+        }
+        macro_rules! fixed_fields {
+            ($($f:ident),*) => {$(
+                if format!("{:?}", old.$f) != format!("{:?}", n.$f) {
+                    report.need_restart.push(stringify!($f).to_owned());
+                }
+            )*};
+        }
+        live_fields!(
+            max_body_bytes,
+            body_read_timeout,
+            body_idle_timeout,
+            max_response_bytes,
+            upstream_response_timeout,
+            max_sessions,
+            max_streams_per_session,
+            max_last_event_id_len
+        );
+        fixed_fields!(
+            max_header_bytes,
+            max_connections,
+            max_headers,
+            upstream_connect_timeout,
+            max_session_creates_per_minute,
+            keepalive_interval,
+            header_read_timeout,
+            replay,
+            max_buffered_bytes,
+            client_send_buffer,
+            listen_backlog,
+            detached_linger,
+            max_kept_complete_streams,
+            reconnect,
+            max_cached_sessions,
+            session_revalidate_interval,
+            session_idle_timeout
+        );
+        let mut origins = live.origins.clone();
+        if live.origins != new.allowed_origins {
+            report.applied.push("allowed_origins".into());
+            origins = new.allowed_origins.clone();
+        }
+        let hosts = HostCheck::new(new, shared.bound);
+        if format!("{:?}", live.hosts) != format!("{hosts:?}") {
+            report.applied.push("allowed_hosts".into());
+        }
+        *live = Arc::new(Live {
+            limits,
+            origins,
+            hosts,
+        });
+        drop(live);
+        if !report.applied.is_empty() {
+            metrics::counter!("shadowcat_config_reloads_total").increment(1);
+        }
+        report
     }
 
     /// Every stream this instance holds.

@@ -37,7 +37,7 @@ impl Shared {
         }
         let mut resume = None;
         if let Some(last) = headers.get(&LAST_EVENT_ID) {
-            let max = self.config.limits.max_last_event_id_len;
+            let max = self.live().limits.max_last_event_id_len;
             if last.len() > max {
                 return Err(Rejection::bad_request(format!(
                     "Last-Event-ID is longer than the limit of {max} bytes"

@@ -127,7 +127,10 @@ struct Shared {
     /// answered 503.
     aborting: watch::Receiver<bool>,
     /// The `Host` check, when one applies.
-    hosts: Option<HostCheck>,
+    /// What a reload can change (`Admin::reload`); read once per request.
+    live: parking_lot::RwLock<Arc<Live>>,
+    /// The address the listener is bound to.
+    bound: SocketAddr,
     env: Arc<StreamEnv>,
     /// True while the listener accepts connections.
     accepting: std::sync::atomic::AtomicBool,
@@ -264,6 +267,11 @@ impl ReverseProxy {
             keepalive: config.limits.keepalive_interval,
             closing: closing.clone(),
         });
+        let live = parking_lot::RwLock::new(Arc::new(Live {
+            limits: config.limits.clone(),
+            origins: config.allowed_origins.clone(),
+            hosts,
+        }));
         Ok(ReverseProxy {
             listener,
             local_addr,
@@ -276,7 +284,8 @@ impl ReverseProxy {
                 writer,
                 closing,
                 aborting,
-                hosts,
+                bound: local_addr,
+                live,
                 env,
                 accepting: std::sync::atomic::AtomicBool::new(false),
                 probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
@@ -527,7 +536,21 @@ fn unavailable(e: &dyn std::fmt::Display) -> Rejection {
     )
 }
 
+/// The settings a reload replaces: limits read per request, allowed
+/// origins and hosts.
+#[derive(Debug)]
+pub(crate) struct Live {
+    limits: Limits,
+    origins: crate::config::OriginPolicy,
+    hosts: Option<HostCheck>,
+}
+
 impl Shared {
+    /// The live settings, as of now.
+    fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read())
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = method_label(req.method());
         let resp = match self.abortable(self.route(req)).await {
@@ -568,10 +591,11 @@ impl Shared {
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
         guard::check_head(&req, self.config.limits.max_header_bytes)?;
-        if let Some(hosts) = &self.hosts {
+        let live = self.live();
+        if let Some(hosts) = &live.hosts {
             hosts.check(req.headers())?;
         }
-        guard::check_origins(&self.config.allowed_origins, req.headers())?;
+        guard::check_origins(&live.origins, req.headers())?;
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -631,7 +655,7 @@ impl Shared {
 
     fn stream_slot(&self, session: &SessionEntry) -> Result<StreamSlot, Rejection> {
         self.buffer_room()?;
-        let max = self.config.limits.max_streams_per_session;
+        let max = self.live().limits.max_streams_per_session;
         StreamSlot::acquire(&session.open_streams, max).ok_or_else(|| {
             Rejection::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -709,7 +733,7 @@ impl Shared {
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Rejection> {
-        let timeout = self.config.limits.upstream_response_timeout;
+        let timeout = self.live().limits.upstream_response_timeout;
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout_at(deadline, self.pool.request(req)).await {
             Ok(Ok(mut resp)) => {
@@ -812,13 +836,13 @@ impl Shared {
         resp: Response<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         let (parts, body) = resp.into_parts();
-        let timeout = self.config.limits.upstream_response_timeout;
+        let timeout = self.live().limits.upstream_response_timeout;
         let deadline = parts
             .extensions
             .get::<Deadline>()
             .map_or_else(|| Instant::now() + timeout, |d| d.0);
         let limits = ReadLimits {
-            max: self.config.limits.max_response_bytes,
+            max: self.live().limits.max_response_bytes,
             deadline,
             idle: timeout,
         };
@@ -880,7 +904,7 @@ impl Shared {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "the upstream MCP server did not finish its answer (HTTP {status}) within {:?} (upstream_response_timeout)",
-                    self.config.limits.upstream_response_timeout
+                    self.live().limits.upstream_response_timeout
                 ),
             ),
             ReadError::Body(e) => (
@@ -938,7 +962,8 @@ impl Shared {
     /// A request body, read whole within `max_body_bytes`,
     /// `body_read_timeout` and `body_idle_timeout` (see [`read_whole`]).
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Rejection> {
-        let l = &self.config.limits;
+        let live = self.live();
+        let l = &live.limits;
         let limits = ReadLimits {
             max: l.max_body_bytes,
             deadline: Instant::now() + l.body_read_timeout,

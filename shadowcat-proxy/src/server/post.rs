@@ -177,7 +177,7 @@ impl Shared {
         } else {
             Ok(self.read_answer(resp).await?)
         };
-        let max = self.config.limits.max_sessions;
+        let max = self.live().limits.max_sessions;
         let session = match self
             .sessions
             .create(upstream_id.clone(), version, max)
@@ -206,7 +206,7 @@ impl Shared {
         };
         let slot = StreamSlot::acquire(
             &session.open_streams,
-            self.config.limits.max_streams_per_session,
+            self.live().limits.max_streams_per_session,
         );
         self.relay(
             resp,
@@ -268,7 +268,7 @@ impl Shared {
         if self.sessions.recently_full() {
             metrics::counter!("shadowcat_sessions_refused_total", "limit" => "max_sessions")
                 .increment(1);
-            return Err(full(self.config.limits.max_sessions));
+            return Err(full(self.live().limits.max_sessions));
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ impl Shared {
             None => {
                 bridge.check_room().map_err(|e| bridge_rejection(&e))?;
                 self.check_session_room()?;
-                let max = self.config.limits.max_sessions;
+                let max = self.live().limits.max_sessions;
                 let session = match self.sessions.create(None, version, max).await {
                     Ok(s) => s,
                     Err(e) => return Err(self.create_failed(&e)),
