@@ -22,8 +22,6 @@ pub(super) struct Rejection {
     pub id: Option<Value>,
     /// An `Allow` header (for 405).
     pub allow: Option<&'static str>,
-    /// A `Retry-After` header, in seconds (for 429 and 503).
-    pub retry_after: Option<u64>,
     /// Close the connection after the answer (`Connection: close`).
     pub close: bool,
     /// More headers (e.g. an upstream's `Allow` or `Retry-After`).
@@ -43,7 +41,6 @@ impl Rejection {
             message: message.into(),
             id: None,
             allow: None,
-            retry_after: None,
             close: false,
             headers: Vec::new(),
         }
@@ -56,7 +53,8 @@ impl Rejection {
 
     /// Adds `Retry-After: secs` (at least 1).
     pub(super) fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs.max(1));
+        self.headers
+            .push((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
         self
     }
 
@@ -78,9 +76,6 @@ impl Rejection {
         );
         if let Some(allow) = self.allow {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        if let Some(secs) = self.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.close {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
