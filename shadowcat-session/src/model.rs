@@ -113,9 +113,11 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// Shows the fingerprint, never the id: a `{:?}` in a log must not leak
+/// the credential.
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({})", self.0)
+        write!(f, "SessionId(fp {})", self.fingerprint())
     }
 }
 

@@ -11,10 +11,10 @@ use crate::model::{Session, SessionId, UnixMillis, Update};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `create` for an id that exists.
-    #[error("session {0} already exists")]
+    #[error("session {} already exists", .0.fingerprint())]
     AlreadyExists(SessionId),
     /// `update` for a session the store does not have.
-    #[error("session {0} not found")]
+    #[error("session {} not found", .0.fingerprint())]
     NotFound(SessionId),
     /// The store cannot be reached right now (connection refused or lost,
     /// timeout, Redis loading). Retrying later can help.

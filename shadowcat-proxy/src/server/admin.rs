@@ -45,6 +45,8 @@ pub struct SessionQuery {
 pub struct SessionSummary {
     /// The id the client holds.
     pub id: String,
+    /// What this instance's logs call it (`session_fp`).
+    pub fingerprint: String,
     /// The upstream it is bound to (URL or command).
     pub upstream: String,
     /// Its protocol revision.
@@ -164,6 +166,7 @@ impl Admin {
         let cached = self.shared.sessions.peek(s.id.as_str());
         SessionSummary {
             id: s.id.as_str().to_owned(),
+            fingerprint: s.id.fingerprint().to_string(),
             upstream: s.upstream.clone(),
             protocol_version: s.protocol_version.clone(),
             created_at_ms: s.created_at,
@@ -294,7 +297,7 @@ impl Admin {
             _ => "none",
         };
         tracing::info!(
-            session = %id,
+            session_fp = %id.fingerprint(),
             requester,
             upstream,
             "session deleted through the admin API"

@@ -155,7 +155,7 @@ impl ExpiryHook for SessionEnder {
             }
             if s.upstream != self.label {
                 count("other_upstream");
-                tracing::debug!(session = %s.id, upstream = %s.upstream, "an expired session of another upstream: not ended here");
+                tracing::debug!(session_fp = %s.id.fingerprint(), upstream = %s.upstream, "an expired session of another upstream: not ended here");
                 continue;
             }
             let Some(up) = s.upstream_session_id.as_deref() else {
@@ -166,7 +166,7 @@ impl ExpiryHook for SessionEnder {
             }
             let Ok(upstream_id) = HeaderValue::from_str(up) else {
                 count("failed");
-                tracing::warn!(session = %s.id, "an expired session's upstream id is not a header value; not ended upstream");
+                tracing::warn!(session_fp = %s.id.fingerprint(), "an expired session's upstream id is not a header value; not ended upstream");
                 continue;
             };
             let ending = Ending {
@@ -228,27 +228,28 @@ async fn send(upstream: &Upstream, ending: Ending) -> &'static str {
         let _ = Limited::new(resp.into_body(), MAX_DRAINED).collect().await;
         Ok::<_, crate::upstream::http::UpstreamError>(status)
     };
-    let session = ending.session.as_ref().map(SessionId::as_str);
+    let session_fp = ending.session.as_ref().map(|s| s.fingerprint().to_string());
+    let session_fp = session_fp.as_deref();
     let result = match tokio::time::timeout(DELETE_TIMEOUT, exchange).await {
         Ok(Ok(status)) if status.is_success() => "ok",
         Ok(Ok(StatusCode::NOT_FOUND)) => "gone",
         Ok(Ok(StatusCode::METHOD_NOT_ALLOWED)) => {
             tracing::debug!(
-                session,
+                session_fp,
                 "the upstream does not let clients end sessions (405)"
             );
             "not_allowed"
         }
         Ok(Ok(status)) => {
-            tracing::warn!(session, %status, "the upstream refused to end a session");
+            tracing::warn!(session_fp, %status, "the upstream refused to end a session");
             "refused"
         }
         Ok(Err(e)) => {
-            tracing::warn!(session, error = %e, "could not end a session upstream");
+            tracing::warn!(session_fp, error = %e, "could not end a session upstream");
             "failed"
         }
         Err(_) => {
-            tracing::warn!(session, timeout = ?DELETE_TIMEOUT, "ending a session upstream timed out");
+            tracing::warn!(session_fp, timeout = ?DELETE_TIMEOUT, "ending a session upstream timed out");
             "timeout"
         }
     };

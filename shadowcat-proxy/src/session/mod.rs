@@ -403,7 +403,7 @@ impl Sessions {
             Err(e) => {
                 metrics::counter!("shadowcat_store_errors_total", "op" => "revalidate")
                     .increment(1);
-                tracing::warn!(session = %entry.id, error = %e, "could not check a cached session against the store; using the cached entry");
+                tracing::warn!(session_fp = %entry.id.fingerprint(), error = %e, "could not check a cached session against the store; using the cached entry");
                 Some(entry)
             }
         }
@@ -462,7 +462,7 @@ impl Sessions {
         entry.streams.release_all();
         metrics::counter!("shadowcat_session_cache_evictions_total", "reason" => why.label())
             .increment(1);
-        tracing::debug!(session = %entry.id, reason = why.label(), "session left the cache");
+        tracing::debug!(session_fp = %entry.id.fingerprint(), reason = why.label(), "session left the cache");
     }
 
     /// One sweep of the cache: drops entries with no open stream and no
@@ -509,7 +509,7 @@ impl Sessions {
                 Err(err) => {
                     metrics::counter!("shadowcat_store_errors_total", "op" => "revalidate")
                         .increment(1);
-                    tracing::warn!(session = %e.id, error = %err, "could not check a cached session against the store");
+                    tracing::warn!(session_fp = %e.id.fingerprint(), error = %err, "could not check a cached session against the store");
                 }
             }
         }

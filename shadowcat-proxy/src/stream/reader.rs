@@ -388,7 +388,7 @@ impl Pump {
     fn fail(&mut self, cause: &str, seq: u64) -> Pumped {
         self.ended = true;
         metrics::counter!("shadowcat_upstream_reconnect_failures_total").increment(1);
-        tracing::warn!(session = %self.session, stream = self.stream.0, cause, "upstream stream lost; ending the client's stream");
+        tracing::warn!(session_fp = %self.session.fingerprint(), stream = self.stream.0, cause, "upstream stream lost; ending the client's stream");
         let StreamKind::Request(id) = &self.kind else {
             return Pumped::Ended(End::Failed, None);
         };
@@ -423,6 +423,6 @@ impl Drop for Pump {
         {
             sink.end();
         }
-        tracing::debug!(session = %self.session, stream = self.stream.0, events = self.fw.events, duplicates = self.fw.duplicates, "upstream side of the stream closed");
+        tracing::debug!(session_fp = %self.session.fingerprint(), stream = self.stream.0, events = self.fw.events, duplicates = self.fw.duplicates, "upstream side of the stream closed");
     }
 }
