@@ -80,6 +80,10 @@ pub(crate) struct ReverseArgs {
     /// when the admin listener is not on loopback.
     #[arg(long, env = "SHADOWCAT_ADMIN_TOKEN")]
     pub(crate) admin_token: Option<String>,
+    /// Write one line per request to stdout, as text or JSON [default:
+    /// off].
+    #[arg(long, env = "SHADOWCAT_ACCESS_LOG", value_enum)]
+    pub(crate) access_log: Option<LogFormat>,
     /// Credentials for the upstream: `env:VAR` or `file:PATH` holding a
     /// bearer token. Client credentials are never forwarded.
     #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER")]

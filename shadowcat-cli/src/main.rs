@@ -10,6 +10,7 @@
 //! succeeded: a start-up error prints one line and exits 1.
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admin;
 mod cli;
 mod error;

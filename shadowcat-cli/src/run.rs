@@ -19,7 +19,7 @@ use crate::error::CliError;
 use crate::logging::LogLevel;
 use crate::settings::{AdminBind, FileConfig, ReverseSettings};
 use crate::store::StoreSpec;
-use crate::{admin, logging};
+use crate::{access_log, admin, logging};
 
 /// Exit code when a second signal cuts the drain short.
 const EXIT_INTERRUPTED: i32 = 130;
@@ -52,6 +52,10 @@ pub(crate) async fn reverse(
         AdminBind::Off => None,
     };
     let running_view = settings_view(&settings);
+    let mut settings = settings;
+    if let Some(format) = settings.access_log {
+        settings.proxy.access_log = Some(access_log::start(format, std::io::stdout())?);
+    }
     let proxy = ReverseProxy::bind(settings.proxy, store.clone(), Some(writer.handle())).await?;
     // Expired sessions are dropped from the proxy's memory and ended
     // upstream (DELETE) or their stdio server stopped.

@@ -35,6 +35,8 @@ pub(crate) struct FileConfig {
     admin_bind: Option<String>,
     /// The admin API's bearer token: `env:VAR` or `file:PATH`.
     admin_token: Option<String>,
+    /// One line per request on stdout: `text` or `json`.
+    access_log: Option<LogFormat>,
     log_format: Option<LogFormat>,
     /// The log filter (`RUST_LOG` syntax) when `RUST_LOG` is not set;
     /// SIGHUP applies a changed one.
@@ -166,6 +168,8 @@ pub(crate) struct ReverseSettings {
     pub(crate) admin_bind: AdminBind,
     /// The admin API's bearer token, if any.
     pub(crate) admin_token: Option<String>,
+    /// The access log's format, when it is on.
+    pub(crate) access_log: Option<LogFormat>,
     pub(crate) drain_timeout: Duration,
     pub(crate) sweeper: SweeperConfig,
 }
@@ -173,6 +177,7 @@ pub(crate) struct ReverseSettings {
 impl ReverseSettings {
     /// Flags over the file over defaults.
     pub(crate) fn resolve(args: ReverseArgs, file: FileConfig) -> Result<Self, CliError> {
+        let access_log = args.access_log.or(file.access_log);
         let (admin_bind, admin_token) = admin_target(
             &file,
             args.admin_bind.as_deref(),
@@ -377,6 +382,7 @@ impl ReverseSettings {
             proxy,
             admin_bind,
             admin_token,
+            access_log,
             drain_timeout: Duration::from_secs(drain),
             sweeper: SweeperConfig {
                 max_idle,
@@ -423,6 +429,7 @@ mod tests {
             path: None,
             admin_bind: None,
             admin_token: None,
+            access_log: None,
             upstream_bearer: None,
             allowed_origins: vec![],
             allowed_hosts: vec![],

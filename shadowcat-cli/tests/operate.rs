@@ -45,6 +45,8 @@ struct Proxy {
     admin: String,
     /// Every log line after the addresses.
     lines: mpsc::Receiver<String>,
+    /// Standard output's lines (the access log).
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Proxy {
@@ -59,10 +61,19 @@ impl Proxy {
             .args(["reverse", "--upstream", upstream])
             .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn shadowcat");
+        let out = child.stdout.take().expect("stdout");
+        let (out_tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -93,6 +104,7 @@ impl Proxy {
             addr: addr.unwrap(),
             admin: admin.unwrap(),
             lines,
+            stdout,
         }
     }
 
@@ -646,4 +658,71 @@ async fn sighup_applies_new_limits_while_streams_flow() {
         StatusCode::OK
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_parsable_line_per_request() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let proxy = Proxy::start(
+        &upstream.url().to_string(),
+        "memory",
+        &["--access-log", "json"],
+        &[],
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let sid = initialize(&client, &proxy.addr).await;
+    let echo = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"hi"}}});
+    assert_eq!(
+        call(&client, &proxy.addr, &sid, &echo).await,
+        StatusCode::OK
+    );
+    let progress = json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+        "params":{"name":"progress","arguments":{"count":5}}});
+    assert_eq!(
+        call(&client, &proxy.addr, &sid, &progress).await,
+        StatusCode::OK
+    );
+    let refused = json!({"jsonrpc":"2.0","id":4,"method":"tools/list"});
+    assert_eq!(
+        call(&client, &proxy.addr, "not-a-session", &refused).await,
+        StatusCode::NOT_FOUND
+    );
+
+    let mut records = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while records.len() < 4 {
+        let line = proxy
+            .stdout
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("an access log line per request");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        records.push(v);
+    }
+    let init = &records[0];
+    assert_eq!(init["mcp_method"], "initialize", "{init}");
+    assert_eq!(init["http_method"], "POST");
+    assert_eq!(init["status"], 200);
+    assert!(init["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(init["time"].as_str().unwrap().ends_with('Z'));
+    let fp = init["session_fp"].as_str().expect("a fingerprint");
+    assert_eq!(fp.len(), 8, "{init}");
+    assert!(init["bytes_in"].as_u64().unwrap() > 50);
+    assert!(init["upstream_ms"].as_f64().is_some());
+    let echo = &records[1];
+    assert_eq!(echo["tool"], "echo", "{echo}");
+    assert_eq!(echo["session_fp"], fp, "the same session");
+    assert!(echo["bytes_out"].as_u64().unwrap() > 0);
+    let stream = &records[2];
+    assert_eq!(stream["tool"], "progress");
+    assert!(stream["events"].as_u64().unwrap() >= 6, "{stream}");
+    let no = &records[3];
+    assert_eq!(no["status"], 404, "{no}");
+    for r in &records {
+        assert!(
+            !r.to_string().contains(&sid),
+            "the full id never appears: {r}"
+        );
+        assert!(r["total_ms"].as_f64().unwrap() >= 0.0);
+    }
 }

@@ -40,6 +40,9 @@ pub struct ReverseProxyConfig {
     /// Serve a stdio MCP server (one child per session) instead of the
     /// HTTP `upstream`, which is then unused. Default none.
     pub upstream_cmd: Option<StdioUpstream>,
+    /// Where one record per request goes (see [`crate::AccessLog`]).
+    /// Default none: no access log, and none of its bookkeeping.
+    pub access_log: Option<std::sync::Arc<dyn crate::AccessLog>>,
 }
 
 impl std::fmt::Debug for ReverseProxyConfig {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ReverseProxyConfig {
             )
             .field("limits", &self.limits)
             .field("upstream_cmd", &self.upstream_cmd)
+            .field("access_log", &self.access_log.is_some())
             .finish()
     }
 }
@@ -77,6 +81,7 @@ impl ReverseProxyConfig {
             upstream_bearer: None,
             limits: Limits::default(),
             upstream_cmd: None,
+            access_log: None,
         }
     }
 

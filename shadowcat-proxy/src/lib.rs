@@ -44,6 +44,7 @@ pub use error::ProxyError;
 pub use event_id::{ClientEventId, IdError};
 pub use mcp::jsonrpc;
 pub use mcp::protocol::ProtocolVersion;
+pub use server::access::{AccessLog, AccessRecord};
 pub use server::{ReverseProxy, ServeReport};
 pub use stream::replay::ReplayLimits;
 pub use upstream::http::check_upstream;

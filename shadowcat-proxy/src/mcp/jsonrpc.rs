@@ -48,6 +48,9 @@ pub struct MessageInfo {
     pub meta_version: Option<String>,
     /// `params.protocolVersion` (what an `initialize` asks for).
     pub requested_version: Option<String>,
+    /// `params.name` (the tool of a `tools/call`, the prompt of a
+    /// `prompts/get`), when it is a string.
+    pub name: Option<String>,
 }
 
 /// A POST body, classified.
@@ -101,6 +104,7 @@ struct WireParams {
     meta: Option<WireMeta>,
     #[serde(rename = "protocolVersion")]
     protocol_version: Option<IgnoredOr<String>>,
+    name: Option<IgnoredOr<String>>,
 }
 
 #[derive(Deserialize)]
@@ -211,12 +215,13 @@ fn check(w: Wire) -> Result<MessageInfo, BodyError> {
             id_type(id)
         ))));
     }
-    let (meta_version, requested_version) = match w.params {
+    let (meta_version, requested_version, name) = match w.params {
         Some(p) => (
             p.meta.and_then(|m| m.version).and_then(IgnoredOr::get),
             p.protocol_version.and_then(IgnoredOr::get),
+            p.name.and_then(IgnoredOr::get),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     Ok(MessageInfo {
         kind,
@@ -224,6 +229,7 @@ fn check(w: Wire) -> Result<MessageInfo, BodyError> {
         id: w.id,
         meta_version,
         requested_version,
+        name,
     })
 }
 

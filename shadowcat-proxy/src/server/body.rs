@@ -26,13 +26,18 @@ use http_body::{Body, Frame, SizeHint};
 use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use tokio::time::{Instant, Sleep};
 
+use super::access::Finish;
 use crate::stream::StreamBody;
 use crate::stream::{BoxError, Closing, StreamSlot};
 use crate::upstream::http::UpstreamBody;
 
 /// A response body toward the client.
 #[derive(Debug)]
-pub(crate) struct ProxyBody(Inner);
+pub(crate) struct ProxyBody {
+    inner: Inner,
+    /// The access log's record, emitted when the body goes.
+    access: Option<Box<Finish>>,
+}
 
 #[derive(Debug)]
 enum Inner {
@@ -42,24 +47,36 @@ enum Inner {
 }
 
 impl ProxyBody {
+    fn of(inner: Inner) -> Self {
+        ProxyBody {
+            inner,
+            access: None,
+        }
+    }
+
     /// A body of exactly `bytes`.
     pub(crate) fn full(bytes: Bytes) -> Self {
-        ProxyBody(Inner::Full(Some(bytes)))
+        Self::of(Inner::Full(Some(bytes)))
     }
 
     /// No body.
     pub(crate) fn empty() -> Self {
-        ProxyBody(Inner::Full(None))
+        Self::of(Inner::Full(None))
     }
 
     /// An SSE stream forwarded event by event.
     pub(crate) fn sse(forward: SseForward) -> Self {
-        ProxyBody(Inner::Sse(Box::new(forward)))
+        Self::of(Inner::Sse(Box::new(forward)))
     }
 
     /// A client's view of a resumable session stream.
     pub(crate) fn stream(body: StreamBody) -> Self {
-        ProxyBody(Inner::Stream(Box::new(body)))
+        Self::of(Inner::Stream(Box::new(body)))
+    }
+
+    /// Emits `finish` to the access log when the body ends or is dropped.
+    pub(crate) fn log_with(&mut self, finish: Finish) {
+        self.access = Some(Box::new(finish));
     }
 }
 
@@ -71,15 +88,22 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().0 {
+        let me = self.get_mut();
+        let polled = match &mut me.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Sse(fwd) => fwd.poll_next(cx),
             Inner::Stream(s) => s.poll_next(cx),
+        };
+        if let (Some(finish), Poll::Ready(Some(Ok(frame)))) = (&mut me.access, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            finish.bytes_out += data.len() as u64;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Sse(fwd) => fwd.done,
             Inner::Stream(s) => s.is_done(),
@@ -87,10 +111,23 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.inner {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
             Inner::Sse(_) | Inner::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(finish) = self.access.take() {
+            let events = match &self.inner {
+                Inner::Full(_) => None,
+                Inner::Sse(fwd) => Some(fwd.events),
+                Inner::Stream(s) => Some(s.events_sent()),
+            };
+            finish.emit(events);
         }
     }
 }

@@ -98,6 +98,7 @@ impl Shared {
         if let Some(stream) = session.streams.get(id.stream) {
             match stream.attach(id.seq.saturating_add(1)) {
                 Ok(body) => {
+                    super::access::note(|n| n.resume = Some("buffer"));
                     metrics::counter!("shadowcat_client_resumes_total", "from" => "buffer")
                         .increment(1);
                     tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, "client resumes from the replay buffer");
@@ -171,6 +172,7 @@ impl Shared {
             kind,
             Some(up_id),
         );
+        super::access::note(|n| n.resume = Some("upstream"));
         metrics::counter!("shadowcat_client_resumes_total", "from" => "upstream").increment(1);
         metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(session_fp = %session.id.fingerprint(), "client resumes from the upstream");

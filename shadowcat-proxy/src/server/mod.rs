@@ -42,6 +42,7 @@ use conns::{AcceptErrors, OpenConnection, refusal_reply, refuse, warn_on_file_li
 use guard::HostCheck;
 use rejection::Rejection;
 
+pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod conns;
@@ -347,6 +348,11 @@ impl ReverseProxy {
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
         let graceful = GracefulShutdown::new();
+        // Ready from here: the listener was bound and accepts from the
+        // loop below (connections queue in the backlog meanwhile).
+        shared
+            .accepting
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(addr = %local_addr, path = %shared.config.path, upstream = %shared.sessions.upstream_label(), "reverse proxy listening");
         warn_on_file_limit(limits.max_connections);
         let open = Arc::new(AtomicUsize::new(0));
@@ -354,9 +360,6 @@ impl ReverseProxy {
         let refusal = refusal_reply(limits.max_connections);
         let mut accept_errors = AcceptErrors::default();
         let mut shutdown = std::pin::pin!(shutdown);
-        shared
-            .accepting
-            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -553,16 +556,35 @@ impl Shared {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = method_label(req.method());
-        let resp = match self.abortable(self.route(req)).await {
+        let Some(log) = &self.config.access_log else {
+            let resp = self.answer(req).await;
+            metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
+                .increment(1);
+            return resp;
+        };
+        let client = req.extensions().get::<ratelimit::ClientAddr>().map(|c| c.0);
+        let ctx = access::AccessCtx::new(client, method);
+        let mut resp = ctx.scope(self.answer(req)).await;
+        metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
+            .increment(1);
+        let status = resp.status().as_u16();
+        resp.body_mut().log_with(access::Finish {
+            ctx,
+            log: Arc::clone(log),
+            status,
+            bytes_out: 0,
+        });
+        resp
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match self.abortable(self.route(req)).await {
             Ok(resp) => resp,
             Err(rej) => {
                 tracing::debug!(status = %rej.status, message = %rej.message, "request rejected");
                 rej.into_response()
             }
-        };
-        metrics::counter!("shadowcat_requests_total", "method" => method, "status" => status_class(resp.status()))
-            .increment(1);
-        resp
+        }
     }
 
     /// `answer`, unless the drain deadline passes first: then 503 (a
@@ -639,7 +661,10 @@ impl Shared {
             }
         };
         match self.sessions.lookup(&id).await {
-            Ok(Some(entry)) => Ok(entry),
+            Ok(Some(entry)) => {
+                access::note(|n| n.session_fp = Some(entry.id.fingerprint().to_string()));
+                Ok(entry)
+            }
             Ok(None) => Err(Rejection::new(
                 StatusCode::NOT_FOUND,
                 jsonrpc::SERVER_ERROR,
@@ -734,9 +759,11 @@ impl Shared {
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Rejection> {
         let timeout = self.live().limits.upstream_response_timeout;
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         match tokio::time::timeout_at(deadline, self.pool.request(req)).await {
             Ok(Ok(mut resp)) => {
+                access::note(|n| n.upstream = Some(started.elapsed()));
                 resp.extensions_mut().insert(Deadline(deadline));
                 Ok(resp)
             }
@@ -970,7 +997,10 @@ impl Shared {
             idle: l.body_idle_timeout,
         };
         let (status, code, message, timeout) = match read_whole(body, limits).await {
-            Ok(b) => return Ok(b),
+            Ok(b) => {
+                access::note(|n| n.bytes_in = b.len() as u64);
+                return Ok(b);
+            }
             Err(ReadError::TooLarge(max)) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 jsonrpc::INVALID_REQUEST,

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use std::net::IpAddr;
 
+use super::access;
 use super::body::ProxyBody;
 use super::ratelimit::{ClientAddr, retry_secs};
 use super::rejection::Rejection;
@@ -46,6 +47,14 @@ impl Shared {
         let bytes = self.read_body(body).await?;
         let msg = jsonrpc::parse_body(&bytes)
             .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+        if let Some(first) = msg.messages().first() {
+            access::note(|n| {
+                n.mcp_method.clone_from(&first.method);
+                if first.method.as_deref() == Some("tools/call") {
+                    n.tool.clone_from(&first.name);
+                }
+            });
+        }
         let rpc_id = match &msg {
             RpcBody::Single(m) => m.id.clone(),
             RpcBody::Batch(_) => None,
@@ -195,6 +204,7 @@ impl Shared {
         };
         metrics::counter!("shadowcat_sessions_created_total").increment(1);
         tracing::debug!(session_fp = %session.id.fingerprint(), %version, "session created");
+        access::note(|n| n.session_fp = Some(session.id.fingerprint().to_string()));
         let resp = match answer {
             Ok(mut out) => {
                 if let Ok(v) = HeaderValue::from_str(session.id.as_str()) {

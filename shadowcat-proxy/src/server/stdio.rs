@@ -53,6 +53,7 @@ impl Shared {
                 };
                 metrics::counter!("shadowcat_sessions_created_total").increment(1);
                 tracing::debug!(session_fp = %session.id.fingerprint(), %version, "stdio session created");
+                super::access::note(|n| n.session_fp = Some(session.id.fingerprint().to_string()));
                 (session, child)
             }
         };

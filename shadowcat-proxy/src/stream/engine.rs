@@ -223,6 +223,7 @@ impl StreamShared {
             stream: Arc::clone(self),
             me,
             cursor: from,
+            first: from,
             out: BytesMut::new(),
             keepalive: Box::pin(tokio::time::sleep(self.env.keepalive)),
             closing: Box::pin(async move {
@@ -390,6 +391,8 @@ pub(crate) struct StreamBody {
     stream: Arc<StreamShared>,
     me: u64,
     cursor: u64,
+    /// Where the client started.
+    first: u64,
     out: BytesMut,
     keepalive: Pin<Box<Sleep>>,
     closing: Closing,
@@ -422,6 +425,11 @@ impl StreamBody {
 
     pub(crate) fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Events (sequence numbers) sent to this client so far.
+    pub(crate) fn events_sent(&self) -> u64 {
+        self.cursor.saturating_sub(self.first)
     }
 
     pub(crate) fn poll_next(
