@@ -15,15 +15,21 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
 use http_body::Body;
 use tokio::time::Instant;
 
+use crate::stream::budget::{Budget, Charge};
+
 /// What one read may take.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ReadLimits {
     /// Most bytes.
     pub(crate) max: usize,
+    /// Charged with the buffer while it is read (`max_buffered_bytes`).
+    pub(crate) budget: Option<Arc<Budget>>,
     /// When the whole body must be in.
     pub(crate) deadline: Instant,
     /// Longest wait for the next bytes.
@@ -66,6 +72,8 @@ where
     // Growth stops at the declared length (a body cannot exceed it).
     let ceiling = declared.unwrap_or(limits.max);
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(FIRST_CAPACITY)));
+    // Released when the read ends: the caller forwards the bytes at once.
+    let mut charge = limits.budget.clone().map(Charge::new);
     let mut body = pin!(body);
     let mut deadline = pin!(tokio::time::sleep_until(limits.deadline));
     let mut idle = pin!(tokio::time::sleep(limits.idle));
@@ -85,6 +93,9 @@ where
                         let n = chunk.len();
                         append(&mut buf, chunk, limits.max, ceiling)?;
                         data.advance(n);
+                    }
+                    if let Some(c) = &mut charge {
+                        c.set(buf.capacity());
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(ReadError::Body(e))),
@@ -168,6 +179,7 @@ mod tests {
 
     fn limits(max: usize) -> ReadLimits {
         ReadLimits {
+            budget: None,
             max,
             deadline: Instant::now() + Duration::from_secs(10),
             idle: Duration::from_secs(10),
@@ -243,11 +255,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_and_total_timeouts() {
         let l = ReadLimits {
+            budget: None,
             max: 10,
             deadline: Instant::now() + Duration::from_secs(30),
             idle: Duration::from_secs(10),
         };
-        let e = read_whole(Stalls(false), l).await;
+        let e = read_whole(Stalls(false), l.clone()).await;
         assert!(matches!(e, Err(ReadError::Idle(_))), "{e:?}");
         let l = ReadLimits {
             idle: Duration::from_secs(60),
@@ -255,5 +268,34 @@ mod tests {
         };
         let e = read_whole(Stalls(false), l).await;
         assert!(matches!(e, Err(ReadError::Deadline)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_being_read_is_charged_to_the_budget() {
+        let budget = Arc::new(Budget::new(1 << 20));
+        let l = ReadLimits {
+            budget: Some(Arc::clone(&budget)),
+            ..limits(10)
+        };
+        let mut read = Box::pin(read_whole(Stalls(false), l));
+        let waker = std::task::Waker::noop();
+        assert!(
+            read.as_mut()
+                .poll(&mut Context::from_waker(waker))
+                .is_pending()
+        );
+        assert!(budget.used() >= 1, "the byte read so far is charged");
+        drop(read);
+        assert_eq!(budget.used(), 0, "given back when the read ends");
+        let l = ReadLimits {
+            budget: Some(Arc::clone(&budget)),
+            ..limits(4096)
+        };
+        let body = Bytewise {
+            left: 100,
+            declare: false,
+        };
+        assert_eq!(read_whole(body, l).await.unwrap().len(), 100);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -795,6 +795,7 @@ where
     B::Error: std::fmt::Display,
 {
     let limits = crate::collect::ReadLimits {
+        budget: None,
         max,
         deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         idle: Duration::from_secs(60),

@@ -353,6 +353,7 @@ async fn read_limited(
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
     let limits = ReadLimits {
+        budget: None,
         max,
         deadline: tokio::time::Instant::now() + timeout,
         idle: timeout,

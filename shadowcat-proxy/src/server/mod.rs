@@ -869,6 +869,7 @@ impl Shared {
             .get::<Deadline>()
             .map_or_else(|| Instant::now() + timeout, |d| d.0);
         let limits = ReadLimits {
+            budget: Some(Arc::clone(&self.env.budget)),
             max: self.live().limits.max_response_bytes,
             deadline,
             idle: timeout,
@@ -992,6 +993,7 @@ impl Shared {
         let live = self.live();
         let l = &live.limits;
         let limits = ReadLimits {
+            budget: Some(Arc::clone(&self.env.budget)),
             max: l.max_body_bytes,
             deadline: Instant::now() + l.body_read_timeout,
             idle: l.body_idle_timeout,

@@ -10,6 +10,7 @@
 //! cut for the budget; while the total is at the limit, new streams are
 //! refused (503) instead.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -128,6 +129,36 @@ impl Budget {
     }
 }
 
+/// Bytes held for a while (a request body being read), charged to a
+/// [`Budget`] and given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    pub(crate) fn new(budget: Arc<Budget>) -> Self {
+        Charge { budget, bytes: 0 }
+    }
+
+    /// Now holds `bytes` in all.
+    pub(crate) fn set(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget.charge(bytes - self.bytes);
+        } else {
+            self.budget.credit(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.credit(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +178,18 @@ mod tests {
         assert_eq!(b.settled_peak(), 60);
         assert!(b.should_warn());
         assert!(!b.should_warn(), "once a second at most");
+    }
+
+    #[test]
+    fn a_charge_gives_back_what_it_held() {
+        let b = Arc::new(Budget::new(100));
+        let mut c = Charge::new(Arc::clone(&b));
+        c.set(30);
+        c.set(50);
+        assert_eq!(b.used(), 50);
+        c.set(10);
+        assert_eq!(b.used(), 10);
+        drop(c);
+        assert_eq!(b.used(), 0);
     }
 }
