@@ -186,7 +186,9 @@ impl SseForward {
             upstream,
             decoder: Decoder::default(),
             out: BytesMut::with_capacity(OUT_CAPACITY),
-            keepalive: Box::pin(tokio::time::sleep(interval)),
+            keepalive: Box::pin(tokio::time::sleep(
+                crate::stream::FIRST_BYTE_WITHIN.min(interval),
+            )),
             interval,
             closing,
             done: false,

@@ -225,7 +225,9 @@ impl StreamShared {
             cursor: from,
             first: from,
             out: BytesMut::new(),
-            keepalive: Box::pin(tokio::time::sleep(self.env.keepalive)),
+            keepalive: Box::pin(tokio::time::sleep(
+                super::FIRST_BYTE_WITHIN.min(self.env.keepalive),
+            )),
             closing: Box::pin(async move {
                 let _ = closing.wait_for(|c| *c).await;
             }),

@@ -109,6 +109,12 @@ impl Drop for StreamSlot {
 /// Events already received are sent together up to this many bytes.
 pub(crate) const COALESCE_BYTES: usize = 16 * 1024;
 
+/// An SSE response with nothing to send this long after it opened gets a
+/// `:` comment, so every client (and every buffer on the way) sees the
+/// stream's first byte within it, not only at the first keep-alive. An
+/// answer ready sooner goes first and no comment is sent.
+pub(crate) const FIRST_BYTE_WITHIN: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What every stream of the proxy shares: how to reach the upstream and
 /// the stream settings.
 #[derive(Debug)]

@@ -256,6 +256,20 @@ pub(crate) async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
     }
 }
 
+/// The next data frame that holds more than SSE comments (the proxy's
+/// opening comment and keep-alives are skipped), bounded by [`WAIT`].
+pub(crate) async fn next_event_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let chunk = next_chunk(body).await?;
+        let only_comments = chunk
+            .split(|&b| b == b'\n')
+            .all(|l| l.is_empty() || l.starts_with(b":"));
+        if !only_comments {
+            return Some(chunk);
+        }
+    }
+}
+
 /// `target/<profile>/mcp-stdio-fixture` (the `benches` crate's stdio MCP
 /// server), built on first use.
 pub(crate) fn stdio_fixture() -> std::path::PathBuf {
