@@ -98,21 +98,13 @@ fn main() -> ExitCode {
         args.scale,
         args.long,
         &args.only,
+        |(id, r)| match r {
+            Ok(r) => eprintln!("attack: {}", r.summary()),
+            Err(e) => eprintln!("attack: {id} could not run: {e}"),
+        },
     ));
-    let mut reports = Vec::new();
-    let mut failed = false;
-    for (id, r) in results {
-        match r {
-            Ok(r) => {
-                eprintln!("attack: {}", r.summary());
-                reports.push(r);
-            }
-            Err(e) => {
-                failed = true;
-                eprintln!("attack: {id} could not run: {e}");
-            }
-        }
-    }
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    let reports: Vec<_> = results.into_iter().filter_map(|(_, r)| r.ok()).collect();
     let table = markdown(&reports);
     let file = args.target.dir.join("report.md");
     if let Err(e) = std::fs::write(&file, &table) {

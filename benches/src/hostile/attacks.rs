@@ -147,10 +147,9 @@ impl Run {
         }
     }
 
-    /// The peak, then a fresh client retried every 100 ms up to `bound`,
-    /// then RSS.
+    /// A fresh client retried every 100 ms up to `bound`, then RSS and
+    /// the peak (VmHWM, so never below RSS).
     async fn finish(mut self, bound: Duration) -> Report {
-        self.report.rss_peak_kib = self.peak_now();
         let start = Instant::now();
         self.report.recovery = loop {
             if !self.proxy.up() {
@@ -167,6 +166,7 @@ impl Run {
         };
         self.report.up = self.proxy.up();
         self.report.rss_after_kib = self.report.up.then(|| self.proxy.rss_kib());
+        self.report.rss_peak_kib = self.report.rss_peak_kib.max(self.peak_now());
         self.sampler.abort();
         self.report
     }
@@ -575,7 +575,6 @@ pub async fn f2_unread_streams(target: &Target, scale: Scale) -> Result<Report, 
     };
     run.note(format!("new stream: {new}"));
     run.fact("new_stream_status", new.parse().unwrap_or(0));
-    run.report.rss_peak_kib = run.peak_now();
     drop(held);
     Ok(run.finish(recovery_bound(scale)).await)
 }
@@ -684,8 +683,14 @@ pub async fn f4_concurrent_initializes(
     )
     .await?;
     let to = run.proxy.addr;
-    // The probe's session leaves before the attack (idle timeout).
-    tokio::time::sleep(Duration::from_secs(idle) * 3).await;
+    // The probe's session expires before the attack (idle timeout).
+    let start = Instant::now();
+    while run.proxy.metric("shadowcat_sessions_expired_total").await < Some(1.0)
+        && start.elapsed() < Duration::from_secs(idle * 10)
+    {
+        // Another process's sweeper: nothing to wait on but its counter.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let left = Arc::new(AtomicU64::new(attempts));
     let barrier = Arc::new(Barrier::new(workers));
     let jobs: Vec<_> = (0..workers)
@@ -1258,55 +1263,63 @@ pub async fn f11_logs_and_headers(target: &Target, scale: Scale) -> Result<Repor
     Ok(run.finish(recovery_bound(scale)).await)
 }
 
-/// Every attack at `scale`, in issue order; `long` adds the 65 s drip of
-/// 1,000 connections at full scale. Attacks that could not run are
-/// returned as errors with their id.
+/// An attack's id and outcome (an error: it could not run).
+pub type Outcome = (&'static str, Result<Report, AttackError>);
+
+/// Every attack at `scale`, in issue order (`only`: just these ids); `long`
+/// adds the 65 s drip of 1,000 connections at full scale. `done` sees each
+/// outcome as it comes.
 pub async fn all_attacks(
     target: &Target,
     scale: Scale,
     long: bool,
     only: &[String],
-) -> Vec<(&'static str, Result<Report, AttackError>)> {
+    mut done: impl FnMut(&Outcome),
+) -> Vec<Outcome> {
     let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(id));
     let mut out = Vec::new();
+    let mut keep = |o: Outcome| {
+        done(&o);
+        out.push(o);
+    };
     if wanted("F1") {
-        out.push(("F1", f1_one_byte_segments(target, scale, 1, 30_001).await));
+        keep(("F1", f1_one_byte_segments(target, scale, 1, 30_001).await));
         if scale == Scale::Full {
-            out.push(("F1", f1_one_byte_segments(target, scale, 20, 3_000).await));
+            keep(("F1", f1_one_byte_segments(target, scale, 20, 3_000).await));
         }
-        out.push(("F1", f1_idle_body(target, scale).await));
+        keep(("F1", f1_idle_body(target, scale).await));
         if scale == Scale::Ci || long {
-            out.push(("F1", f1_drip_bodies(target, scale).await));
+            keep(("F1", f1_drip_bodies(target, scale).await));
         }
     }
     if wanted("F2") {
-        out.push(("F2", f2_dropped_streams(target, scale).await));
-        out.push(("F2", f2_unread_streams(target, scale).await));
+        keep(("F2", f2_dropped_streams(target, scale).await));
+        keep(("F2", f2_unread_streams(target, scale).await));
     }
     if wanted("F4") {
-        out.push(("F4", f4_initialize_flood(target, scale).await));
-        out.push(("F4", f4_concurrent_initializes(target, scale).await));
+        keep(("F4", f4_initialize_flood(target, scale).await));
+        keep(("F4", f4_concurrent_initializes(target, scale).await));
     }
     if wanted("F5") {
-        out.push(("F5", f5_dropped_in_flight(target, scale).await));
+        keep(("F5", f5_dropped_in_flight(target, scale).await));
     }
     if wanted("F6") {
-        out.push(("F6", f6_idle_connections(target, scale).await));
+        keep(("F6", f6_idle_connections(target, scale).await));
     }
     if wanted("F7") {
-        out.push(("F7", f7_upstream_failures(target, scale).await));
+        keep(("F7", f7_upstream_failures(target, scale).await));
     }
     if wanted("F8") {
-        out.push(("F8", f8_big_head(target, scale).await));
+        keep(("F8", f8_big_head(target, scale).await));
     }
     if wanted("F9") {
-        out.push(("F9", f9_connect_burst(target, scale).await));
+        keep(("F9", f9_connect_burst(target, scale).await));
     }
     if wanted("F10") {
-        out.push(("F10", f10_drain(target, scale).await));
+        keep(("F10", f10_drain(target, scale).await));
     }
     if wanted("F11") {
-        out.push(("F11", f11_logs_and_headers(target, scale).await));
+        keep(("F11", f11_logs_and_headers(target, scale).await));
     }
     out
 }
