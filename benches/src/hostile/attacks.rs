@@ -46,6 +46,8 @@ const FULL_RECOVERY: Duration = Duration::from_secs(60);
 const CI_RECOVERY: Duration = Duration::from_secs(10);
 /// A stream a flood tool sends: more than a stream's replay buffer holds.
 const FLOOD_BYTES: u64 = 4 << 20;
+/// How long a live stream may send nothing before its client stops waiting.
+const STALL: Duration = Duration::from_secs(3);
 /// A live stream: more than its clients will read.
 const LIVE_STREAM_BYTES: u64 = 64 << 20;
 
@@ -489,7 +491,8 @@ pub async fn f2_dropped_streams(target: &Target, scale: Scale) -> Result<Report,
 
 /// Opens a flood stream of `stream_bytes` in `session` on a raw
 /// connection, reads `read_bytes` of it (so the proxy keeps what it wrote
-/// for resumption) and returns the connection, no longer read.
+/// for resumption; less if it stalls for [`STALL`]) and returns the
+/// connection, no longer read.
 async fn open_read_hold(
     to: SocketAddr,
     session: HeaderValue,
@@ -515,8 +518,10 @@ async fn open_read_hold(
     let mut got = 0;
     let mut buf = vec![0u8; 64 * 1024];
     while status == 200 && got < read_bytes {
-        match tokio::time::timeout(client::REQUEST_TIMEOUT, tcp.read(&mut buf)).await {
+        match tokio::time::timeout(STALL, tcp.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => got += n,
+            // Paused by the proxy (its budget): still live, still held.
+            Err(_) => return (format!("{status} stalled"), Some(tcp)),
             _ => return (format!("{status} ended"), None),
         }
     }
