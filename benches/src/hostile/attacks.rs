@@ -68,7 +68,16 @@ struct Run {
     upstream: HostileUpstream,
     report: Report,
     peak: Arc<AtomicU64>,
-    sampler: tokio::task::JoinHandle<()>,
+    _sampler: Sampler,
+}
+
+/// The task that keeps the peak; stopped when the run ends, however.
+struct Sampler(tokio::task::JoinHandle<()>);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Run {
@@ -114,7 +123,7 @@ impl Run {
             upstream,
             report,
             peak,
-            sampler,
+            _sampler: Sampler(sampler),
         })
     }
 
@@ -169,7 +178,6 @@ impl Run {
         self.report.up = self.proxy.up();
         self.report.rss_after_kib = self.report.up.then(|| self.proxy.rss_kib());
         self.report.rss_peak_kib = self.report.rss_peak_kib.max(self.peak_now());
-        self.sampler.abort();
         self.report
     }
 }
@@ -238,27 +246,34 @@ async fn one_byte_per_segment(to: SocketAddr, body: Vec<u8>, gap: Duration) -> S
         use std::io::Write as _;
         let mut s = std;
         s.set_nonblocking(false)?;
-        s.write_all(head.as_bytes())?;
-        for b in &body {
-            s.write_all(std::slice::from_ref(b))?;
-            std::thread::sleep(gap);
-        }
+        let written = s.write_all(head.as_bytes()).and_then(|()| {
+            for b in &body {
+                s.write_all(std::slice::from_ref(b))?;
+                std::thread::sleep(gap);
+            }
+            Ok(())
+        });
         s.set_nonblocking(true)?;
-        Ok::<_, std::io::Error>(s)
+        // Refused part way: what the proxy said is still to be read.
+        Ok::<_, std::io::Error>((s, written.err()))
     })
     .await;
-    let std = match sent {
+    let (std, write_error) = match sent {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("write failed ({})", e.kind()),
+        Ok(Err(e)) => return format!("socket: {e}"),
         Err(e) => return format!("writer: {e}"),
     };
     let mut tcp = match TcpStream::from_std(std) {
         Ok(t) => t,
         Err(e) => return format!("socket: {e}"),
     };
-    match read_response(&mut tcp, Duration::from_secs(15)).await {
-        Ok(a) => a.status.to_string(),
-        Err(e) => e.label(),
+    match (
+        read_response(&mut tcp, Duration::from_secs(15)).await,
+        write_error,
+    ) {
+        (Ok(a), _) => a.status.to_string(),
+        (Err(_), Some(w)) => format!("write failed ({})", w.kind()),
+        (Err(e), None) => e.label(),
     }
 }
 
