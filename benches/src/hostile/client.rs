@@ -88,12 +88,17 @@ impl Answer {
 
     /// The JSON-RPC error message, if the body is a JSON-RPC error.
     pub(crate) fn rpc_error(&self) -> Option<String> {
-        let v = self.json()?;
-        if v.get("jsonrpc")?.as_str()? != "2.0" {
-            return None;
-        }
-        Some(v.get("error")?.get("message")?.as_str()?.to_owned())
+        rpc_error(&self.body)
     }
+}
+
+/// The JSON-RPC error message in `body`, if it is a JSON-RPC error.
+pub(crate) fn rpc_error(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("jsonrpc")?.as_str()? != "2.0" {
+        return None;
+    }
+    Some(v.get("error")?.get("message")?.as_str()?.to_owned())
 }
 
 /// The label of an outcome: the status, or what went wrong.
