@@ -1004,7 +1004,8 @@ pub async fn f7_upstream_failures(target: &Target, scale: Scale) -> Result<Repor
             run.fact(quotes_key, u64::from(m.contains(q)));
         }
         if let Some(m) = msg {
-            run.note(format!("{name}: {m}"));
+            let short: String = m.chars().take(60).collect();
+            run.note(format!("{name}: {short}…"));
         }
     }
     let cut = run
