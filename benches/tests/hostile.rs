@@ -20,9 +20,10 @@ use benches::hostile::attacks::{self, *};
 use benches::hostile::{AttackError, Recovery, Report, Scale, Target};
 
 /// Memory a proxy may use beyond its buffered-bytes budget while streams
-/// are dropped (connections in flow, allocator slack; measured flat at
-/// 31-36 MiB from 64 to 512 dropped streams).
-const ALLOWANCE_KIB: u64 = 48 * 1024;
+/// are dropped (connections in flow, allocator slack): measured 30-40 MiB
+/// whether 64 or 512 streams are dropped, 8 at once; the binary from
+/// before the budget grows 240 MiB with 64.
+const ALLOWANCE_KIB: u64 = 64 * 1024;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
