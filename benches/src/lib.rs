@@ -11,3 +11,5 @@ pub mod payloads {
     /// A `notifications/progress` message as an MCP server sends it.
     pub const PROGRESS: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"tok-17","progress":42,"total":100,"message":"indexing files"}}"#;
 }
+
+pub mod hostile;

@@ -125,7 +125,7 @@ pub(crate) fn threads(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")
 }
 
-fn status_field(pid: u32, name: &str) -> Option<u64> {
+pub(crate) fn status_field(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -156,14 +156,18 @@ fn children_of(pid: u32) -> Vec<u32> {
 #[derive(Debug)]
 pub(crate) struct Proc {
     what: &'static str,
-    child: Child,
+    pub(crate) child: Child,
     /// Every process whose CPU and memory count (nginx: master and workers).
-    pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(what: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self, ProcError> {
+    pub(crate) fn spawn(
+        what: &'static str,
+        mut cmd: Command,
+        log: PathBuf,
+    ) -> Result<Self, ProcError> {
         let out = std::fs::File::create(&log).map_err(io_err(&log))?;
         let err = out.try_clone().map_err(io_err(&log))?;
         let program = format!("{:?}", cmd.get_program());
@@ -182,7 +186,7 @@ impl Proc {
         })
     }
 
-    fn check_alive(&mut self) -> Result<(), ProcError> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), ProcError> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(ProcError::Exited {
                 what: self.what,
@@ -194,7 +198,7 @@ impl Proc {
     }
 
     /// Waits until `addr` accepts connections (bounded).
-    async fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), ProcError> {
+    pub(crate) async fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), ProcError> {
         let within = Duration::from_secs(20);
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -239,7 +243,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -313,7 +320,7 @@ impl Shadowcat {
 }
 
 /// GET `/metrics` from `addr`; `None` when unreachable.
-async fn scrape(addr: SocketAddr) -> Option<String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Option<String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
