@@ -79,6 +79,7 @@ struct FileLimits {
     replay_max_bytes: Option<usize>,
     replay_retain_bytes: Option<usize>,
     max_buffered_bytes: Option<usize>,
+    upstream_read_buffer_bytes: Option<usize>,
     client_send_buffer_bytes: Option<usize>,
     listen_backlog: Option<u32>,
     detached_linger_ms: Option<u64>,
@@ -323,6 +324,9 @@ impl ReverseSettings {
         }
         if let Some(v) = f.max_buffered_bytes {
             l.max_buffered_bytes = v;
+        }
+        if let Some(v) = f.upstream_read_buffer_bytes {
+            l.upstream_read_buffer = v;
         }
         if let Some(v) = f.client_send_buffer_bytes {
             l.client_send_buffer = v;

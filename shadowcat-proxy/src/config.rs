@@ -165,6 +165,11 @@ pub struct Limits {
     /// oldest first; while it is reached, a new stream gets 503. Live
     /// streams are never cut for it. Default 256 MiB.
     pub max_buffered_bytes: usize,
+    /// Most bytes read from an upstream connection at a time (hyper's
+    /// buffer; also the largest upstream response head). A stream's
+    /// batches are at most about this big, so it bounds what each stream
+    /// holds beside its replay buffer. At least 8 KiB. Default 64 KiB.
+    pub upstream_read_buffer: usize,
     /// The kernel send buffer of each client connection (`SO_SNDBUF`; the
     /// kernel doubles it). Bounds what the proxy has in flight toward a
     /// client, so the replay retention covers it. 0 leaves it to the
@@ -221,6 +226,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             replay: ReplayLimits::default(),
             max_buffered_bytes: crate::stream::budget::DEFAULT_MAX_BUFFERED_BYTES,
+            upstream_read_buffer: crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
             client_send_buffer: 64 << 10,
             listen_backlog: 1024,
             detached_linger: Duration::from_secs(60),

@@ -408,7 +408,11 @@ pub async fn relay_http(
     };
     let (closing_tx, closing) = watch::channel(false);
     let env = Arc::new(StreamEnv {
-        pool: UpstreamPool::new(&config.upstream, config.connect_timeout),
+        pool: UpstreamPool::new(
+            &config.upstream,
+            config.connect_timeout,
+            crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
+        ),
         uri: config.upstream.clone(),
         bearer,
         response_timeout: config.response_timeout,

@@ -355,6 +355,7 @@ impl Admin {
             header_read_timeout,
             replay,
             max_buffered_bytes,
+            upstream_read_buffer,
             client_send_buffer,
             listen_backlog,
             detached_linger,

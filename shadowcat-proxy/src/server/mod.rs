@@ -168,6 +168,11 @@ impl ReverseProxy {
                 "max_header_bytes must be at least 8192".into(),
             ));
         }
+        if config.limits.upstream_read_buffer < 8192 {
+            return Err(ProxyError::Config(
+                "upstream_read_buffer_bytes must be at least 8192".into(),
+            ));
+        }
         if config.limits.max_connections == 0
             || config.limits.max_response_bytes == 0
             || config.limits.body_read_timeout.is_zero()
@@ -244,7 +249,11 @@ impl ReverseProxy {
             ),
             None => None,
         };
-        let pool = UpstreamPool::new(&config.upstream, config.limits.upstream_connect_timeout);
+        let pool = UpstreamPool::new(
+            &config.upstream,
+            config.limits.upstream_connect_timeout,
+            config.limits.upstream_read_buffer,
+        );
         let ender = ender::SessionEnder::start(
             Arc::clone(&pool),
             config.upstream.clone(),

@@ -238,7 +238,11 @@ impl<'a> Harness<'a> {
     fn new(rt: &'a Runtime, params: Params) -> Self {
         let (closing_tx, closing) = watch::channel(false);
         let env = Arc::new(StreamEnv {
-            pool: UpstreamPool::new(&http::Uri::from_static("http://127.0.0.1:9/mcp"), NEVER),
+            pool: UpstreamPool::new(
+                &http::Uri::from_static("http://127.0.0.1:9/mcp"),
+                NEVER,
+                crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
+            ),
             uri: http::Uri::from_static("http://127.0.0.1:9/mcp"),
             bearer: None,
             response_timeout: NEVER,

@@ -121,9 +121,14 @@ impl std::fmt::Debug for UpstreamPool {
     }
 }
 
+/// Default [`crate::Limits::upstream_read_buffer`]: 64 KiB.
+pub(crate) const DEFAULT_UPSTREAM_READ_BUFFER: usize = 64 << 10;
+
 impl UpstreamPool {
-    /// A pool for the upstream at `uri` (`http://host[:port]/…`).
-    pub(crate) fn new(uri: &Uri, connect_timeout: Duration) -> Arc<Self> {
+    /// A pool for the upstream at `uri` (`http://host[:port]/…`); each
+    /// connection reads at most `read_buffer` bytes at a time (at least
+    /// 8 KiB; it also bounds a response head).
+    pub(crate) fn new(uri: &Uri, connect_timeout: Duration, read_buffer: usize) -> Arc<Self> {
         let host = uri.host().unwrap_or("localhost");
         let port = uri.port_u16().unwrap_or(80);
         let addr = if host.contains(':') && !host.starts_with('[') {
@@ -135,7 +140,7 @@ impl UpstreamPool {
         let host = HeaderValue::from_str(authority)
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         let mut http = http1::Builder::new();
-        http.max_buf_size(1 << 20);
+        http.max_buf_size(read_buffer.max(8192));
         Arc::new(UpstreamPool {
             addr,
             host,
@@ -419,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn reuses_an_idle_connection() {
         let (uri, accepted) = upstream(OK, false).await;
-        let pool = UpstreamPool::new(&uri, Duration::from_secs(5));
+        let pool = UpstreamPool::new(&uri, Duration::from_secs(5), DEFAULT_UPSTREAM_READ_BUFFER);
         for _ in 0..5 {
             let resp = pool.request(get(&uri)).await.unwrap();
             assert_eq!(body(resp).await, "ok");
@@ -430,7 +435,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_idle_connection_is_replaced() {
         let (uri, accepted) = upstream(OK, true).await;
-        let pool = UpstreamPool::new(&uri, Duration::from_secs(5));
+        let pool = UpstreamPool::new(&uri, Duration::from_secs(5), DEFAULT_UPSTREAM_READ_BUFFER);
         for _ in 0..3 {
             let resp = pool.request(get(&uri)).await.unwrap();
             assert_eq!(body(resp).await, "ok");
@@ -451,7 +456,7 @@ mod tests {
         reply.extend_from_slice(b"0\r\n\r\n");
         let reply: &'static [u8] = Box::leak(reply.into_boxed_slice());
         let (uri, _) = upstream(reply, false).await;
-        let pool = UpstreamPool::new(&uri, Duration::from_secs(5));
+        let pool = UpstreamPool::new(&uri, Duration::from_secs(5), DEFAULT_UPSTREAM_READ_BUFFER);
         let resp = pool.request(get(&uri)).await.unwrap();
         let mut body = resp.into_body();
         assert!(body.driven.is_some(), "the body drives its connection");
