@@ -80,6 +80,10 @@ struct FileLimits {
     replay_retain_bytes: Option<usize>,
     max_buffered_bytes: Option<usize>,
     upstream_read_buffer_bytes: Option<usize>,
+    max_rate_limited_clients: Option<usize>,
+    upstream_delete_queue: Option<usize>,
+    upstream_deletes_in_flight: Option<usize>,
+    upstream_delete_timeout_ms: Option<u64>,
     client_send_buffer_bytes: Option<usize>,
     listen_backlog: Option<u32>,
     detached_linger_ms: Option<u64>,
@@ -328,6 +332,18 @@ impl ReverseSettings {
         if let Some(v) = f.upstream_read_buffer_bytes {
             l.upstream_read_buffer = v;
         }
+        if let Some(v) = f.max_rate_limited_clients {
+            l.max_rate_limited_clients = v;
+        }
+        if let Some(v) = f.upstream_delete_queue {
+            l.upstream_delete_queue = v;
+        }
+        if let Some(v) = f.upstream_deletes_in_flight {
+            l.upstream_deletes_in_flight = v;
+        }
+        if let Some(v) = f.upstream_delete_timeout_ms {
+            l.upstream_delete_timeout = ms(v);
+        }
         if let Some(v) = f.client_send_buffer_bytes {
             l.client_send_buffer = v;
         }
@@ -468,6 +484,9 @@ mod tests {
             replay_max_bytes = 4096
             replay_retain_bytes = 1024
             max_buffered_bytes = 65536
+            upstream_read_buffer_bytes = 16384
+            upstream_delete_timeout_ms = 2500
+            max_rate_limited_clients = 100
             client_send_buffer_bytes = 8192
             detached_linger_ms = 1500
             max_kept_complete_streams = 3
@@ -497,6 +516,12 @@ mod tests {
         assert_eq!(s.proxy.limits.replay.max_bytes, 4096);
         assert_eq!(s.proxy.limits.replay.retain_bytes, 1024);
         assert_eq!(s.proxy.limits.max_buffered_bytes, 65536);
+        assert_eq!(s.proxy.limits.upstream_read_buffer, 16384);
+        assert_eq!(
+            s.proxy.limits.upstream_delete_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(s.proxy.limits.max_rate_limited_clients, 100);
         assert_eq!(s.proxy.limits.client_send_buffer, 8192);
         assert_eq!(s.proxy.limits.detached_linger, Duration::from_millis(1500));
         assert_eq!(s.proxy.limits.max_kept_complete_streams, 3);

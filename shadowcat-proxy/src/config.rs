@@ -144,6 +144,18 @@ pub struct Limits {
     /// 3 MB); past that the oldest minute's are forgotten early. Default
     /// 600.
     pub max_session_creates_per_minute: u32,
+    /// Client addresses the session-create limit tracks at once (in two
+    /// tables; when full, the older table is dropped, forgetting only
+    /// full buckets). Default 65,536 (about 3 MB).
+    pub max_rate_limited_clients: usize,
+    /// Sessions that ended here (expired, refused) waiting for their
+    /// upstream DELETE; more are not ended upstream (counted, logged).
+    /// Default 10,000.
+    pub upstream_delete_queue: usize,
+    /// Upstream DELETEs sent at once. Default 16.
+    pub upstream_deletes_in_flight: usize,
+    /// Longest one upstream DELETE may take. Default 10 s.
+    pub upstream_delete_timeout: Duration,
     /// Most SSE streams open at once in one session; more gets 429.
     /// Default 16.
     pub max_streams_per_session: u32,
@@ -220,6 +232,10 @@ impl Default for Limits {
             upstream_response_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
             max_session_creates_per_minute: 600,
+            max_rate_limited_clients: 2 * crate::server::ratelimit::MAX_TRACKED_PER_TABLE,
+            upstream_delete_queue: crate::server::ender::MAX_DELETES_QUEUED,
+            upstream_deletes_in_flight: crate::server::ender::MAX_DELETES_IN_FLIGHT,
+            upstream_delete_timeout: crate::server::ender::DELETE_TIMEOUT,
             max_streams_per_session: 16,
             keepalive_interval: Duration::from_secs(15),
             max_last_event_id_len: 256,

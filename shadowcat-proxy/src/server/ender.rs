@@ -32,11 +32,13 @@ use crate::session::Sessions;
 use crate::upstream::http::UpstreamPool;
 use crate::upstream::stdio::StdioBridge;
 
-/// Most DELETEs waiting to be sent.
+/// Default [`crate::Limits::upstream_delete_queue`]: DELETEs waiting to be
+/// sent.
 pub(crate) const MAX_DELETES_QUEUED: usize = 10_000;
-/// Most DELETEs in flight at once.
+/// Default [`crate::Limits::upstream_deletes_in_flight`].
 pub(crate) const MAX_DELETES_IN_FLIGHT: usize = 16;
-/// Longest one DELETE may take, connection included.
+/// Default [`crate::Limits::upstream_delete_timeout`]: longest one DELETE
+/// may take, connection included.
 pub(crate) const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most response body bytes read (and dropped) so the connection can be
 /// reused.
@@ -71,6 +73,7 @@ struct Upstream {
     pool: Arc<UpstreamPool>,
     uri: http::Uri,
     bearer: Option<HeaderValue>,
+    timeout: Duration,
 }
 
 impl SessionEnder {
@@ -82,10 +85,20 @@ impl SessionEnder {
         bearer: Option<HeaderValue>,
         sessions: &Arc<Sessions>,
         stdio: Option<&Arc<StdioBridge>>,
+        limits: &crate::Limits,
     ) -> Arc<Self> {
-        let (queue, rx) = mpsc::channel(MAX_DELETES_QUEUED);
-        let upstream = Arc::new(Upstream { pool, uri, bearer });
-        tokio::spawn(run(rx, Arc::clone(&upstream)));
+        let (queue, rx) = mpsc::channel(limits.upstream_delete_queue.max(1));
+        let upstream = Arc::new(Upstream {
+            pool,
+            uri,
+            bearer,
+            timeout: limits.upstream_delete_timeout,
+        });
+        tokio::spawn(run(
+            rx,
+            Arc::clone(&upstream),
+            limits.upstream_deletes_in_flight.max(1),
+        ));
         Arc::new(SessionEnder {
             upstream,
             queue,
@@ -134,7 +147,7 @@ impl SessionEnder {
         };
         if !self.queue(ending) {
             tracing::warn!(
-                queued = MAX_DELETES_QUEUED,
+                queued = self.queue.max_capacity(),
                 "could not queue the DELETE of a refused upstream session: the queue is full"
             );
         }
@@ -181,7 +194,7 @@ impl ExpiryHook for SessionEnder {
         if dropped > 0 {
             tracing::warn!(
                 dropped,
-                queued = MAX_DELETES_QUEUED,
+                queued = self.queue.max_capacity(),
                 "expired sessions not ended upstream: the DELETE queue is full"
             );
         }
@@ -194,8 +207,8 @@ fn count(result: &'static str) {
 
 /// Reads the queue: each DELETE on its own task, at most
 /// [`MAX_DELETES_IN_FLIGHT`] at once. Ends when the ender is dropped.
-async fn run(mut rx: mpsc::Receiver<Ending>, upstream: Arc<Upstream>) {
-    let permits = Arc::new(Semaphore::new(MAX_DELETES_IN_FLIGHT));
+async fn run(mut rx: mpsc::Receiver<Ending>, upstream: Arc<Upstream>, in_flight: usize) {
+    let permits = Arc::new(Semaphore::new(in_flight));
     while let Some(ending) = rx.recv().await {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
@@ -230,7 +243,7 @@ async fn send(upstream: &Upstream, ending: Ending) -> &'static str {
     };
     let session_fp = ending.session.as_ref().map(|s| s.fingerprint().to_string());
     let session_fp = session_fp.as_deref();
-    let result = match tokio::time::timeout(DELETE_TIMEOUT, exchange).await {
+    let result = match tokio::time::timeout(upstream.timeout, exchange).await {
         Ok(Ok(status)) if status.is_success() => "ok",
         Ok(Ok(StatusCode::NOT_FOUND)) => "gone",
         Ok(Ok(StatusCode::METHOD_NOT_ALLOWED)) => {
@@ -249,7 +262,7 @@ async fn send(upstream: &Upstream, ending: Ending) -> &'static str {
             "failed"
         }
         Err(_) => {
-            tracing::warn!(session_fp, timeout = ?DELETE_TIMEOUT, "ending a session upstream timed out");
+            tracing::warn!(session_fp, timeout = ?upstream.timeout, "ending a session upstream timed out");
             "timeout"
         }
     };

@@ -47,11 +47,11 @@ pub(crate) mod admin;
 pub(crate) mod body;
 mod conns;
 mod delete;
-mod ender;
+pub(crate) mod ender;
 mod get;
 mod guard;
 mod post;
-mod ratelimit;
+pub(crate) mod ratelimit;
 mod rejection;
 mod stdio;
 
@@ -260,9 +260,12 @@ impl ReverseProxy {
             bearer.clone(),
             &sessions,
             stdio.as_ref(),
+            &config.limits,
         );
-        let create_limit =
-            ratelimit::CreateLimiter::new(config.limits.max_session_creates_per_minute);
+        let create_limit = ratelimit::CreateLimiter::with_table_size(
+            config.limits.max_session_creates_per_minute,
+            (config.limits.max_rate_limited_clients / 2).max(1),
+        );
         let env = Arc::new(StreamEnv {
             pool: Arc::clone(&pool),
             uri: config.upstream.clone(),

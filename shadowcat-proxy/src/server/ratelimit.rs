@@ -89,13 +89,16 @@ pub(crate) struct CreateLimiter {
 }
 
 impl CreateLimiter {
-    /// A limiter admitting `per_minute` creations per client per minute;
-    /// `None` when 0 (no limit).
-    pub(crate) fn new(per_minute: u32) -> Option<Self> {
+    /// A limiter with tables of the default size.
+    #[cfg(test)]
+    fn new(per_minute: u32) -> Option<Self> {
         Self::with_table_size(per_minute, MAX_TRACKED_PER_TABLE)
     }
 
-    fn with_table_size(per_minute: u32, max_per_table: usize) -> Option<Self> {
+    /// A limiter admitting `per_minute` creations per client per minute,
+    /// tracking at most `max_per_table` addresses per table; `None` when
+    /// `per_minute` is 0 (no limit).
+    pub(crate) fn with_table_size(per_minute: u32, max_per_table: usize) -> Option<Self> {
         if per_minute == 0 {
             return None;
         }
