@@ -62,6 +62,8 @@ pub struct RecordedRequest {
 
 #[derive(Debug, Default)]
 struct State {
+    /// TCP connections accepted.
+    connections: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
     request_seen: Notify,
     sessions: Mutex<HashSet<String>>,
@@ -164,6 +166,10 @@ impl TestUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::Relaxed);
+                // As real servers do (Node's http does by default): no
+                // Nagle delay between a stream's head and its events.
+                let _ = stream.set_nodelay(true);
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -184,6 +190,11 @@ impl TestUpstream {
         format!("http://{}/mcp", self.addr)
             .parse()
             .expect("a loopback URL parses")
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// Every request received so far, in order.

@@ -139,7 +139,7 @@ fn ci() -> Result<(), String> {
 /// Deterministic gates: allocations per event, bytes per stream/session,
 /// tasks per event, store writes per event, bytes left by ended sessions,
 /// buffered bytes within the budget whatever the number of dropped streams,
-/// bytes held per request body byte.
+/// bytes held per request body byte, upstream connections per request.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -158,6 +158,8 @@ fn gates() -> Result<(), String> {
         "budget_gate",
         "--test",
         "body_gate",
+        "--test",
+        "upstream_conn_gate",
         "--",
         "--test-threads=1",
     ]);
