@@ -370,8 +370,15 @@ fn machine(args: &Args) -> serde_json::Value {
     })
 }
 
+/// The box's load average (1, 5, 15 min), to show what else ran.
+fn loadavg() -> Option<String> {
+    let l = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 async fn run(args: Args, nofile: u64) -> Result<(), String> {
     let started = Instant::now();
+    let load_before = loadavg();
     let plan = Plan::new(&args, nofile);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let out =
@@ -588,6 +595,8 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
         "nginx_workers": procs::NGINX_WORKERS,
         "shadowcat_limits": procs::SHADOWCAT_LIMITS,
         "seconds": started.elapsed().as_secs_f64(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
         "notes": env.notes,
         "points": points,
     });

@@ -193,12 +193,12 @@ pub(crate) fn columns(scenario: &str) -> &'static [Column] {
             (
                 "upstream accepts/request",
                 "upstream_accepts_per_request",
-                3,
+                5,
             ),
             (
                 "connects/request (metric)",
                 "upstream_connects_per_request",
-                3,
+                5,
             ),
             ("TIME_WAIT added", "upstream_time_wait_added", 0),
             ("upstream conns open", "upstream_open", 0),
@@ -216,6 +216,7 @@ pub(crate) fn columns(scenario: &str) -> &'static [Column] {
             ("first byte p50 ms", "first_byte_p50_ms", 1),
             ("first byte p99 ms", "first_byte_p99_ms", 1),
             ("first byte max ms", "first_byte_max_ms", 1),
+            ("first byte <= 10 ms", "first_byte_within_10ms", 0),
             ("no first byte", "first_byte_missing", 0),
             ("idle CPU %", "proxy_cpu_percent", 1),
             ("threads", "threads", 0),
@@ -260,6 +261,11 @@ fn compared(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
             ("streams open", "streams_open", Higher),
             ("KiB/stream", "rss_per_stream_kib", Lower),
             ("first byte p99 ms", "first_byte_p99_ms", Lower),
+            (
+                "streams with a first byte within 10 ms",
+                "first_byte_within_10ms",
+                Higher,
+            ),
             ("streams with no first byte", "first_byte_missing", Lower),
         ],
         _ => &[],
@@ -277,7 +283,7 @@ fn verdict(ours: f64, theirs: f64, better: Better) -> String {
     if ours > 0.0 && theirs > 0.0 {
         format!("{word}, {:.2}x", ours.max(theirs) / ours.min(theirs))
     } else {
-        format!("{word}, by {:.3}", (ours - theirs).abs())
+        format!("{word}, by {}", figure((ours - theirs).abs()))
     }
 }
 
@@ -318,7 +324,8 @@ fn figure(v: f64) -> String {
     match v.abs() {
         x if x >= 100.0 => format!("{v:.0}"),
         x if x >= 1.0 => format!("{v:.2}"),
-        _ => format!("{v:.3}"),
+        x if x >= 0.001 || x == 0.0 => format!("{v:.3}"),
+        _ => format!("{v:.1e}"),
     }
 }
 
@@ -424,6 +431,7 @@ mod tests {
         assert_eq!(verdict(5.0, 10.0, Better::Higher), "behind, 2.00x");
         assert_eq!(verdict(30.0, 10.0, Better::Higher), "ahead, 3.00x");
         assert_eq!(verdict(0.5, 0.0, Better::Lower), "behind, by 0.500");
+        assert_eq!(verdict(0.0, 0.00002, Better::Lower), "ahead, by 2.0e-5");
         assert_eq!(verdict(1.0, 1.0, Better::Lower), "level");
     }
 

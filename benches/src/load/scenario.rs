@@ -644,6 +644,10 @@ pub(crate) async fn idle_once(t: &Target, load: IdleLoad, hold: Duration) -> Sam
     let ms = |q| quantile(&first, q).map(|ns| ns as f64 / 1e6);
     s.set("first_byte_streams", Some(first.len() as f64));
     s.set(
+        "first_byte_within_10ms",
+        Some(first.iter().filter(|&&ns| ns <= 10_000_000).count() as f64),
+    );
+    s.set(
         "first_byte_missing",
         Some(counts.no_first_byte.load(Ordering::Relaxed) as f64),
     );
