@@ -321,7 +321,8 @@ async fn rounds(
         for i in 0..n {
             let t = &targets[(i + r) % n];
             let start = Instant::now();
-            let s = one(t).await;
+            let mut s = one(t).await;
+            s.set("box_load_1m", box_load_1m());
             tracing::info!(target = %t.name, round = r, took = ?start.elapsed(), "run done");
             round.push(s);
         }
@@ -368,6 +369,17 @@ fn machine(args: &Args) -> serde_json::Value {
         "shadowcat": procs::version(&args.shadowcat, "--version"),
         "nginx": args.nginx.as_deref().and_then(|n| procs::version(n, "-v")),
     })
+}
+
+/// The box's 1-minute load average after a run (this run's own load
+/// included), to show when something else was running.
+fn box_load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The box's load average (1, 5, 15 min), to show what else ran.
@@ -501,7 +513,9 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
                 for i in 0..names.len() {
                     let name = names[(i + r) % names.len()];
                     if let Some(t) = env.target(name, "idle").await {
-                        round.push(scenario::idle_once(&t, load, hold).await);
+                        let mut s = scenario::idle_once(&t, load, hold).await;
+                        s.set("box_load_1m", box_load_1m());
+                        round.push(s);
                     }
                 }
                 all.push(round);
@@ -524,10 +538,9 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
         env.up.set_open_comment(true);
     }
     if wants("store") {
-        let rate = plan.stream_rates.first().copied().unwrap_or(100);
         let load = StreamLoad {
             sessions: plan.stream_sessions,
-            rate,
+            rate: 100,
             batch: 1,
             size: 0,
             warm_ms,

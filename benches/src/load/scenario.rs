@@ -68,7 +68,8 @@ impl Sample {
         }
     }
 
-    fn set(&mut self, key: &'static str, v: Option<f64>) {
+    /// Sets a figure when it is there and finite.
+    pub(crate) fn set(&mut self, key: &'static str, v: Option<f64>) {
         if let Some(v) = v.filter(|v| v.is_finite()) {
             self.values.insert(key, v);
         }
