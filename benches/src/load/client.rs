@@ -203,6 +203,23 @@ impl Conn {
         Ok(resp)
     }
 
+    /// Ends the session (DELETE), as a client that is done does.
+    pub(crate) async fn end(&mut self) -> Result<(), ClientError> {
+        let req = self.request(Method::DELETE, Bytes::new());
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Status {
+                what: "DELETE",
+                status,
+            })
+        }
+    }
+
     /// A GET stream, open once its response head has arrived; its body
     /// and when the request was sent.
     pub(crate) async fn get_stream(&mut self) -> Result<(Incoming, Instant), ClientError> {

@@ -204,6 +204,7 @@ pub(crate) fn columns(scenario: &str) -> &'static [Column] {
             ("upstream conns open", "upstream_open", 0),
             ("SSE answers %", "answers_sse_percent", 0),
             ("RSS KiB", "rss_kib", 0),
+            ("peak RSS KiB", "rss_peak_kib", 0),
             ("errors", "errors", 0),
         ],
         _ => &[

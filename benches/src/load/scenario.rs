@@ -275,12 +275,41 @@ struct StreamOut {
     events: u64,
     latencies: Vec<u64>,
     errors: u64,
+    conn: Option<Conn>,
+}
+
+/// Ends every session (DELETE), a few at a time and bounded in time, so
+/// that what a run leaves in the proxy is what a client that is done
+/// leaves; the failures.
+async fn end_sessions(conns: Vec<Conn>) -> u64 {
+    let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for mut conn in conns {
+        let gate = Arc::clone(&gate);
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await.ok();
+            conn.end()
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "DELETE failed"))
+                .is_err()
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut failed = 0;
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, set.join_next()).await {
+        failed += u64::from(r.unwrap_or(true));
+    }
+    failed + set.len() as u64
 }
 
 /// One stream run against `t`.
 pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
     let mut s = Sample::new(&t.name);
     reset_peak(t, &mut s);
+    s.set(
+        "rss_start_kib",
+        t.proc().and_then(Proc::rss_kib).map(|v| v as f64),
+    );
     let (conns, mut errors) = sessions(t.addr, load.sessions).await;
     let t0 = now_ns() + load.warm_ms * 1_000_000;
     let t1 = t0 + load.window_ms * 1_000_000;
@@ -307,6 +336,7 @@ pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
                 Err(e) => {
                     tracing::warn!(error = %e, "stream request failed");
                     out.errors += 1;
+                    out.conn = Some(conn);
                     return out;
                 }
             };
@@ -345,6 +375,7 @@ pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
                     }
                 });
             }
+            out.conn = Some(conn);
             out
         });
     }
@@ -355,12 +386,14 @@ pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
     let seconds = (t1 - t0) as f64 / 1e9;
     let mut events = 0;
     let mut lat = Vec::new();
+    let mut conns = Vec::with_capacity(load.sessions);
     while let Some(r) = set.join_next().await {
         match r {
             Ok(o) => {
                 events += o.events;
                 errors += o.errors;
                 lat.extend_from_slice(&o.latencies);
+                conns.extend(o.conn);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "stream task failed");
@@ -376,6 +409,7 @@ pub(crate) async fn stream_once(t: &Target, load: StreamLoad) -> Sample {
     percentiles(&mut s, lat);
     t.window_figures(&mut s, &a, &b, seconds);
     peak_rss(t, &mut s);
+    s.set("delete_errors", Some(end_sessions(conns).await as f64));
     s
 }
 
@@ -408,6 +442,12 @@ pub(crate) fn payload(n: usize) -> String {
 
 /// One request/response run against `t`.
 pub(crate) async fn requests_once(t: &Target, load: RequestLoad) -> Sample {
+    let mut s = Sample::new(&t.name);
+    reset_peak(t, &mut s);
+    s.set(
+        "rss_start_kib",
+        t.proc().and_then(Proc::rss_kib).map(|v| v as f64),
+    );
     let (conns, mut errors) = sessions(t.addr, load.clients).await;
     let t0 = now_ns() + load.warm_ms * 1_000_000;
     let t1 = t0 + load.window_ms * 1_000_000;
@@ -452,9 +492,11 @@ pub(crate) async fn requests_once(t: &Target, load: RequestLoad) -> Sample {
     let mut requests = 0;
     let mut sse = 0;
     let mut lat = Vec::new();
+    let mut conns = Vec::with_capacity(load.clients);
     while let Some(r) = set.join_next().await {
         match r {
-            Ok((n, answered_sse, l, e, _conn)) => {
+            Ok((n, answered_sse, l, e, conn)) => {
+                conns.push(conn);
                 requests += n;
                 sse += answered_sse;
                 errors += e;
@@ -466,7 +508,6 @@ pub(crate) async fn requests_once(t: &Target, load: RequestLoad) -> Sample {
             }
         }
     }
-    let mut s = Sample::new(&t.name);
     s.set("seconds", Some(seconds));
     s.set("clients", Some(load.clients as f64));
     s.set("requests", Some(requests as f64));
@@ -480,6 +521,8 @@ pub(crate) async fn requests_once(t: &Target, load: RequestLoad) -> Sample {
     s.set("errors", Some(errors as f64));
     percentiles(&mut s, lat);
     t.window_figures(&mut s, &a, &b, seconds);
+    peak_rss(t, &mut s);
+    s.set("delete_errors", Some(end_sessions(conns).await as f64));
     s
 }
 
