@@ -1,13 +1,15 @@
 //! `cargo xtask load [--quick] [--install] [load options…]`: builds the
 //! `shadowcat` binary and the load harness in release, then runs the
 //! harness (direct vs Shadowcat vs nginx on loopback). Writes
-//! `target/load/report.json`, `report.md` and `latency.png`.
+//! `target/load/report.json` and `report.md` (Shadowcat against nginx
+//! first, then every table), and `latency.png` for a `--rates` sweep.
 //!
-//! `--quick` is a smoke run of a few seconds. nginx (and a font for the
+//! `--quick` is a smoke run of about a minute. nginx (and a font for the
 //! plot's text) are installed with apt-get when missing, if `--install` is
-//! given or `CI` is set; without nginx the harness measures the others and
-//! says so in the report. Other options go to the harness as they are
-//! (see `benches/src/bin/load.rs`).
+//! given or `CI` is set; without nginx the harness stops unless
+//! `--no-nginx` is passed, so a run without the reference is never a
+//! surprise. Other options go to the harness as they are (see
+//! `benches/src/bin/load.rs`).
 
 use std::path::Path;
 use std::process::Command;

@@ -1,17 +1,30 @@
 //! The load harness: measures a direct connection, Shadowcat (the release
 //! binary, as a child process) and nginx (a plain SSE reverse proxy) in the
-//! same run, alternating their order each round, on loopback only.
+//! same run, rotating their order each round, on loopback only.
 //!
-//! Scenarios: `stream` (N sessions × M SSE events/s, a sweep of M),
-//! `max` (unpaced streams), `requests` (tools/call round trips with K
-//! clients), `idle` (K idle GET streams up to the open-file limit) and
-//! `store` (Shadowcat's store writes per event, embedded vs Redis).
-//! Writes `report.json`, `report.md` and `latency.png` to `--out`.
+//! Scenarios (all but `store` by default):
+//! - `requests`: K sessions on keep-alive connections sending `tools/call`
+//!   back to back, answered by the upstream with JSON, then with SSE;
+//!   req/s, latency, proxy CPU per request, new upstream connections per
+//!   request (the upstream's accept count, Shadowcat's
+//!   `shadowcat_upstream_connects_total`, the socket table);
+//! - `max`: unpaced SSE streams, 256 B and 4 KiB events, 1 and 16 events
+//!   per upstream write; throughput against direct, CPU per event, p99.9,
+//!   peak RSS;
+//! - `stream`: N sessions × M events/s (`--rates` for a sweep and plot);
+//! - `idle`: K idle GET streams, one session each, with the upstream
+//!   writing `: open` at once and writing nothing; RSS per stream, time to
+//!   the first body byte;
+//! - `store`: Shadowcat's store writes per event, embedded vs Redis.
+//!
+//! Writes `report.json` and `report.md` (and `latency.png` for a sweep)
+//! to `--out`.
 //!
 //! `cargo xtask load [--quick]` builds and runs it; directly:
 //! `load --shadowcat target/release/shadowcat [--quick] [--out DIR]
-//! [--rounds N] [--only stream,max,requests,idle,store] [--nginx PATH |
-//! --no-nginx] [--redis-server PATH] [--idle-streams N] [--plot PATH]`.
+//! [--rounds N] [--only requests,max,stream,idle,store] [--nginx PATH |
+//! --no-nginx] [--redis-server PATH] [--clients N] [--idle-streams N]
+//! [--rates A,B,..] [--plot PATH]`.
 #![forbid(unsafe_code)]
 
 #[path = "../load/client.rs"]
@@ -28,15 +41,16 @@ mod scenario;
 mod upstream;
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use report::Point;
-use scenario::{RequestLoad, Sample, StreamLoad, Target, Via};
+use scenario::{IdleLoad, RequestLoad, Sample, StreamLoad, Target, Via};
 
-const SCENARIOS: [&str; 5] = ["stream", "max", "requests", "idle", "store"];
+const SCENARIOS: [&str; 5] = ["requests", "max", "stream", "idle", "store"];
+/// What runs without `--only`.
+const DEFAULT_SCENARIOS: [&str; 4] = ["requests", "max", "stream", "idle"];
 
 /// Command-line options.
 #[derive(Debug)]
@@ -49,7 +63,9 @@ struct Args {
     plot: Option<PathBuf>,
     rounds: Option<usize>,
     only: Vec<String>,
+    clients: Option<usize>,
     idle_streams: Option<usize>,
+    rates: Option<Vec<u64>>,
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -58,6 +74,13 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| format!("{name}: {e}"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,9 +92,12 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::from("target/load"),
         plot: None,
         rounds: None,
-        only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        only: DEFAULT_SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        clients: None,
         idle_streams: None,
+        rates: None,
     };
+    let mut no_nginx = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -79,19 +105,20 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--shadowcat" => args.shadowcat = value(&a)?.into(),
             "--nginx" => args.nginx = Some(value(&a)?.into()),
-            "--no-nginx" => args.nginx = None,
+            "--no-nginx" => no_nginx = true,
             "--redis-server" => args.redis = Some(value(&a)?.into()),
             "--no-redis" => args.redis = None,
             "--out" => args.out = value(&a)?.into(),
             "--plot" => args.plot = Some(value(&a)?.into()),
-            "--rounds" => {
-                args.rounds = Some(value(&a)?.parse().map_err(|e| format!("--rounds: {e}"))?);
-            }
-            "--idle-streams" => {
-                args.idle_streams = Some(
-                    value(&a)?
-                        .parse()
-                        .map_err(|e| format!("--idle-streams: {e}"))?,
+            "--rounds" => args.rounds = Some(number(&a, &value(&a)?)?),
+            "--clients" => args.clients = Some(number(&a, &value(&a)?)?),
+            "--idle-streams" => args.idle_streams = Some(number(&a, &value(&a)?)?),
+            "--rates" => {
+                let v = value(&a)?;
+                args.rates = Some(
+                    v.split(',')
+                        .map(|r| number(&a, r))
+                        .collect::<Result<_, _>>()?,
                 );
             }
             "--only" => {
@@ -106,11 +133,20 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if !args.shadowcat.is_file() {
-        return Err(format!(
-            "no shadowcat binary at {} (cargo build --release -p shadowcat-cli)",
+    // Absolute: Shadowcat runs in its own directory.
+    args.shadowcat = std::fs::canonicalize(&args.shadowcat).map_err(|e| {
+        format!(
+            "no shadowcat binary at {} (cargo build --release -p shadowcat-cli): {e}",
             args.shadowcat.display()
-        ));
+        )
+    })?;
+    if no_nginx {
+        args.nginx = None;
+    } else if args.nginx.is_none() {
+        // A run without the reference must be asked for, never a surprise.
+        return Err(
+            "nginx not found: install it (cargo xtask load --install) or pass --no-nginx".into(),
+        );
     }
     Ok(args)
 }
@@ -119,15 +155,26 @@ fn parse_args() -> Result<Args, String> {
 #[derive(Debug, serde::Serialize)]
 struct Plan {
     rounds: usize,
-    stream_sessions: usize,
-    stream_rates: Vec<u64>,
-    max_sessions: usize,
+    /// `requests`: sessions, one keep-alive connection each.
     clients: usize,
+    /// `requests`: bytes of text per call.
+    payload: usize,
+    /// `max`: sessions, one unpaced stream each.
+    max_sessions: usize,
+    /// `max`: bytes per event.
+    event_sizes: Vec<usize>,
+    /// `max`: events per upstream write.
+    batches: Vec<usize>,
+    /// `stream`: sessions.
+    stream_sessions: usize,
+    /// `stream`: events/s per session.
+    stream_rates: Vec<u64>,
+    /// `idle`: streams.
     idle_streams: usize,
+    /// `idle`: how long a stream waits for its first byte.
+    first_byte_wait_ms: u64,
     warm_ms: u64,
     window_ms: u64,
-    /// The rate the headline and the store scenario use.
-    headline_rate: u64,
 }
 
 impl Plan {
@@ -138,26 +185,33 @@ impl Plan {
         if args.quick {
             Plan {
                 rounds: args.rounds.unwrap_or(1),
-                stream_sessions: 20,
-                stream_rates: vec![100],
+                clients: args.clients.unwrap_or(8),
+                payload: 64,
                 max_sessions: 4,
-                clients: 4,
+                event_sizes: vec![256],
+                batches: vec![1, 16],
+                stream_sessions: 20,
+                stream_rates: args.rates.clone().unwrap_or_else(|| vec![100]),
                 idle_streams: args.idle_streams.unwrap_or(200).min(fd_streams),
+                first_byte_wait_ms: 2000,
                 warm_ms: 300,
                 window_ms: 1000,
-                headline_rate: 100,
             }
         } else {
             Plan {
                 rounds: args.rounds.unwrap_or(3),
+                clients: args.clients.unwrap_or(64),
+                payload: 64,
+                max_sessions: 20,
+                event_sizes: vec![256, 4096],
+                batches: vec![1, 16],
                 stream_sessions: 100,
-                stream_rates: vec![10, 50, 100, 200, 400],
-                max_sessions: 16,
-                clients: 16,
-                idle_streams: args.idle_streams.unwrap_or(fd_streams).min(fd_streams),
-                warm_ms: 2000,
-                window_ms: 8000,
-                headline_rate: 100,
+                stream_rates: args.rates.clone().unwrap_or_else(|| vec![100]),
+                idle_streams: args.idle_streams.unwrap_or(5000).min(fd_streams),
+                // Past Shadowcat's 15 s keep-alive comment.
+                first_byte_wait_ms: 20_000,
+                warm_ms: 1000,
+                window_ms: 5000,
             }
         }
     }
@@ -167,40 +221,55 @@ impl Plan {
 #[derive(Debug)]
 struct Env {
     args: Args,
-    upstream: SocketAddr,
+    up: upstream::Handle,
+    upstream: std::net::SocketAddr,
     dir: PathBuf,
     nofile: u64,
     notes: Vec<String>,
 }
 
 impl Env {
-    /// Fresh targets: direct, Shadowcat with `store` (a spec; `None`: a new
-    /// embedded file) and nginx when available.
-    async fn targets(&mut self, tag: &str, with_nginx: bool) -> Vec<Target> {
-        let mut targets = vec![Target {
+    fn direct(&self) -> Target {
+        Target {
             name: report::BASELINE.into(),
             addr: self.upstream,
             via: Via::Direct,
-        }];
-        if let Some(t) = self.shadowcat("shadowcat", tag, None).await {
-            targets.push(t);
+            up: self.up,
         }
-        if with_nginx {
-            match &self.args.nginx {
-                Some(bin) => {
-                    match procs::Nginx::start(bin, &self.dir, self.upstream, self.nofile).await {
-                        Ok(n) => targets.push(Target {
-                            name: "nginx".into(),
-                            addr: n.addr,
-                            via: Via::Nginx(n),
-                        }),
-                        Err(e) => self.note(format!("{tag}: nginx not measured: {e}")),
-                    }
-                }
-                None => self.note(format!("{tag}: nginx not found; not measured")),
+    }
+
+    /// Fresh targets: direct, Shadowcat (a new embedded store) and nginx
+    /// when it is to be measured.
+    async fn targets(&mut self, tag: &str) -> Vec<Target> {
+        let mut targets = vec![self.direct()];
+        targets.extend(self.shadowcat("shadowcat", tag, None).await);
+        targets.extend(self.nginx(tag).await);
+        targets
+    }
+
+    /// A fresh target by name.
+    async fn target(&mut self, name: &str, tag: &str) -> Option<Target> {
+        match name {
+            "shadowcat" => self.shadowcat(name, tag, None).await,
+            "nginx" => self.nginx(tag).await,
+            _ => Some(self.direct()),
+        }
+    }
+
+    async fn nginx(&mut self, tag: &str) -> Option<Target> {
+        let bin = self.args.nginx.clone()?;
+        match procs::Nginx::start(&bin, &self.dir, self.upstream, self.nofile).await {
+            Ok(n) => Some(Target {
+                name: "nginx".into(),
+                addr: n.addr,
+                via: Via::Nginx(n),
+                up: self.up,
+            }),
+            Err(e) => {
+                self.note(format!("{tag}: nginx not measured: {e}"));
+                None
             }
         }
-        targets
     }
 
     async fn shadowcat(&mut self, name: &str, tag: &str, store: Option<String>) -> Option<Target> {
@@ -224,6 +293,7 @@ impl Env {
                 name: name.into(),
                 addr: s.addr,
                 via: Via::Shadowcat(s),
+                up: self.up,
             }),
             Err(e) => {
                 self.note(format!("{tag}: {name} not measured: {e}"));
@@ -251,7 +321,8 @@ async fn rounds(
         for i in 0..n {
             let t = &targets[(i + r) % n];
             let start = Instant::now();
-            let s = one(t).await;
+            let mut s = one(t).await;
+            s.set("box_load_1m", box_load_1m());
             tracing::info!(target = %t.name, round = r, took = ?start.elapsed(), "run done");
             round.push(s);
         }
@@ -278,7 +349,7 @@ fn point(
     p
 }
 
-fn machine() -> serde_json::Value {
+fn machine(args: &Args) -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -295,11 +366,31 @@ fn machine() -> serde_json::Value {
         "cpu_model": model,
         "kernel": kernel,
         "memory": mem,
+        "shadowcat": procs::version(&args.shadowcat, "--version"),
+        "nginx": args.nginx.as_deref().and_then(|n| procs::version(n, "-v")),
     })
+}
+
+/// The box's 1-minute load average after a run (this run's own load
+/// included), to show when something else was running.
+fn box_load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The box's load average (1, 5, 15 min), to show what else ran.
+fn loadavg() -> Option<String> {
+    let l = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 async fn run(args: Args, nofile: u64) -> Result<(), String> {
     let started = Instant::now();
+    let load_before = loadavg();
     let plan = Plan::new(&args, nofile);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let out =
@@ -311,6 +402,7 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
         .map_err(|e| format!("upstream: {e}"))?;
     let mut env = Env {
         args,
+        up: upstream.handle(),
         upstream: upstream.addr(),
         dir: dir.clone(),
         nofile,
@@ -321,13 +413,71 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     let mut points = Vec::new();
     let (warm_ms, window_ms) = (plan.warm_ms, plan.window_ms);
 
+    if wants("requests") {
+        let targets = env.targets("requests").await;
+        for sse in [false, true] {
+            let load = RequestLoad {
+                clients: plan.clients,
+                payload: plan.payload,
+                sse,
+                warm_ms,
+                window_ms,
+            };
+            let r = rounds(&targets, plan.rounds, async |t| {
+                scenario::requests_once(t, load).await
+            })
+            .await;
+            points.push(point(
+                "requests",
+                format!(
+                    "{} sessions, tools/call answered with {}, {}-byte payload",
+                    load.clients,
+                    if sse { "SSE" } else { "JSON" },
+                    load.payload
+                ),
+                serde_json::to_value(load).unwrap_or_default(),
+                r,
+            ));
+        }
+    }
+    if wants("max") {
+        let targets = env.targets("max").await;
+        for &size in &plan.event_sizes {
+            // One event per upstream write (each notification flushed on
+            // its own, as MCP servers do), then 16 per write.
+            for &batch in &plan.batches {
+                let load = StreamLoad {
+                    sessions: plan.max_sessions,
+                    rate: 0,
+                    batch,
+                    size,
+                    warm_ms,
+                    window_ms,
+                };
+                let r = rounds(&targets, plan.rounds, async |t| {
+                    scenario::stream_once(t, load).await
+                })
+                .await;
+                points.push(point(
+                    "max",
+                    format!(
+                        "{} sessions unpaced, {size}-byte events, {batch} per upstream write",
+                        load.sessions
+                    ),
+                    serde_json::to_value(load).unwrap_or_default(),
+                    r,
+                ));
+            }
+        }
+    }
     if wants("stream") {
-        let targets = env.targets("stream", true).await;
+        let targets = env.targets("stream").await;
         for &rate in &plan.stream_rates {
             let load = StreamLoad {
                 sessions: plan.stream_sessions,
                 rate,
                 batch: 1,
+                size: 0,
                 warm_ms,
                 window_ms,
             };
@@ -343,81 +493,61 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
             ));
         }
     }
-    if wants("max") {
-        let targets = env.targets("max", true).await;
-        // One event per upstream write (each notification flushed on its
-        // own, as MCP servers do), then 16 per write.
-        for batch in [1, 16] {
-            let load = StreamLoad {
-                sessions: plan.max_sessions,
-                rate: 0,
-                batch,
-                warm_ms,
-                window_ms,
+    if wants("idle") {
+        let hold = Duration::from_secs(600);
+        let mut names = vec!["direct", "shadowcat"];
+        if env.args.nginx.is_some() {
+            names.push("nginx");
+        }
+        for open_comment in [true, false] {
+            env.up.set_open_comment(open_comment);
+            let load = IdleLoad {
+                streams: plan.idle_streams,
+                open_comment,
+                first_byte_wait_ms: plan.first_byte_wait_ms,
             };
-            let r = rounds(&targets, plan.rounds, async |t| {
-                scenario::stream_once(t, load).await
-            })
-            .await;
+            // Fresh processes per run, so each starts from its own baseline.
+            let mut all = Vec::new();
+            for r in 0..plan.rounds {
+                let mut round = Vec::new();
+                for i in 0..names.len() {
+                    let name = names[(i + r) % names.len()];
+                    if let Some(t) = env.target(name, "idle").await {
+                        let mut s = scenario::idle_once(&t, load, hold).await;
+                        s.set("box_load_1m", box_load_1m());
+                        round.push(s);
+                    }
+                }
+                all.push(round);
+            }
             points.push(point(
-                "max",
+                "idle",
                 format!(
-                    "{} sessions, unpaced, {batch} event(s) per upstream write",
-                    load.sessions
+                    "{} idle GET streams, one session each, upstream writes {}",
+                    load.streams,
+                    if open_comment {
+                        "`: open` at once"
+                    } else {
+                        "nothing"
+                    }
                 ),
-                serde_json::to_value(load).unwrap_or_default(),
-                r,
+                serde_json::json!({"load": load, "nofile": nofile}),
+                all,
             ));
         }
-    }
-    if wants("requests") {
-        let targets = env.targets("requests", true).await;
-        let load = RequestLoad {
-            clients: plan.clients,
-            warm_ms: warm_ms / 2,
-            window_ms,
-        };
-        let r = rounds(&targets, plan.rounds, async |t| {
-            scenario::requests_once(t, load).await
-        })
-        .await;
-        points.push(point(
-            "requests",
-            format!("{} clients, tools/call echo", load.clients),
-            serde_json::to_value(load).unwrap_or_default(),
-            r,
-        ));
-    }
-    if wants("idle") {
-        // Fresh processes per target so each starts from its own baseline.
-        let n = plan.idle_streams;
-        let hold = Duration::from_secs(600);
-        let mut round = Vec::new();
-        for which in ["direct", "shadowcat", "nginx"] {
-            let targets = env.targets("idle", which == "nginx").await;
-            if let Some(t) = targets.iter().find(|t| t.name == which) {
-                round.push(scenario::idle_once(t, n, hold).await);
-            }
-        }
-        points.push(point(
-            "idle",
-            format!("{n} idle GET streams, one session each"),
-            serde_json::json!({"streams": n, "nofile": nofile}),
-            vec![round],
-        ));
+        env.up.set_open_comment(true);
     }
     if wants("store") {
         let load = StreamLoad {
             sessions: plan.stream_sessions,
-            rate: plan.headline_rate,
+            rate: 100,
             batch: 1,
+            size: 0,
             warm_ms,
             window_ms,
         };
         let mut targets = Vec::new();
-        if let Some(t) = env.shadowcat("shadowcat", "store", None).await {
-            targets.push(t);
-        }
+        targets.extend(env.shadowcat("shadowcat", "store", None).await);
         let redis = match env.args.redis.clone() {
             Some(bin) => match procs::Redis::start(&bin, &dir).await {
                 Ok(r) => Some(r),
@@ -459,7 +589,10 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     }
     drop(upstream);
 
-    let mut md = String::new();
+    let mut md = report::versus(&points);
+    if !md.is_empty() {
+        md.push('\n');
+    }
     for p in &points {
         md.push_str(&report::table(p));
         md.push('\n');
@@ -468,12 +601,15 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
         md.push_str(&format!("- {n}\n"));
     }
     let json = serde_json::json!({
-        "machine": machine(),
+        "machine": machine(&env.args),
         "nofile": nofile,
         "plan": plan,
         "quick": env.args.quick,
         "nginx_workers": procs::NGINX_WORKERS,
+        "shadowcat_limits": procs::SHADOWCAT_LIMITS,
         "seconds": started.elapsed().as_secs_f64(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
         "notes": env.notes,
         "points": points,
     });
@@ -489,13 +625,14 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     )?;
     write("report.md", md.as_bytes())?;
 
-    let plot_path = env
-        .args
-        .plot
-        .clone()
-        .unwrap_or_else(|| out.join("latency.png"));
     let series = plot_series(&points);
-    if !series.is_empty() {
+    let mut wrote = vec![out.join("report.json"), out.join("report.md")];
+    if series.iter().any(|(_, pts)| pts.len() > 1) {
+        let plot_path = env
+            .args
+            .plot
+            .clone()
+            .unwrap_or_else(|| out.join("latency.png"));
         plot::latency_plot(
             &plot_path,
             &format!(
@@ -505,17 +642,18 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
             &series,
         )
         .map_err(|e| e.to_string())?;
+        wrote.push(plot_path);
     }
     let _ = std::fs::remove_dir_all(&dir).map_err(
         |e| tracing::warn!(dir = %dir.display(), error = %e, "could not remove the work dir"),
     );
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{md}");
+    let wrote: Vec<String> = wrote.iter().map(|p| p.display().to_string()).collect();
     let _ = writeln!(
         o,
-        "wrote {} and {} in {:.0}s",
-        out.join("report.json").display(),
-        plot_path.display(),
+        "wrote {} in {:.0}s",
+        wrote.join(", "),
         started.elapsed().as_secs_f64()
     );
     check(&points)
@@ -646,11 +784,14 @@ mod tests {
             plot: None,
             rounds: None,
             only: Vec::new(),
+            clients: None,
             idle_streams: None,
+            rates: None,
         };
         let p = Plan::new(&args, 1024);
         assert!(p.window_ms + p.warm_ms <= 2000);
         assert!(p.idle_streams <= 362);
+        assert!(p.first_byte_wait_ms <= 2000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! takes the creation time out of each event.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -39,9 +40,29 @@ pub(crate) enum ClientError {
     /// `initialize` came back without a session id.
     #[error("initialize answered without Mcp-Session-Id")]
     NoSession,
-    /// A stream ended before its first event.
-    #[error("stream ended before its first event")]
-    NoEvent,
+    /// An answer without the request's id or text.
+    #[error("{what}: the answer does not carry the request's id and text")]
+    Mismatch {
+        /// Which request.
+        what: &'static str,
+    },
+    /// An answer neither JSON nor SSE.
+    #[error("{what}: answered with content type {content_type:?}")]
+    ContentType {
+        /// Which request.
+        what: &'static str,
+        /// What came.
+        content_type: Option<HeaderValue>,
+    },
+}
+
+/// How a `tools/call` came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// `application/json`.
+    Json,
+    /// `text/event-stream`.
+    Sse,
 }
 
 /// One client connection to a target's `/mcp`.
@@ -123,19 +144,42 @@ impl Conn {
         Ok(())
     }
 
-    /// One `tools/call echo`, read to the end; the response's length.
-    pub(crate) async fn echo(&mut self, id: u64) -> Result<usize, ClientError> {
+    /// One `tools/call echo` of `text` (JSON-safe), answered as SSE by the
+    /// upstream when `sse`; read to the end and checked to carry `id` and
+    /// `text`. How it came back.
+    pub(crate) async fn echo(
+        &mut self,
+        id: u64,
+        text: &str,
+        sse: bool,
+    ) -> Result<Answer, ClientError> {
+        const WHAT: &str = "tools/call echo";
         let body = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hello"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}","sse":{sse}}}}}}}"#
         );
         let resp = self.post(Bytes::from(body)).await?;
         if resp.status() != StatusCode::OK {
             return Err(ClientError::Status {
-                what: "tools/call echo",
+                what: WHAT,
                 status: resp.status(),
             });
         }
-        Ok(resp.into_body().collect().await?.to_bytes().len())
+        let content_type = resp.headers().get(header::CONTENT_TYPE);
+        let answer = match content_type.map(HeaderValue::as_bytes) {
+            Some(t) if t.starts_with(b"application/json") => Answer::Json,
+            Some(t) if t.starts_with(b"text/event-stream") => Answer::Sse,
+            _ => {
+                return Err(ClientError::ContentType {
+                    what: WHAT,
+                    content_type: content_type.cloned(),
+                });
+            }
+        };
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !has_id(&body, id) || find(&body, text.as_bytes()).is_none() {
+            return Err(ClientError::Mismatch { what: WHAT });
+        }
+        Ok(answer)
     }
 
     /// `tools/call stream`: the SSE response.
@@ -143,10 +187,11 @@ impl Conn {
         &mut self,
         rate: u64,
         batch: usize,
+        size: usize,
         ms: u64,
     ) -> Result<Response<Incoming>, ClientError> {
         let body = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"stream","arguments":{{"rate":{rate},"batch":{batch},"ms":{ms}}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"stream","arguments":{{"rate":{rate},"batch":{batch},"size":{size},"ms":{ms}}}}}}}"#
         );
         let resp = self.post(Bytes::from(body)).await?;
         if resp.status() != StatusCode::OK {
@@ -158,14 +203,33 @@ impl Conn {
         Ok(resp)
     }
 
-    /// A GET stream, open once its first event has arrived.
-    pub(crate) async fn get_stream(&mut self) -> Result<Incoming, ClientError> {
+    /// Ends the session (DELETE), as a client that is done does.
+    pub(crate) async fn end(&mut self) -> Result<(), ClientError> {
+        let req = self.request(Method::DELETE, Bytes::new());
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Status {
+                what: "DELETE",
+                status,
+            })
+        }
+    }
+
+    /// A GET stream, open once its response head has arrived; its body
+    /// and when the request was sent.
+    pub(crate) async fn get_stream(&mut self) -> Result<(Incoming, Instant), ClientError> {
         let mut req = self.request(Method::GET, Bytes::new());
         req.headers_mut().insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
         self.send.ready().await?;
+        let sent = Instant::now();
         let resp = self.send.send_request(req).await?;
         if resp.status() != StatusCode::OK {
             return Err(ClientError::Status {
@@ -173,15 +237,7 @@ impl Conn {
                 status: resp.status(),
             });
         }
-        let mut body = resp.into_body();
-        loop {
-            match body.frame().await {
-                Some(Ok(f)) if f.data_ref().is_some_and(|d| !d.is_empty()) => return Ok(body),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(ClientError::NoEvent),
-            }
-        }
+        Ok((resp.into_body(), sent))
     }
 }
 
@@ -228,6 +284,22 @@ fn scan(buf: &[u8], on_event: &mut impl FnMut(u64)) -> usize {
     done
 }
 
+/// Whether `body` has `"id":` followed (after any blanks) by `id`.
+fn has_id(body: &[u8], id: u64) -> bool {
+    let want = id.to_string();
+    let mut rest = body;
+    while let Some(at) = find(rest, b"\"id\":") {
+        rest = &rest[at + 5..];
+        let value = rest.trim_ascii_start();
+        if value.starts_with(want.as_bytes())
+            && !value.get(want.len()).is_some_and(|b| b.is_ascii_digit())
+        {
+            return true;
+        }
+    }
+    false
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut i = 0;
@@ -264,6 +336,14 @@ mod tests {
             assert_eq!(seen, vec![17, 2048, 9], "split at {split}");
             assert!(s.carry.is_empty());
         }
+    }
+
+    #[test]
+    fn ids_are_found_whatever_the_spacing() {
+        assert!(has_id(br#"{"jsonrpc":"2.0","id":12,"result":{}}"#, 12));
+        assert!(has_id(br#"data: {"id": 12}"#, 12));
+        assert!(!has_id(br#"{"id":123}"#, 12));
+        assert!(!has_id(br#"{"x":12}"#, 12));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! loopback; their CPU and RSS from /proc, Shadowcat's counters from its
 //! admin `/metrics`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,103 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmRSS:")
 }
 
+/// Peak resident set size of `pid` in KiB (VmHWM), since it started or
+/// since [`reset_peak`].
+pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+/// Resets `pid`'s VmHWM to its current RSS (`5` to /proc/PID/clear_refs).
+pub(crate) fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// TCP sockets with one end on loopback `port`, from /proc/net/tcp{,6}.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortSockets {
+    /// Established connections to `port` from sockets of the given
+    /// processes.
+    pub(crate) established: u64,
+    /// Either end in TIME_WAIT, any process (such sockets have none).
+    pub(crate) time_wait: u64,
+}
+
+/// Counts [`PortSockets`] for `port`, connections from `pids`' sockets.
+pub(crate) fn port_sockets(port: u16, pids: &[u32]) -> PortSockets {
+    let mut inodes = HashSet::new();
+    for &pid in pids {
+        socket_inodes(pid, &mut inodes);
+    }
+    let mut n = PortSockets::default();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            count_port_sockets(&text, port, &inodes, &mut n);
+        }
+    }
+    n
+}
+
+/// The inodes of `pid`'s sockets (its fds that link to `socket:[N]`).
+fn socket_inodes(pid: u32, into: &mut HashSet<u64>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        if let Ok(link) = std::fs::read_link(entry.path())
+            && let Some(inode) = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse().ok())
+        {
+            into.insert(inode);
+        }
+    }
+}
+
+fn count_port_sockets(table: &str, port: u16, inodes: &HashSet<u64>, n: &mut PortSockets) {
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some(&state)) = (
+            f.get(1).and_then(|a| port_of(a)),
+            f.get(2).and_then(|a| port_of(a)),
+            f.get(3),
+        ) else {
+            continue;
+        };
+        let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+        match state {
+            "01" if remote == port && inode.is_some_and(|i| inodes.contains(&i)) => {
+                n.established += 1;
+            }
+            "06" if local == port || remote == port => n.time_wait += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The first line `bin arg` prints (stdout or stderr), e.g. its version.
+pub(crate) fn version(bin: &Path, arg: &str) -> Option<String> {
+    let out = Command::new(bin).arg(arg).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    Some(
+        String::from_utf8_lossy(&text)
+            .lines()
+            .next()?
+            .trim()
+            .to_owned(),
+    )
+}
+
 /// Number of threads of `pid`.
 pub(crate) fn threads(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")
@@ -234,6 +331,21 @@ impl Proc {
         self.pids.iter().map(|&p| rss_kib(p)).sum()
     }
 
+    /// Peak RSS in KiB of every counted process (a sum of per-process peaks).
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        self.pids.iter().map(|&p| peak_rss_kib(p)).sum()
+    }
+
+    /// Resets the peak RSS of every counted process; false if one failed.
+    pub(crate) fn reset_peak(&self) -> bool {
+        self.pids.iter().all(|&p| reset_peak(p))
+    }
+
+    /// Every counted process.
+    pub(crate) fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
     /// Threads of every counted process.
     pub(crate) fn threads(&self) -> Option<u64> {
         self.pids.iter().map(|&p| threads(p)).sum()
@@ -258,6 +370,14 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Shadowcat's limits for the runs: room for the idle scenario's one
+/// session and connection per stream, all from one address.
+pub(crate) const SHADOWCAT_LIMITS: &str = "[limits]
+max_sessions = 100000
+max_connections = 100000
+max_session_creates_per_minute = 0
+";
 
 /// Shadowcat under test.
 #[derive(Debug)]
@@ -291,8 +411,7 @@ impl Shadowcat {
         )
             .into();
         let config = dir.join(format!("shadowcat-{name}.toml"));
-        // Room for the idle scenario's one session per stream.
-        std::fs::write(&config, "[limits]\nmax_sessions = 100000\n").map_err(io_err(&config))?;
+        std::fs::write(&config, SHADOWCAT_LIMITS).map_err(io_err(&config))?;
         let mut cmd = Command::new(bin);
         cmd.env("RUST_LOG", "warn")
             .arg("--config")
@@ -537,6 +656,41 @@ mod tests {
     }
 
     #[test]
+    fn port_sockets_are_counted() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 11 1
+   1: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 12 1
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 13 1
+   3: 0100007F:C354 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 14 1
+   4: 0100007F:C351 0100007F:1F90 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+   5: 0100007F:1F90 0100007F:C352 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+   6: 0100007F:C353 0100007F:1F91 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+";
+        let mut n = PortSockets::default();
+        let mine: HashSet<u64> = [12, 13].into();
+        count_port_sockets(table, 0x1F90, &mine, &mut n);
+        assert_eq!(
+            n,
+            PortSockets {
+                established: 1,
+                time_wait: 2
+            }
+        );
+        // A live connection of this process is found through its fd.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let live = port_sockets(port, &[std::process::id()]);
+        assert_eq!(live.established, 1);
+    }
+
+    #[test]
+    fn own_peak_rss_is_readable() {
+        let me = std::process::id();
+        assert!(peak_rss_kib(me).is_some_and(|k| k > 0));
+    }
+
+    #[test]
     fn nginx_conf_is_sse_friendly() {
         let c = nginx_conf(
             Path::new("/tmp/x"),
@@ -550,6 +704,7 @@ mod tests {
             "proxy_set_header Connection \"\";",
             "listen 127.0.0.1:1;",
             "server 127.0.0.1:2;",
+            "keepalive 1024;",
         ] {
             assert!(c.contains(needle), "{needle}");
         }

@@ -143,7 +143,7 @@ pub(crate) type Column = (&'static str, &'static str, usize);
 /// The columns shown for each scenario.
 pub(crate) fn columns(scenario: &str) -> &'static [Column] {
     match scenario {
-        "stream" | "max" => &[
+        "stream" => &[
             ("events/s", "events_per_s", 0),
             ("x direct", "throughput_ratio", 2),
             ("p50 us", "latency_p50_us", 0),
@@ -155,10 +155,19 @@ pub(crate) fn columns(scenario: &str) -> &'static [Column] {
             ("proxy CPU %", "proxy_cpu_percent", 0),
             ("CPU us/event", "proxy_cpu_us_per_event", 3),
             ("RSS KiB", "rss_kib", 0),
-            ("threads", "threads", 0),
-            ("tasks", "tasks_alive", 0),
-            ("store trips/event", "store_round_trips_per_event", 5),
-            ("keys/event", "store_keys_per_event", 4),
+            ("peak RSS KiB", "rss_peak_kib", 0),
+            ("errors", "errors", 0),
+        ],
+        "max" => &[
+            ("events/s", "events_per_s", 0),
+            ("x direct", "throughput_ratio", 2),
+            ("p50 us", "latency_p50_us", 0),
+            ("p99 us", "latency_p99_us", 0),
+            ("p99.9 us", "latency_p999_us", 0),
+            ("proxy CPU %", "proxy_cpu_percent", 0),
+            ("CPU us/event", "proxy_cpu_us_per_event", 3),
+            ("RSS KiB", "rss_kib", 0),
+            ("peak RSS KiB", "rss_peak_kib", 0),
             ("errors", "errors", 0),
         ],
         "store" => &[
@@ -181,19 +190,143 @@ pub(crate) fn columns(scenario: &str) -> &'static [Column] {
             ("added p99", "added_p99_us", 0),
             ("proxy CPU %", "proxy_cpu_percent", 0),
             ("CPU us/request", "proxy_cpu_us_per_request", 2),
+            (
+                "upstream accepts/request",
+                "upstream_accepts_per_request",
+                5,
+            ),
+            (
+                "connects/request (metric)",
+                "upstream_connects_per_request",
+                5,
+            ),
+            ("TIME_WAIT added", "upstream_time_wait_added", 0),
+            ("upstream conns open", "upstream_open", 0),
+            ("SSE answers %", "answers_sse_percent", 0),
             ("RSS KiB", "rss_kib", 0),
+            ("peak RSS KiB", "rss_peak_kib", 0),
             ("errors", "errors", 0),
         ],
         _ => &[
             ("streams asked", "streams_asked", 0),
             ("streams open", "streams_open", 0),
+            ("closed early", "closed_early", 0),
+            ("KiB/stream", "rss_per_stream_kib", 2),
             ("RSS KiB", "rss_kib", 0),
             ("RSS base KiB", "rss_base_kib", 0),
-            ("KiB/stream", "rss_per_stream_kib", 2),
+            ("first byte p50 ms", "first_byte_p50_ms", 1),
+            ("first byte p99 ms", "first_byte_p99_ms", 1),
+            ("first byte max ms", "first_byte_max_ms", 1),
+            ("first byte <= 10 ms", "first_byte_within_10ms", 0),
+            ("no first byte", "first_byte_missing", 0),
             ("idle CPU %", "proxy_cpu_percent", 1),
             ("threads", "threads", 0),
             ("errors", "errors", 0),
         ],
+    }
+}
+
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// The figures compared head to head, per scenario.
+fn compared(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
+    use Better::{Higher, Lower};
+    match scenario {
+        "requests" => &[
+            ("requests/s", "requests_per_s", Higher),
+            ("proxy CPU us/request", "proxy_cpu_us_per_request", Lower),
+            ("p50 us", "latency_p50_us", Lower),
+            ("p99 us", "latency_p99_us", Lower),
+            (
+                "new upstream connections/request",
+                "upstream_accepts_per_request",
+                Lower,
+            ),
+        ],
+        "max" => &[
+            ("throughput x direct", "throughput_ratio", Higher),
+            ("proxy CPU us/event", "proxy_cpu_us_per_event", Lower),
+            ("p99.9 us", "latency_p999_us", Lower),
+            ("peak RSS KiB", "rss_peak_kib", Lower),
+        ],
+        "stream" => &[
+            ("added p99 us", "added_p99_us", Lower),
+            ("proxy CPU us/event", "proxy_cpu_us_per_event", Lower),
+        ],
+        "idle" => &[
+            ("streams open", "streams_open", Higher),
+            ("KiB/stream", "rss_per_stream_kib", Lower),
+            ("first byte p99 ms", "first_byte_p99_ms", Lower),
+            (
+                "streams with a first byte within 10 ms",
+                "first_byte_within_10ms",
+                Higher,
+            ),
+            ("streams with no first byte", "first_byte_missing", Lower),
+        ],
+        _ => &[],
+    }
+}
+
+/// How `ours` stands against `theirs`: ahead or behind, by a factor when
+/// both are positive, else by the difference.
+fn verdict(ours: f64, theirs: f64, better: Better) -> String {
+    if ours == theirs {
+        return "level".into();
+    }
+    let behind = (ours > theirs) == (better == Better::Lower);
+    let word = if behind { "behind" } else { "ahead" };
+    if ours > 0.0 && theirs > 0.0 {
+        format!("{word}, {:.2}x", ours.max(theirs) / ours.min(theirs))
+    } else {
+        format!("{word}, by {}", figure((ours - theirs).abs()))
+    }
+}
+
+/// Shadowcat against nginx, figure by figure, over every point that has
+/// both.
+pub(crate) fn versus(points: &[Point]) -> String {
+    let mut t = String::from(
+        "shadowcat against nginx (medians; the factor is how far ahead or behind)\n\n\
+         | point | figure | shadowcat | nginx | shadowcat is |\n|---|---|---:|---:|---|\n",
+    );
+    let mut rows = 0;
+    for p in points {
+        let find = |name: &str| p.summary.iter().find(|s| s.target == name);
+        let (Some(sc), Some(ng)) = (find("shadowcat"), find("nginx")) else {
+            continue;
+        };
+        for &(label, key, better) in compared(p.scenario) {
+            let (Some(a), Some(b)) = (sc.get(key), ng.get(key)) else {
+                continue;
+            };
+            let _ = writeln!(
+                t,
+                "| {} {} | {label} | {} | {} | {} |",
+                p.scenario,
+                p.label,
+                figure(a),
+                figure(b),
+                verdict(a, b, better)
+            );
+            rows += 1;
+        }
+    }
+    if rows == 0 { String::new() } else { t }
+}
+
+/// A figure with as many decimals as its size wants.
+fn figure(v: f64) -> String {
+    match v.abs() {
+        x if x >= 100.0 => format!("{v:.0}"),
+        x if x >= 1.0 => format!("{v:.2}"),
+        x if x >= 0.001 || x == 0.0 => format!("{v:.3}"),
+        _ => format!("{v:.1e}"),
     }
 }
 
@@ -290,6 +423,48 @@ mod tests {
         assert!(direct.vs_direct.is_empty());
         assert_eq!(median(vec![1.0, 4.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn verdicts_say_which_way_and_how_far() {
+        assert_eq!(verdict(20.0, 10.0, Better::Lower), "behind, 2.00x");
+        assert_eq!(verdict(5.0, 10.0, Better::Lower), "ahead, 2.00x");
+        assert_eq!(verdict(5.0, 10.0, Better::Higher), "behind, 2.00x");
+        assert_eq!(verdict(30.0, 10.0, Better::Higher), "ahead, 3.00x");
+        assert_eq!(verdict(0.5, 0.0, Better::Lower), "behind, by 0.500");
+        assert_eq!(verdict(0.0, 0.00002, Better::Lower), "ahead, by 2.0e-5");
+        assert_eq!(verdict(1.0, 1.0, Better::Lower), "level");
+    }
+
+    #[test]
+    fn versus_compares_shadowcat_with_nginx() {
+        let rounds = vec![vec![
+            sample("direct", &[("requests_per_s", 100.0)]),
+            sample(
+                "shadowcat",
+                &[("requests_per_s", 20.0), ("proxy_cpu_us_per_request", 40.0)],
+            ),
+            sample(
+                "nginx",
+                &[("requests_per_s", 60.0), ("proxy_cpu_us_per_request", 10.0)],
+            ),
+        ]];
+        let p = Point {
+            scenario: "requests",
+            label: "x".into(),
+            params: serde_json::Value::Null,
+            summary: summarize(&rounds),
+            rounds,
+        };
+        let t = versus(std::slice::from_ref(&p));
+        assert!(
+            t.contains("| requests x | requests/s | 20.00 | 60.00 | behind, 3.00x |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| proxy CPU us/request | 40.00 | 10.00 | behind, 4.00x |"),
+            "{t}"
+        );
     }
 
     #[test]

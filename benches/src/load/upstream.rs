@@ -3,12 +3,19 @@
 //! is never the bottleneck.
 //!
 //! - `initialize` answers with an `Mcp-Session-Id`;
-//! - `tools/call` `echo` answers JSON;
-//! - `tools/call` `stream` `{rate, ms, batch}` answers an SSE stream of
-//!   `rate` events per second (0: as fast as the connection takes them,
-//!   `batch` events per write) for `ms` milliseconds, then the result;
-//! - GET opens an idle stream: one `ready` event, then nothing until the
-//!   hold time ends or the other side goes.
+//! - `tools/call` `echo` `{text, sse}` answers `application/json`, or with
+//!   `sse: true` an SSE stream of the one result (as SDK servers do);
+//! - `tools/call` `stream` `{rate, ms, batch, size}` answers an SSE stream
+//!   of `rate` events per second (0: as fast as the connection takes them,
+//!   `batch` events per write) of `size` bytes each (0: about 150) for `ms`
+//!   milliseconds, then the result;
+//! - GET opens an idle stream that writes `: open` at once when
+//!   [`Handle::set_open_comment`] says so (many servers do, to flush the
+//!   headers), else nothing, until the hold time ends or the other side
+//!   goes.
+//!
+//! It counts the connections it accepts, so a run can tell how many new
+//! upstream connections a proxy opened.
 //!
 //! Events are pre-encoded parts around two numbers (sequence and time); the
 //! body paces itself with one timer, no task or channel per stream.
@@ -17,7 +24,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -51,15 +58,17 @@ pub(crate) const TIME_KEY: &[u8] = b"\"t\":";
 const EVENT_PART1: &[u8] = b"id: ";
 const EVENT_PART2: &[u8] = b"\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"load\",\"progress\":";
 const EVENT_PART3: &[u8] = b",\"t\":";
+const EVENT_PAD: &[u8] = b",\"pad\":\"";
 const EVENT_PART4: &[u8] = b"}}\n\n";
-const READY_EVENT: &[u8] =
-    b"id: 0\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"ready\"}}\n\n";
+/// What an idle GET stream writes at once, when it does.
+pub(crate) const OPEN_COMMENT: &[u8] = b": open\n\n";
 
 /// A running upstream; its accept loop stops when dropped.
 #[derive(Debug)]
 pub(crate) struct Upstream {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    state: &'static State,
 }
 
 impl Drop for Upstream {
@@ -73,6 +82,28 @@ struct State {
     next_session: AtomicU64,
     next_stream: AtomicU64,
     idle_hold: Duration,
+    accepted: AtomicU64,
+    open_comment: AtomicBool,
+}
+
+/// The upstream's counters and switches, for the scenarios.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handle {
+    state: &'static State,
+    /// Its listen port.
+    pub(crate) port: u16,
+}
+
+impl Handle {
+    /// TCP connections accepted so far.
+    pub(crate) fn accepted(self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Whether GET streams opened from now on write `: open` at once.
+    pub(crate) fn set_open_comment(self, on: bool) {
+        self.state.open_comment.store(on, Ordering::Relaxed);
+    }
 }
 
 impl Upstream {
@@ -86,11 +117,16 @@ impl Upstream {
             next_session: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             idle_hold,
+            accepted: AtomicU64::new(0),
+            open_comment: AtomicBool::new(true),
         }));
         let task = tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        state.accepted.fetch_add(1, Ordering::Relaxed);
+                        stream
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -111,7 +147,15 @@ impl Upstream {
                 });
             }
         });
-        Ok(Upstream { addr, task })
+        Ok(Upstream { addr, task, state })
+    }
+
+    /// Its counters and switches.
+    pub(crate) fn handle(&self) -> Handle {
+        Handle {
+            state: self.state,
+            port: self.addr.port(),
+        }
     }
 
     /// Its listen address.
@@ -147,13 +191,19 @@ struct Arguments {
     #[serde(default)]
     batch: usize,
     #[serde(default)]
+    size: usize,
+    #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    sse: bool,
 }
 
 /// Room for one event.
 const EVENT_CAPACITY: usize = 192;
 /// Most events per write an unpaced stream may ask for.
 const MAX_BATCH: usize = 256;
+/// Largest event a stream may ask for.
+const MAX_EVENT: usize = 64 << 10;
 
 /// Longest stream the upstream serves, whatever a request asks.
 const MAX_STREAM: Duration = Duration::from_secs(600);
@@ -171,7 +221,7 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<UpBody> {
         }
     };
     match parts.method {
-        Method::GET => return idle_stream(st.idle_hold),
+        Method::GET => return idle_stream(st.idle_hold, st.open_comment.load(Ordering::Relaxed)),
         Method::DELETE => return json(StatusCode::OK, Bytes::new()),
         Method::POST => {}
         _ => return json(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
@@ -209,12 +259,16 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<UpBody> {
                 "echo" => {
                     let text = serde_json::to_string(args.text.as_deref().unwrap_or(""))
                         .unwrap_or_else(|_| "\"\"".into());
-                    json(
-                        StatusCode::OK,
-                        Bytes::from(format!(
-                            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":{text}}}]}}}}"#
-                        )),
-                    )
+                    let result = format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":{text}}}]}}}}"#
+                    );
+                    if args.sse {
+                        sse(UpBody::Full(Some(Bytes::from(format!(
+                            "event: message\ndata: {result}\n\n"
+                        )))))
+                    } else {
+                        json(StatusCode::OK, Bytes::from(result))
+                    }
                 }
                 "stream" => {
                     let stream = st.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +277,7 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<UpBody> {
                         stream,
                         args.rate,
                         args.batch.clamp(1, MAX_BATCH),
+                        args.size.min(MAX_EVENT),
                         length,
                         &id,
                     )))
@@ -261,9 +316,9 @@ fn sse(body: UpBody) -> Response<UpBody> {
     r
 }
 
-fn idle_stream(hold: Duration) -> Response<UpBody> {
+fn idle_stream(hold: Duration, open_comment: bool) -> Response<UpBody> {
     sse(UpBody::Idle(IdleStream {
-        ready_sent: false,
+        open_comment,
         end: Box::pin(tokio::time::sleep(hold)),
     }))
 }
@@ -289,6 +344,7 @@ struct EventStream {
     seq: u64,
     rate: u64,
     batch: usize,
+    size: usize,
     start: Instant,
     end: Instant,
     timer: Pin<Box<Sleep>>,
@@ -296,7 +352,7 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(stream: u64, rate: u64, batch: usize, length: Duration, id: &str) -> Self {
+    fn new(stream: u64, rate: u64, batch: usize, size: usize, length: Duration, id: &str) -> Self {
         let start = Instant::now();
         let result = Bytes::from(format!(
             "id: {stream}-end\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"done\"}}]}}}}\n\n"
@@ -306,6 +362,7 @@ impl EventStream {
             seq: 0,
             rate,
             batch,
+            size,
             start,
             end: start + length,
             timer: Box::pin(tokio::time::sleep_until(start.into())),
@@ -313,7 +370,10 @@ impl EventStream {
         }
     }
 
+    /// Appends one event of `self.size` bytes (padded inside `params`; at
+    /// least its unpadded length).
     fn event(&self, b: &mut BytesMut) {
+        let start = b.len();
         b.put_slice(EVENT_PART1);
         put_u64(b, self.stream);
         b.put_u8(b'-');
@@ -322,6 +382,12 @@ impl EventStream {
         put_u64(b, self.seq);
         b.put_slice(EVENT_PART3);
         put_u64(b, now_ns());
+        let tail = EVENT_PAD.len() + 1 + EVENT_PART4.len();
+        if let Some(pad) = self.size.checked_sub(b.len() - start + tail) {
+            b.put_slice(EVENT_PAD);
+            b.put_bytes(b'x', pad);
+            b.put_u8(b'"');
+        }
         b.put_slice(EVENT_PART4);
     }
 
@@ -348,13 +414,13 @@ impl EventStream {
             }
             if self.rate > 0 {
                 self.seq += 1;
-                let mut b = BytesMut::with_capacity(EVENT_CAPACITY);
+                let mut b = BytesMut::with_capacity(EVENT_CAPACITY.max(self.size));
                 self.event(&mut b);
                 return Poll::Ready(Some(b.freeze()));
             }
             // Unpaced: `batch` events per write (a busy server with a
             // buffered writer sends several at once).
-            let mut b = BytesMut::with_capacity(EVENT_CAPACITY * self.batch);
+            let mut b = BytesMut::with_capacity(EVENT_CAPACITY.max(self.size) * self.batch);
             for _ in 0..self.batch {
                 self.seq += 1;
                 self.event(&mut b);
@@ -366,7 +432,8 @@ impl EventStream {
 
 /// A held-open SSE stream.
 struct IdleStream {
-    ready_sent: bool,
+    /// `: open` is still to be written.
+    open_comment: bool,
     end: Pin<Box<Sleep>>,
 }
 
@@ -389,9 +456,9 @@ impl Body for UpBody {
             UpBody::Full(b) => Poll::Ready(b.take()),
             UpBody::Events(s) => s.poll_next(cx),
             UpBody::Idle(s) => {
-                if !s.ready_sent {
-                    s.ready_sent = true;
-                    Poll::Ready(Some(Bytes::from_static(READY_EVENT)))
+                if s.open_comment {
+                    s.open_comment = false;
+                    Poll::Ready(Some(Bytes::from_static(OPEN_COMMENT)))
                 } else {
                     s.end.as_mut().poll(cx).map(|()| None)
                 }
@@ -418,5 +485,24 @@ mod tests {
         b.put_u8(b' ');
         put_u64(&mut b, u64::MAX);
         assert_eq!(&b[..], b"0 1234567890123 18446744073709551615");
+    }
+
+    #[tokio::test]
+    async fn events_have_the_asked_size() {
+        for size in [0, 100, 256, 4096] {
+            let s = EventStream::new(7, 0, 1, size, Duration::from_secs(1), "1");
+            let mut b = BytesMut::new();
+            s.event(&mut b);
+            let text = std::str::from_utf8(&b).unwrap();
+            assert!(text.ends_with("}}\n\n"), "{text}");
+            let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["method"], "notifications/progress");
+            if size >= 200 {
+                assert_eq!(b.len(), size);
+            } else {
+                assert!(b.len() < 200 && b.len() >= size, "{}", b.len());
+            }
+        }
     }
 }
