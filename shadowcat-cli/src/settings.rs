@@ -80,6 +80,7 @@ struct FileLimits {
     replay_retain_bytes: Option<usize>,
     max_buffered_bytes: Option<usize>,
     upstream_read_buffer_bytes: Option<usize>,
+    upstream_max_idle_connections: Option<usize>,
     max_rate_limited_clients: Option<usize>,
     upstream_delete_queue: Option<usize>,
     upstream_deletes_in_flight: Option<usize>,
@@ -331,6 +332,9 @@ impl ReverseSettings {
         }
         if let Some(v) = f.upstream_read_buffer_bytes {
             l.upstream_read_buffer = v;
+        }
+        if let Some(v) = f.upstream_max_idle_connections {
+            l.upstream_max_idle_connections = v;
         }
         if let Some(v) = f.max_rate_limited_clients {
             l.max_rate_limited_clients = v;

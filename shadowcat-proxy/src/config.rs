@@ -182,6 +182,9 @@ pub struct Limits {
     /// batches are at most about this big, so it bounds what each stream
     /// holds beside its replay buffer. At least 8 KiB. Default 64 KiB.
     pub upstream_read_buffer: usize,
+    /// Idle upstream connections kept for reuse (the oldest goes past it);
+    /// size it to the requests in flight at once. Default 256.
+    pub upstream_max_idle_connections: usize,
     /// The kernel send buffer of each client connection (`SO_SNDBUF`; the
     /// kernel doubles it). Bounds what the proxy has in flight toward a
     /// client, so the replay retention covers it. 0 leaves it to the
@@ -243,6 +246,7 @@ impl Default for Limits {
             replay: ReplayLimits::default(),
             max_buffered_bytes: crate::stream::budget::DEFAULT_MAX_BUFFERED_BYTES,
             upstream_read_buffer: crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
+            upstream_max_idle_connections: crate::upstream::http::MAX_IDLE,
             client_send_buffer: 64 << 10,
             listen_backlog: 1024,
             detached_linger: Duration::from_secs(60),

@@ -360,6 +360,7 @@ impl Admin {
             replay,
             max_buffered_bytes,
             upstream_read_buffer,
+            upstream_max_idle_connections,
             client_send_buffer,
             listen_backlog,
             detached_linger,

@@ -249,10 +249,11 @@ impl ReverseProxy {
             ),
             None => None,
         };
-        let pool = UpstreamPool::new(
+        let pool = UpstreamPool::with_max_idle(
             &config.upstream,
             config.limits.upstream_connect_timeout,
             config.limits.upstream_read_buffer,
+            config.limits.upstream_max_idle_connections,
         );
         let ender = ender::SessionEnder::start(
             Arc::clone(&pool),

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// Most idle connections kept.
-pub(crate) const MAX_IDLE: usize = 64;
+/// Default [`crate::Limits::upstream_max_idle_connections`].
+pub(crate) const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -110,6 +110,8 @@ pub(crate) struct UpstreamPool {
     connect_timeout: Duration,
     http: http1::Builder,
     idle: Mutex<Vec<Idle>>,
+    /// Most idle connections kept.
+    max_idle: usize,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -129,6 +131,16 @@ impl UpstreamPool {
     /// connection reads at most `read_buffer` bytes at a time (at least
     /// 8 KiB; it also bounds a response head).
     pub(crate) fn new(uri: &Uri, connect_timeout: Duration, read_buffer: usize) -> Arc<Self> {
+        Self::with_max_idle(uri, connect_timeout, read_buffer, MAX_IDLE)
+    }
+
+    /// [`UpstreamPool::new`] keeping at most `max_idle` idle connections.
+    pub(crate) fn with_max_idle(
+        uri: &Uri,
+        connect_timeout: Duration,
+        read_buffer: usize,
+        max_idle: usize,
+    ) -> Arc<Self> {
         let host = uri.host().unwrap_or("localhost");
         let port = uri.port_u16().unwrap_or(80);
         let addr = if host.contains(':') && !host.starts_with('[') {
@@ -147,6 +159,7 @@ impl UpstreamPool {
             connect_timeout,
             http,
             idle: Mutex::new(Vec::new()),
+            max_idle,
         })
     }
 
@@ -242,7 +255,7 @@ impl UpstreamPool {
 
     fn checkin(&self, send: Sender, conn: Conn) {
         let mut idle = self.idle.lock();
-        if idle.len() >= MAX_IDLE {
+        if idle.len() >= self.max_idle.max(1) {
             // Drop the oldest.
             idle.remove(0);
         }
