@@ -300,9 +300,11 @@ async fn through_admin(
             print_rows(out, &rows, json).map_err(Unreached::Failed)?;
             Ok(ExitCode::SUCCESS)
         }
-        SessionsCommand::Show { id } => {
+        SessionsCommand::Show { id } | SessionsCommand::Delete { id } => {
+            let delete = matches!(command, SessionsCommand::Delete { .. });
+            let method = if delete { Method::DELETE } else { Method::GET };
             let (status, v) = api
-                .call(Method::GET, &format!("/sessions/{}", encode(id)))
+                .call(method, &format!("/sessions/{}", encode(id)))
                 .await?;
             if status == StatusCode::NOT_FOUND {
                 eprintln!(
@@ -314,27 +316,10 @@ async fn through_admin(
             if !status.is_success() {
                 return Err(bad(status, &v));
             }
-            writeln!(out, "{v:#}").map_err(io)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        SessionsCommand::Delete { id } => {
-            let (status, v) = api
-                .call(Method::DELETE, &format!("/sessions/{}", encode(id)))
-                .await?;
-            if status == StatusCode::NOT_FOUND {
-                eprintln!(
-                    "shadowcat: no session {id} (asked the proxy at {})",
-                    api.url()
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            if !status.is_success() {
-                return Err(bad(status, &v));
-            }
-            if json {
-                writeln!(out, "{v:#}").map_err(io)?;
-            } else {
+            if delete && !json {
                 writeln!(out, "deleted {id}").map_err(io)?;
+            } else {
+                writeln!(out, "{v:#}").map_err(io)?;
             }
             Ok(ExitCode::SUCCESS)
         }
