@@ -139,7 +139,8 @@ fn ci() -> Result<(), String> {
 /// Deterministic gates: allocations per event, bytes per stream/session,
 /// tasks per event, store writes per event, bytes left by ended sessions,
 /// buffered bytes within the budget whatever the number of dropped streams,
-/// bytes held per request body byte, upstream connections per request.
+/// bytes held per request body byte, upstream connections per request,
+/// allocations per event on the whole proxy path, heap per idle stream.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -160,6 +161,8 @@ fn gates() -> Result<(), String> {
         "body_gate",
         "--test",
         "upstream_conn_gate",
+        "--test",
+        "path_gate",
         "--",
         "--test-threads=1",
     ]);

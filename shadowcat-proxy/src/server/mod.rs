@@ -387,7 +387,14 @@ impl ReverseProxy {
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                             req.extensions_mut().insert(ratelimit::ClientAddr(peer));
                             let shared = Arc::clone(&shared);
-                            async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
+                            // Boxed: hyper keeps a slot the size of this
+                            // future for the connection's life, so an idle
+                            // stream would hold the whole handler's state.
+                            let handled: Pin<Box<dyn Future<Output = _> + Send>> =
+                                Box::pin(async move {
+                                    Ok::<_, std::convert::Infallible>(shared.handle(req).await)
+                                });
+                            handled
                         });
                         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                         tokio::spawn(async move {

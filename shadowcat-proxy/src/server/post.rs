@@ -167,7 +167,9 @@ impl Shared {
         let upstream_id = match resp.headers().get(&MCP_SESSION_ID) {
             None => None,
             Some(v) if shadowcat_session::SessionId::parse(v.to_str().unwrap_or("")).is_ok() => {
-                Some(v.clone())
+                // A copy: a clone would keep the whole upstream read buffer
+                // it was parsed from alive for the session's life.
+                Some(http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone()))
             }
             Some(_) => {
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => "session_id")

@@ -37,7 +37,11 @@ pub(crate) struct Forwarder {
     pub(super) taken: Vec<Bytes>,
     /// End offsets in `enc` of the events of the current batch.
     marks: Vec<usize>,
+    /// The data of the last message of the chunk being forwarded; judged
+    /// and dropped when the chunk is done, so no input buffer stays pinned.
     last_data: Option<Bytes>,
+    /// The last message forwarded was a JSON-RPC response.
+    last_response: bool,
     /// The upstream's last `retry:`, for the reconnect policy.
     pub(super) server_retry: Option<Duration>,
     /// The last `retry:` passed on to the client.
@@ -98,10 +102,13 @@ impl Forwarder {
     /// Decodes `chunk`; every deliverable event gets sequence number `*seq`
     /// (then incremented) and is encoded into `enc`.
     pub(super) fn forward(&mut self, chunk: Bytes, seq: &mut u64) -> Result<(), DecodeError> {
-        self.ensure_capacity();
         self.decoder.push(chunk);
-        for item in self.decoder.by_ref() {
-            match item? {
+        while let Some(item) = self.decoder.next() {
+            let item = item?;
+            // Allocated with the first item to encode: a comment alone
+            // (an idle stream's opening) allocates nothing.
+            self.ensure_capacity();
+            match item {
                 SseItem::Event(ev) => {
                     let own = if ev.has_own_id {
                         ev.id.as_deref().filter(|s| !s.is_empty())
@@ -180,6 +187,9 @@ impl Forwarder {
             self.marks.push(self.enc.len());
             self.healthy = true;
         }
+        if let Some(data) = self.last_data.take() {
+            self.last_response = is_response(&data);
+        }
         Ok(())
     }
 
@@ -202,7 +212,7 @@ impl Forwarder {
             }
             None => put_line(&mut self.enc, msg),
         }
-        self.last_data = Some(msg.clone());
+        self.last_response = is_response(msg);
         self.events += 1;
         *seq += 1;
         self.marks.push(self.enc.len());
@@ -210,24 +220,63 @@ impl Forwarder {
 
     /// True when the last message sent was a JSON-RPC response.
     pub(super) fn response_seen(&self) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Probe {
-            #[serde(default)]
-            method: Option<serde::de::IgnoredAny>,
-            #[serde(default)]
-            id: Option<serde::de::IgnoredAny>,
-            #[serde(default)]
-            result: Option<serde::de::IgnoredAny>,
-            #[serde(default)]
-            error: Option<serde::de::IgnoredAny>,
-        }
-        let Some(data) = &self.last_data else {
-            return false;
-        };
-        serde_json::from_slice::<Probe>(data).is_ok_and(|p| {
-            p.method.is_none() && p.id.is_some() && (p.result.is_some() || p.error.is_some())
-        })
+        self.last_response
     }
+}
+
+/// True when `data` is a JSON-RPC response. A notification or request
+/// names its `"method"` near the start, so most messages are told apart by
+/// a short scan; only the others are parsed.
+fn is_response(data: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        method: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        id: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        result: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    if names_method_first(data) {
+        return false;
+    }
+    serde_json::from_slice::<Probe>(data).is_ok_and(|p| {
+        p.method.is_none() && p.id.is_some() && (p.result.is_some() || p.error.is_some())
+    })
+}
+
+/// True when a top-level `"method"` key starts within the first 128 bytes,
+/// before any nested object or array: the message is then a request or a
+/// notification. `false` means "not known"; the caller parses.
+fn names_method_first(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"method\"";
+    let head = &data[..data.len().min(128)];
+    let Some(open) = head.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    if head[open] != b'{' {
+        return false;
+    }
+    let mut i = open + 1;
+    while i < head.len() {
+        match head[i] {
+            // Nested, or inside a string: not sure any more.
+            b'{' | b'[' => return false,
+            b'"' if head[i..].starts_with(KEY) => {
+                // Unescaped `"method"` then `:` is a key: inside a string
+                // its quotes would be escaped.
+                let rest = &head[i + KEY.len()..];
+                return rest
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|&b| b == b':');
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// One JSON-RPC message as one line: JSON holds no raw line break inside
@@ -328,6 +377,7 @@ impl Pump {
                 taken: Vec::new(),
                 marks: Vec::with_capacity(16),
                 last_data: None,
+                last_response: false,
                 server_retry: None,
                 retry_sent: None,
                 healthy: false,
@@ -424,5 +474,39 @@ impl Drop for Pump {
             sink.end();
         }
         tracing::debug!(session_fp = %self.session.fingerprint(), stream = self.stream.0, events = self.fw.events, duplicates = self.fw.duplicates, "upstream side of the stream closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_response;
+
+    #[test]
+    fn responses_are_told_from_requests_and_notifications() {
+        for (data, response) in [
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+                false,
+            ),
+            (
+                r#"{"method":"sampling/createMessage","id":3,"params":{},"jsonrpc":"2.0"}"#,
+                false,
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"result":{"method":"x"}}"#, true),
+            (r#"{"jsonrpc":"2.0","id":1,"result":"method"}"#, true),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{},"x":"\"method\":"}"#,
+                true,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"m"}}"#,
+                true,
+            ),
+            (r#" { "jsonrpc" : "2.0", "method" : "x" }"#, false),
+            (r#"{"jsonrpc":"2.0","id":1}"#, false),
+            ("not json", false),
+        ] {
+            assert_eq!(is_response(data.as_bytes()), response, "{data}");
+        }
     }
 }

@@ -205,6 +205,11 @@ pub struct Decoder {
     event: Option<Utf8Bytes>,
     /// WHATWG "last event ID buffer"; `None` when empty.
     id: Option<Utf8Bytes>,
+    /// `id` is a slice of a pushed chunk (else a copy in `id_arena`).
+    id_shared: bool,
+    /// Where `id` is copied when its chunk is used up, so that no chunk
+    /// stays pinned by the id alone; one buffer serves many ids.
+    id_arena: BytesMut,
     /// The current block had an effective `id` line.
     block_has_id: bool,
     /// Field lines in the current block.
@@ -233,6 +238,8 @@ impl Decoder {
             data_buf: BytesMut::new(),
             event: None,
             id: None,
+            id_shared: false,
+            id_arena: BytesMut::new(),
             block_has_id: false,
             fields: 0,
             poisoned: false,
@@ -249,12 +256,31 @@ impl Decoder {
     pub fn heap_bytes(&self) -> usize {
         self.line.capacity()
             + self.data_buf.capacity()
+            + self.id_arena.capacity()
             + self.queued.capacity() * mem::size_of::<Bytes>()
     }
 
     /// True after a [`DecodeError`], until [`Decoder::finish`].
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Copies a chunk-sliced `id` into the id arena.
+    fn detach_id(&mut self) {
+        const ARENA: usize = 1024;
+        if !self.id_shared {
+            return;
+        }
+        self.id_shared = false;
+        let Some(id) = &self.id else {
+            return;
+        };
+        if self.id_arena.capacity() < id.len() {
+            self.id_arena = BytesMut::with_capacity(ARENA.max(id.len()));
+        }
+        self.id_arena.extend_from_slice(id.as_bytes());
+        let copy = self.id_arena.split().freeze();
+        self.id = Some(Utf8Bytes::from_utf8_lossy(copy));
     }
 
     /// Queues the next chunk of the stream. Iterate the decoder to decode
@@ -395,6 +421,7 @@ impl Decoder {
             b"event" => self.event = text(value, owner),
             b"id" if !value.contains(&0) => {
                 self.id = text(value, owner);
+                self.id_shared = owner.is_some();
                 self.block_has_id = true;
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
@@ -477,7 +504,17 @@ impl Iterator for Decoder {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.poisoned {
             if self.cur.is_empty() {
-                self.cur = self.queued.pop_front()?;
+                match self.queued.pop_front() {
+                    Some(next) => self.cur = next,
+                    None => {
+                        // An empty slice still holds its chunk, and so does
+                        // an id sliced from it: let go, so the reader's
+                        // buffer can be reused in place.
+                        self.cur = Bytes::new();
+                        self.detach_id();
+                        return None;
+                    }
+                }
             }
             let mut chunk = mem::take(&mut self.cur);
             let step = self.step(&mut chunk);
