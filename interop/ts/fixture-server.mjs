@@ -21,7 +21,8 @@
 //   test_prompt_with_arguments, test_prompt_with_embedded_resource,
 //   test_prompt_with_image; completion for test_prompt_with_arguments;
 //   logging/setLevel (filters the tools' log messages); ping;
-// - sessions with DELETE (then 404), an event store whose ids are ordered
+// - sessions with DELETE (then 404; at most MAX_SESSIONS), POST bodies up
+//   to MAX_BODY_BYTES (413 beyond), an event store whose ids are ordered
 //   per stream (priming events with `retry:` for 2025-11-25 clients,
 //   resumption with Last-Event-ID), and Host/Origin checks against DNS
 //   rebinding (403 unless localhost, 127.0.0.1 or [::1]).
@@ -61,6 +62,8 @@ const RETRY_MS = 500;
 const MAX_SESSIONS = 1000;
 /** Events kept per stream for resumption; older ones are dropped. */
 const MAX_EVENTS_PER_STREAM = 1000;
+/** Largest POST body read; a larger one gets 413. */
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
 /** Resource-not-found error code (MCP). */
 const RESOURCE_NOT_FOUND = -32002;
 
@@ -634,9 +637,16 @@ function rebinding(req) {
   return undefined;
 }
 
+class TooLarge extends Error {}
+
 async function readJson(req) {
   const chunks = [];
-  for await (const chunk of req) chunks.push(chunk);
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new TooLarge(`body over ${MAX_BODY_BYTES} bytes (MAX_BODY_BYTES)`);
+    chunks.push(chunk);
+  }
   const body = Buffer.concat(chunks).toString('utf8');
   return body.length === 0 ? undefined : JSON.parse(body);
 }
@@ -655,6 +665,11 @@ const http = createServer(async (req, res) => {
       try {
         body = await readJson(req);
       } catch (e) {
+        if (e instanceof TooLarge) {
+          reply(res, 413, ErrorCode.InvalidRequest, `Payload too large: ${e.message}`);
+          req.destroy();
+          return;
+        }
         return reply(res, 400, ErrorCode.ParseError, `Parse error: ${e.message}`);
       }
       if (existing) return await existing.handleRequest(req, res, body);
