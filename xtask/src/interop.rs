@@ -20,7 +20,9 @@
 //! and log name and returns its admin port for `/metrics`) and runs clients
 //! (`node`, `python`, `run`, or `spawn` + `wait_line` + `finish` for a
 //! client the scenario acts on mid-run). `INTEROP_ONLY=a,b` runs only the
-//! named scenarios.
+//! named scenarios. The conformance tracks (`interop_conformance.rs`, a
+//! child module) run the suite against our fixture server and print the
+//! per-track table at the end.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +37,9 @@ use serde_json::Value;
 
 use crate::{cargo, root};
 
+#[path = "interop_conformance.rs"]
+mod conformance;
+
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a set-up step (npm ci, pip install, cargo build) may take.
@@ -43,10 +48,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(20);
 /// Bytes of a child's log shown when it fails.
 const LOG_TAIL: usize = 1500;
-
-/// The pre-release of the conformance suite is checked against this spec
-/// revision's frozen requirements.
-const NEXT_REQUIREMENTS: &str = "2025-11-25";
 
 /// Oldest Node the pinned packages run on (with the `fs.globSync` preload).
 const MIN_NODE: u32 = 20;
@@ -116,12 +117,12 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "conformance-stable",
         needs: Needs::Node,
-        run: conformance_stable,
+        run: conformance::conformance_stable,
     },
     Scenario {
         name: "conformance-next",
         needs: Needs::Node,
-        run: conformance_next,
+        run: conformance::conformance_next,
     },
     Scenario {
         name: "inspector-cli",
@@ -169,7 +170,7 @@ pub(crate) fn run() -> Result<(), String> {
     build_shadowcat()?;
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for scenario in selected {
+    for scenario in &selected {
         if scenario.needs == Needs::NodeAndPython && !python {
             eprintln!(
                 "{:<NAME_WIDTH$} SKIP      -  python3 not found",
@@ -199,6 +200,8 @@ pub(crate) fn run() -> Result<(), String> {
             }
         }
     }
+    let ran: Vec<&str> = selected.iter().map(|s| s.name).collect();
+    conformance::print_table(&paths, &ran);
     eprintln!(
         "interop: {:.1}s in all, logs in {}",
         start.elapsed().as_secs_f64(),
@@ -1210,358 +1213,9 @@ fn json_output(out: &str) -> Result<Value, String> {
     serde_json::from_str(&out[start..end]).map_err(|e| format!("bad JSON ({e}) in output:\n{out}"))
 }
 
-// ---- conformance ----------------------------------------------------------
-
-/// A release of the conformance suite.
-#[derive(Debug, Clone, Copy)]
-struct Release {
-    /// Key in `interop/conformance/direct-failures.json`.
-    key: &'static str,
-    /// The CLI's entry point under node_modules.
-    entry: &'static str,
-    /// Extra arguments to `server`.
-    args: &'static [&'static str],
-}
-
-const STABLE: Release = Release {
-    key: "stable",
-    entry: "@modelcontextprotocol/conformance/dist/index.js",
-    args: &[],
-};
-
-const NEXT: Release = Release {
-    key: "next",
-    entry: "conformance-next/dist/index.js",
-    args: &["--requirements", NEXT_REQUIREMENTS],
-};
-
-fn conformance_stable(ctx: &mut Ctx) -> Result<String, String> {
-    conformance(ctx, STABLE)
-}
-
-fn conformance_next(ctx: &mut Ctx) -> Result<String, String> {
-    conformance(ctx, NEXT)
-}
-
-/// One conformance check's outcome.
-#[derive(Debug, Clone)]
-struct Check {
-    id: String,
-    status: String,
-    message: String,
-}
-
-/// Scenario name -> its checks.
-type Results = BTreeMap<String, Vec<Check>>;
-
-fn failed(checks: &[Check]) -> Option<&Check> {
-    checks.iter().find(|c| c.status == "FAILURE")
-}
-
-/// Runs the suite's server scenarios against server-everything directly,
-/// then through Shadowcat, and compares.
-fn conformance(ctx: &mut Ctx, release: Release) -> Result<String, String> {
-    let listed = expected_failures(&ctx.paths, release.key)?;
-    let upstream = ctx.everything_http()?;
-    let direct = run_conformance(ctx, release, "direct", &upstream)?;
-    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
-    let through = run_conformance(ctx, release, "shadowcat", &proxy)?;
-    let report = compare(&direct, &through, &listed);
-    let notes = ctx.dir.join("notes.txt");
-    fs::write(&notes, report.notes.join("\n"))
-        .map_err(|e| format!("cannot write {}: {e}", notes.display()))?;
-    if report.errors.is_empty() {
-        Ok(report.summary)
-    } else {
-        Err(format!("{}\n{}", report.summary, report.errors.join("\n")))
-    }
-}
-
-/// `interop/conformance/direct-failures.json`'s entries for one release.
-fn expected_failures(paths: &Paths, key: &str) -> Result<BTreeMap<String, String>, String> {
-    let file = paths
-        .interop
-        .join("conformance")
-        .join("direct-failures.json");
-    let text =
-        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-    let entries = doc[key]
-        .as_object()
-        .ok_or_else(|| format!("{}: no `{key}` object", file.display()))?;
-    entries
-        .iter()
-        .map(|(name, reason)| match reason.as_str() {
-            Some(r) if !r.trim().is_empty() => Ok((name.clone(), r.to_string())),
-            _ => Err(format!("{}: `{key}.{name}` needs a reason", file.display())),
-        })
-        .collect()
-}
-
-/// Runs `conformance server` against `url`; reads every scenario's
-/// `checks.json`. The CLI's exit status only says whether something
-/// failed, so the results are what counts; an empty result is an error.
-fn run_conformance(
-    ctx: &mut Ctx,
-    release: Release,
-    label: &str,
-    url: &str,
-) -> Result<Results, String> {
-    let out_dir = ctx.dir.join(format!("results-{label}"));
-    let mut cmd = ctx.node();
-    cmd.arg("--import")
-        .arg(ctx.paths.file("preload/globsync.mjs"))
-        .arg(ctx.paths.module(release.entry))
-        .args(["server", "--url", url])
-        .args(release.args)
-        .arg("--output-dir")
-        .arg(&out_dir);
-    let name = format!("conformance-{label}");
-    let index = ctx.spawn(&name, cmd)?;
-    let deadline = ctx.deadline;
-    ctx.children[index].wait_until(deadline)?;
-    let results = read_results(&out_dir)?;
-    if results.is_empty() {
-        return Err(format!("{name} produced no results:\n{}", ctx.tails(&name)));
-    }
-    Ok(results)
-}
-
-/// Reads `<dir>/server-<scenario>-<timestamp>/checks.json`.
-fn read_results(dir: &Path) -> Result<Results, String> {
-    let mut results = Results::new();
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let folder = entry.file_name().to_string_lossy().into_owned();
-        let name = scenario_of(&folder)
-            .ok_or_else(|| format!("unexpected result folder {folder}"))?
-            .to_string();
-        let file = entry.path().join("checks.json");
-        let text = fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let doc: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-        let checks = doc
-            .as_array()
-            .ok_or_else(|| format!("{}: not an array", file.display()))?
-            .iter()
-            .map(|c| Check {
-                id: c["id"].as_str().unwrap_or("?").to_string(),
-                status: c["status"].as_str().unwrap_or("?").to_string(),
-                message: c["errorMessage"].as_str().unwrap_or("").to_string(),
-            })
-            .collect();
-        if results.insert(name.clone(), checks).is_some() {
-            return Err(format!("scenario {name} has two result folders"));
-        }
-    }
-    Ok(results)
-}
-
-/// `server-tools-list-2026-11-27T14-11-26-166Z` -> `tools-list`.
-fn scenario_of(folder: &str) -> Option<&str> {
-    const STAMP: usize = "-2026-11-27T14-11-26-166Z".len();
-    let rest = folder.strip_prefix("server-")?;
-    let cut = rest.len().checked_sub(STAMP)?;
-    (rest.ends_with('Z') && rest[cut..].starts_with('-')).then(|| &rest[..cut])
-}
-
-/// The outcome of comparing direct and through-Shadowcat results.
-#[derive(Debug, Default)]
-struct Comparison {
-    summary: String,
-    errors: Vec<String>,
-    notes: Vec<String>,
-}
-
-fn compare(direct: &Results, through: &Results, listed: &BTreeMap<String, String>) -> Comparison {
-    let mut out = Comparison::default();
-    let mut passed_direct = 0;
-    let mut passed_through = 0;
-    for (name, checks) in direct {
-        let direct_failure = failed(checks);
-        if direct_failure.is_none() {
-            passed_direct += 1;
-        }
-        match (direct_failure, listed.get(name)) {
-            (Some(f), None) => out.errors.push(format!(
-                "{name}: fails directly and is not in direct-failures.json: {}: {}",
-                f.id, f.message
-            )),
-            (None, Some(_)) => out.errors.push(format!(
-                "{name}: passes directly now; remove it from direct-failures.json"
-            )),
-            (Some(_), Some(reason)) => {
-                out.notes
-                    .push(format!("{name}: fails directly as listed: {reason}"));
-            }
-            (None, None) => {}
-        }
-        let Some(proxied) = through.get(name) else {
-            out.errors
-                .push(format!("{name}: ran directly but not through Shadowcat"));
-            continue;
-        };
-        match (direct_failure, failed(proxied)) {
-            (None, Some(f)) => out.errors.push(format!(
-                "{name}: passes directly, fails through Shadowcat: {}: {}",
-                f.id, f.message
-            )),
-            (Some(_), None) => out
-                .notes
-                .push(format!("{name}: fails directly, passes through Shadowcat")),
-            _ => {}
-        }
-        if failed(proxied).is_none() {
-            passed_through += 1;
-        }
-        // Check by check: nothing that succeeds directly may fail through
-        // Shadowcat, even inside a scenario that fails either way.
-        for check in checks.iter().filter(|c| c.status == "SUCCESS") {
-            match proxied.iter().find(|c| c.id == check.id) {
-                Some(p) if p.status == "FAILURE" => out.errors.push(format!(
-                    "{name}/{}: succeeds directly, fails through Shadowcat: {}",
-                    check.id, p.message
-                )),
-                Some(p) if p.status != "SUCCESS" => out.notes.push(format!(
-                    "{name}/{}: SUCCESS directly, {} through Shadowcat: {}",
-                    check.id, p.status, p.message
-                )),
-                Some(_) => {}
-                None => out.notes.push(format!(
-                    "{name}/{}: succeeds directly, not reported through Shadowcat",
-                    check.id
-                )),
-            }
-        }
-    }
-    for name in listed.keys().filter(|n| !direct.contains_key(*n)) {
-        out.errors.push(format!(
-            "{name}: in direct-failures.json but the suite did not run it"
-        ));
-    }
-    for name in through.keys().filter(|n| !direct.contains_key(*n)) {
-        out.notes
-            .push(format!("{name}: ran through Shadowcat only"));
-    }
-    let downgraded = out
-        .notes
-        .iter()
-        .filter(|n| n.contains("SUCCESS directly"))
-        .count();
-    let mut summary = format!(
-        "{} scenarios: {passed_direct} pass directly, {passed_through} through Shadowcat, {} fail directly as listed",
-        direct.len(),
-        listed.len()
-    );
-    if downgraded > 0 {
-        let _ = write!(
-            summary,
-            "; {downgraded} check(s) SUCCESS directly but WARNING through Shadowcat (notes.txt)"
-        );
-    }
-    out.summary = summary;
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check(id: &str, status: &str) -> Check {
-        Check {
-            id: id.into(),
-            status: status.into(),
-            message: format!("{id} {status}"),
-        }
-    }
-
-    fn results(rows: &[(&str, &[(&str, &str)])]) -> Results {
-        rows.iter()
-            .map(|(name, checks)| {
-                let checks = checks.iter().map(|(id, s)| check(id, s)).collect();
-                (name.to_string(), checks)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn result_folders_name_their_scenario() {
-        assert_eq!(
-            scenario_of("server-tools-list-2026-11-27T14-11-26-166Z"),
-            Some("tools-list")
-        );
-        assert_eq!(
-            scenario_of("server-server-sse-polling-2026-11-27T14-11-26-166Z"),
-            Some("server-sse-polling")
-        );
-        assert_eq!(scenario_of("tools-list-2026-11-27T14-11-26-166Z"), None);
-        assert_eq!(scenario_of("server-x"), None);
-    }
-
-    #[test]
-    fn same_results_pass() {
-        let r = results(&[("ping", &[("ping", "SUCCESS")]), ("a", &[("a", "FAILURE")])]);
-        let listed = BTreeMap::from([("a".to_string(), "no fixture".to_string())]);
-        let c = compare(&r, &r, &listed);
-        assert!(c.errors.is_empty(), "{:?}", c.errors);
-        assert!(
-            c.summary
-                .starts_with("2 scenarios: 1 pass directly, 1 through Shadowcat")
-        );
-    }
-
-    #[test]
-    fn a_regression_through_shadowcat_fails() {
-        let direct = results(&[("ping", &[("ping", "SUCCESS")])]);
-        let through = results(&[("ping", &[("ping", "FAILURE")])]);
-        let c = compare(&direct, &through, &BTreeMap::new());
-        assert_eq!(c.errors.len(), 2, "{:?}", c.errors);
-        assert!(c.errors[0].contains("passes directly, fails through Shadowcat"));
-    }
-
-    #[test]
-    fn a_check_regression_inside_a_failing_scenario_fails() {
-        let direct = results(&[("poll", &[("priming", "SUCCESS"), ("call", "FAILURE")])]);
-        let through = results(&[("poll", &[("priming", "FAILURE"), ("call", "FAILURE")])]);
-        let listed = BTreeMap::from([("poll".to_string(), "no fixture".to_string())]);
-        let c = compare(&direct, &through, &listed);
-        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
-        assert!(c.errors[0].starts_with("poll/priming"));
-    }
-
-    #[test]
-    fn a_downgrade_to_warning_is_noted_not_failed() {
-        let direct = results(&[("poll", &[("priming", "SUCCESS")])]);
-        let through = results(&[("poll", &[("priming", "WARNING")])]);
-        let c = compare(&direct, &through, &BTreeMap::new());
-        assert!(c.errors.is_empty(), "{:?}", c.errors);
-        assert!(
-            c.summary
-                .contains("1 check(s) SUCCESS directly but WARNING")
-        );
-    }
-
-    #[test]
-    fn the_list_must_stay_true() {
-        let direct = results(&[("a", &[("a", "FAILURE")]), ("b", &[("b", "SUCCESS")])]);
-        let listed = BTreeMap::from([
-            ("b".to_string(), "stale".to_string()),
-            ("gone".to_string(), "not run".to_string()),
-        ]);
-        let c = compare(&direct, &direct, &listed);
-        let errors = c.errors.join("\n");
-        assert!(
-            errors.contains("a: fails directly and is not in"),
-            "{errors}"
-        );
-        assert!(errors.contains("b: passes directly now"), "{errors}");
-        assert!(
-            errors.contains("gone: in direct-failures.json but the suite did not run it"),
-            "{errors}"
-        );
-    }
 
     #[test]
     fn node_versions_parse() {
@@ -1700,14 +1354,5 @@ mod tests {
         assert!(err.contains("exited"), "{err}");
         drop(ctx);
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_direct_failures_list_parses_with_reasons() {
-        let paths = Paths::new();
-        for key in ["stable", "next"] {
-            let listed = expected_failures(&paths, key).unwrap();
-            assert!(!listed.is_empty(), "{key} has entries");
-        }
     }
 }
