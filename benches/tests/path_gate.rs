@@ -219,6 +219,28 @@ async fn serve_conn(mut conn: TcpStream, script: Arc<Script>, sessions: Arc<Atom
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s{n}\r\ncontent-length: {}\r\n\r\n{answer}",
                 answer.len()
             )
+        } else if body.contains("\"echo\"") {
+            // A request answered at once, with JSON or with SSE.
+            let id = body
+                .split("\"id\":")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .unwrap_or("0");
+            let answer = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"0123456789012345678901234567890123456789012345678901234567890123"}}]}}}}"#
+            );
+            if body.contains("\"sse\":true") {
+                let event = format!("data: {answer}\n\n");
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{event}",
+                    event.len()
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                )
+            }
         } else {
             // The stream.
             if conn.write_all(sse_head.as_bytes()).await.is_err() {
@@ -449,6 +471,58 @@ fn allocations_per_event_on_the_whole_path() {
             "{what}: {got:.3} allocations per event (limit {limit})"
         );
     }
+}
+
+/// One `tools/call echo`, answered with JSON or SSE, read whole.
+async fn echo(c: &mut Client, sid: &str, id: usize, sse: bool) {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"sse":{sse}}}}}}}"#
+    );
+    c.send("POST", Some(sid), &body).await;
+    // Each answer ends with the text, then the result's end.
+    c.until(b"0123\"}]}}").await;
+    c.buf.clear();
+}
+
+/// Allocations on proxy threads per `tools/call` answered at once, over
+/// `n` requests on one keep-alive connection after a warm-up.
+fn allocs_per_request(n: usize, sse: bool) -> f64 {
+    let rig = rig(script(1, 1));
+    rig.rt.block_on(async {
+        let mut c = Client::connect(rig.proxy).await;
+        let sid = c.initialize().await;
+        for id in 0..50 {
+            echo(&mut c, &sid, 1000 + id, sse).await;
+        }
+        let before = PROXY_ALLOCS.load(Ordering::Relaxed);
+        for id in 0..n {
+            echo(&mut c, &sid, 2000 + id, sse).await;
+        }
+        let after = PROXY_ALLOCS.load(Ordering::Relaxed);
+        (after - before) as f64 / n as f64
+    })
+}
+
+/// Allocations per request answered with JSON, at most.
+const MAX_ALLOCS_PER_JSON_REQUEST: f64 = 100.0;
+/// Allocations per request answered with SSE, at most.
+const MAX_ALLOCS_PER_SSE_REQUEST: f64 = 200.0;
+
+#[test]
+fn allocations_per_request() {
+    let json = allocs_per_request(1_000, false);
+    let sse = allocs_per_request(1_000, true);
+    eprintln!(
+        "allocations per request on the whole path: {json:.1} answered with JSON, {sse:.1} answered with SSE"
+    );
+    assert!(
+        json <= MAX_ALLOCS_PER_JSON_REQUEST,
+        "{json:.1} allocations per JSON-answered request (limit {MAX_ALLOCS_PER_JSON_REQUEST})"
+    );
+    assert!(
+        sse <= MAX_ALLOCS_PER_SSE_REQUEST,
+        "{sse:.1} allocations per SSE-answered request (limit {MAX_ALLOCS_PER_SSE_REQUEST})"
+    );
 }
 
 const IDLE_STREAMS: usize = 500;
