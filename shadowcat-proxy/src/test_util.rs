@@ -329,13 +329,14 @@ impl TestUpstream {
         }
     }
 
-    /// How many `forever` streams were dropped by the other side.
+    /// How many `forever` and listen streams were dropped by the other
+    /// side.
     pub fn cancelled(&self) -> u64 {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Waits up to `timeout` for a `forever` stream to be dropped by the
-    /// other side; true if one was.
+    /// Waits up to `timeout` for a `forever` or listen stream to be
+    /// dropped by the other side; true if one was.
     pub async fn wait_cancelled(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -28,6 +28,7 @@
 //! and closing the client's stream drops the upstream request (or a
 //! pending re-listen) with it, which is the cancellation.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use shadowcat_transport::sse::OutgoingEvent;
 use shadowcat_transport::{Decision, Failure, ReconnectPolicy};
@@ -70,6 +73,24 @@ pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// Most bytes read of an upstream's non-SSE answer to a re-listen (an
 /// error to quote, or a JSON answer to relay).
 pub(crate) const MAX_RELISTEN_ANSWER: usize = 64 << 10;
+
+/// The parts of a message a listen stream looks at.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    result: bool,
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+}
+
+/// True for a field that is there (even `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
 
 /// Ids of re-listen requests: unique in this process.
 static NEXT_RELISTEN: AtomicU64 = AtomicU64::new(1);
@@ -222,20 +243,28 @@ impl Listen {
         name: Option<&str>,
         out: &mut BytesMut,
     ) {
+        // A look without building a tree (no allocation for a plain
+        // method name): most events need nothing more.
+        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(data) else {
+            self.put(data, id, name, out);
+            return;
+        };
+        if peek.method.is_none() && peek.id.is_some() && (peek.result || peek.error) {
+            // The listen's result (a graceful end) or error: the last word.
+            self.phase = Phase::Over;
+        }
+        let is_ack = peek.method.as_deref() == Some(ACKNOWLEDGED);
+        if self.upstream_id.is_none() && !is_ack {
+            self.put(data, id, name, out);
+            return;
+        }
         let Ok(mut msg) = serde_json::from_slice::<Value>(data) else {
             self.put(data, id, name, out);
             return;
         };
         let rewritten = self.restore_ids(&mut msg);
-        if msg.get("method").is_none()
-            && msg.get("id").is_some()
-            && (msg.get("result").is_some() || msg.get("error").is_some())
-        {
-            // The listen's result (a graceful end) or error: the last word.
-            self.phase = Phase::Over;
-        }
         let mut signals = None;
-        if msg.get("method").and_then(Value::as_str) == Some(ACKNOWLEDGED) {
+        if is_ack {
             let filter = msg
                 .pointer("/params/notifications")
                 .cloned()
