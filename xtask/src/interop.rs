@@ -35,6 +35,9 @@ use serde_json::Value;
 
 use crate::{cargo, root};
 
+#[path = "interop_listen.rs"]
+mod listen;
+
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a set-up step (npm ci, pip install, cargo build) may take.
@@ -137,6 +140,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "python-sdk-resume",
         needs: Needs::NodeAndPython,
         run: python_sdk_resume,
+    },
+    Scenario {
+        name: "python-sdk-listen",
+        needs: Needs::NodeAndPython,
+        run: listen::python_sdk_listen,
     },
 ];
 
