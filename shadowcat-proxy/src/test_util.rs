@@ -376,7 +376,10 @@ impl TestUpstream {
     fn command_listens(&self, cmd: impl Fn() -> ListenCmd) -> usize {
         let mut listens = self.state.listens.lock();
         listens.retain(|tx| !tx.is_closed());
-        listens.iter().filter(|tx| tx.try_send(cmd()).is_ok()).count()
+        listens
+            .iter()
+            .filter(|tx| tx.try_send(cmd()).is_ok())
+            .count()
     }
 
     /// Later listen requests are answered with `status` and a JSON-RPC

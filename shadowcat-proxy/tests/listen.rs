@@ -217,7 +217,12 @@ async fn a_dropped_listen_is_listened_again_under_the_clients_id() {
     assert_eq!(seen[1].1["jsonrpc"], "2.0");
     let new_id = seen[1].1["id"].clone();
     assert!(new_id.is_string() && new_id != "sub-1", "{new_id}");
-    for name in ["mcp-protocol-version", "mcp-method", "content-type", "accept"] {
+    for name in [
+        "mcp-protocol-version",
+        "mcp-method",
+        "content-type",
+        "accept",
+    ] {
         assert_eq!(seen[1].0.get(name), seen[0].0.get(name), "{name}");
     }
 

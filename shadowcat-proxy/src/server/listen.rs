@@ -63,16 +63,16 @@ const ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
 const LIST_SIGNALS: [(&str, &str); 3] = [
     ("toolsListChanged", "notifications/tools/list_changed"),
     ("promptsListChanged", "notifications/prompts/list_changed"),
-    ("resourcesListChanged", "notifications/resources/list_changed"),
+    (
+        "resourcesListChanged",
+        "notifications/resources/list_changed",
+    ),
 ];
 /// A listen stream acknowledged and open at least this long counts as
 /// healthy when it drops: the reconnect policy's attempts start over. A
 /// stream that drops sooner (an upstream that acknowledges and closes)
 /// uses up attempts, so it is given up on instead of hammered.
 pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(1);
-/// Most bytes read of an upstream's non-SSE answer to a re-listen (an
-/// error to quote, or a JSON answer to relay).
-pub(crate) const MAX_RELISTEN_ANSWER: usize = 64 << 10;
 
 /// The parts of a message a listen stream looks at.
 #[derive(serde::Deserialize)]
@@ -162,6 +162,9 @@ pub(crate) struct Listen {
     /// The upstream request's headers (the allowlist and credentials).
     headers: HeaderMap,
     env: Arc<StreamEnv>,
+    /// Most bytes read of an upstream's non-SSE answer to a re-listen (an
+    /// error to quote, or a JSON answer to relay): `max_response_bytes`.
+    max_answer: usize,
     policy: ReconnectPolicy,
     phase: Phase,
     /// The id the current upstream stream answers to, once it is not the
@@ -190,13 +193,15 @@ impl std::fmt::Debug for Listen {
 
 impl Listen {
     /// The re-listen state for a listen request `body` (with JSON-RPC id
-    /// `client_id`) that went upstream with `headers`; `None` when the body
-    /// is not a JSON object.
+    /// `client_id`) that went upstream with `headers`; an upstream's
+    /// non-SSE answer to a re-listen is read up to `max_answer` bytes.
+    /// `None` when the body is not a JSON object.
     pub(crate) fn new(
         client_id: Value,
         body: &[u8],
         headers: HeaderMap,
         env: Arc<StreamEnv>,
+        max_answer: usize,
     ) -> Option<Self> {
         let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
             return None;
@@ -206,6 +211,7 @@ impl Listen {
             client_id,
             request,
             headers,
+            max_answer,
             policy: ReconnectPolicy::new(env.reconnect),
             env,
             phase: Phase::Reading,
@@ -335,7 +341,12 @@ impl Listen {
         for (flag, method) in LIST_SIGNALS {
             if filter.get(flag) == Some(&Value::Bool(true)) {
                 let msg = json!({"jsonrpc": "2.0", "method": method, "params": {"_meta": meta}});
-                self.put(&serde_json::to_vec(&msg).expect("serializes"), None, None, out);
+                self.put(
+                    &serde_json::to_vec(&msg).expect("serializes"),
+                    None,
+                    None,
+                    out,
+                );
                 sent += 1;
             }
         }
@@ -347,7 +358,12 @@ impl Listen {
         for uri in uris.iter().filter(|u| u.is_string()) {
             let msg = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
                 "params": {"uri": uri, "_meta": meta}});
-            self.put(&serde_json::to_vec(&msg).expect("serializes"), None, None, out);
+            self.put(
+                &serde_json::to_vec(&msg).expect("serializes"),
+                None,
+                None,
+                out,
+            );
             sent += 1;
         }
         metrics::counter!("shadowcat_listen_refresh_signals_total").increment(sent);
@@ -380,7 +396,11 @@ impl Listen {
         if self.dropped_at.is_none() {
             self.dropped_at = Some(Instant::now());
         }
-        tracing::warn!(cause = why.label(), detail, "the upstream listen stream dropped; listening again");
+        tracing::warn!(
+            cause = why.label(),
+            detail,
+            "the upstream listen stream dropped; listening again"
+        );
         self.decide(Failure::EndedEarly, "", out);
     }
 
@@ -406,7 +426,11 @@ impl Listen {
                             return Poll::Ready(Relisten::Stream(body));
                         }
                         Answer::Json(bytes) => {
-                            tracing::info!("the upstream answered the re-listen with JSON; relaying it and ending the stream");
+                            tracing::warn!(
+                                "the upstream answered the re-listen with JSON, not a stream; relaying it and ending the stream"
+                            );
+                            metrics::counter!("shadowcat_listen_gave_up_total", "cause" => "answered")
+                                .increment(1);
                             self.forward(&bytes, None, None, out);
                             self.phase = Phase::Over;
                         }
@@ -438,7 +462,10 @@ impl Listen {
                 self.phase = Phase::Waiting(Box::pin(tokio::time::sleep(delay)));
                 return;
             }
-            Decision::SessionExpired => ("rejected", "upstream answered HTTP 404; not retrying".to_owned()),
+            Decision::SessionExpired => (
+                "rejected",
+                "upstream answered HTTP 404; not retrying".to_owned(),
+            ),
             Decision::GiveUp(g) => (
                 match g {
                     shadowcat_transport::GiveUp::AttemptsExhausted { .. } => "attempts",
@@ -474,10 +501,14 @@ impl Listen {
         *req.uri_mut() = self.env.uri.clone();
         *req.headers_mut() = self.headers.clone();
         metrics::counter!("shadowcat_listen_relistens_total").increment(1);
-        tracing::debug!(attempt = self.policy.attempts(), "sending subscriptions/listen again");
+        tracing::debug!(
+            attempt = self.policy.attempts(),
+            "sending subscriptions/listen again"
+        );
         let pool = Arc::clone(&self.env.pool);
         let budget = Arc::clone(&self.env.budget);
         let timeout = self.env.response_timeout;
+        let max = self.max_answer;
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let resp = match tokio::time::timeout_at(deadline, pool.request(req)).await {
@@ -503,14 +534,16 @@ impl Listen {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let limits = ReadLimits {
-                max: MAX_RELISTEN_ANSWER,
+                max,
                 budget: Some(budget),
                 deadline,
                 idle: timeout,
             };
             let body = read_whole(resp.into_body(), limits).await;
             match body {
-                Ok(bytes) if status.is_success() && json && !bytes.is_empty() => Answer::Json(bytes),
+                Ok(bytes) if status.is_success() && json && !bytes.is_empty() => {
+                    Answer::Json(bytes)
+                }
                 Ok(bytes) => Answer::Refused {
                     status: if status.is_success() {
                         // Neither a stream nor JSON: nothing to listen on.
@@ -573,7 +606,7 @@ mod tests {
             closing,
         });
         let body = br#"{"jsonrpc":"2.0","id":"c1","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}"#;
-        let mut l = Listen::new(json!("c1"), body, HeaderMap::new(), env).unwrap();
+        let mut l = Listen::new(json!("c1"), body, HeaderMap::new(), env, 1 << 16).unwrap();
         l.upstream_id = upstream_id.map(|u| json!(u));
         l
     }
@@ -627,7 +660,11 @@ mod tests {
             )
         };
         l.forward(&ack("c1"), None, None, &mut out);
-        assert_eq!(datas(&out).len(), 1, "the first acknowledgement goes through");
+        assert_eq!(
+            datas(&out).len(),
+            1,
+            "the first acknowledgement goes through"
+        );
         out.clear();
         l.dropped_at = Some(Instant::now());
         l.upstream_id = Some(json!("shadowcat-relisten-1"));
@@ -643,7 +680,10 @@ mod tests {
             ]
         );
         assert_eq!(got[1]["params"]["uri"], "file:///a");
-        assert!(got.iter().all(|m| m["params"]["_meta"][SUBSCRIPTION_ID] == "c1"));
+        assert!(
+            got.iter()
+                .all(|m| m["params"]["_meta"][SUBSCRIPTION_ID] == "c1")
+        );
     }
 
     #[test]

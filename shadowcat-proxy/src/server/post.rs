@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::access;
-use super::listen;
 use super::body::ProxyBody;
+use super::listen;
 use super::ratelimit::{ClientAddr, retry_secs};
 use super::rejection::Rejection;
 use super::{Shared, accepts, unavailable};
@@ -276,8 +276,13 @@ impl Shared {
         // closes the upstream request: that is the cancellation.
         if let (Some(up_headers), Some(id)) = (listen_headers, &m.id)
             && is_sse(resp.headers())
-            && let Some(listen) =
-                listen::Listen::new(id.clone(), &bytes, up_headers, Arc::clone(&self.env))
+            && let Some(listen) = listen::Listen::new(
+                id.clone(),
+                &bytes,
+                up_headers,
+                Arc::clone(&self.env),
+                self.live().limits.max_response_bytes,
+            )
         {
             let (parts, body) = resp.into_parts();
             return Ok(self.forward_sse(parts, body, None, "listen", Some(listen)));
