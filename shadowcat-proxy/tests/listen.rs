@@ -287,6 +287,24 @@ async fn a_refused_relisten_ends_the_stream_with_the_cause() {
 }
 
 #[tokio::test]
+async fn a_json_answer_to_the_relisten_is_the_listens_answer() {
+    let h = harness(10).await;
+    let mut r = open_listen(&h, json!("sub-6")).await;
+    // The test upstream's refusal is a JSON-RPC error with id null; with
+    // 200 it is an answer, not a refusal.
+    h.upstream.set_listen_refusal(Some(200));
+    assert_eq!(h.upstream.cut_listens(true), 1);
+    let answer = r.message().await;
+    assert_eq!(answer["id"], "sub-6", "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "listen refused by the test upstream"
+    );
+    r.end().await;
+    assert_eq!(listens(&h.upstream).len(), 2);
+}
+
+#[tokio::test]
 async fn a_relisten_that_keeps_failing_is_given_up_after_the_attempts() {
     let h = harness(2).await;
     let gave_up = metrics::count("shadowcat_listen_gave_up_total{cause=attempts}");

@@ -308,6 +308,29 @@ impl Listen {
         }
     }
 
+    /// Relays the upstream's JSON answer to a re-listen as the listen's
+    /// answer, under the client's id (whatever id the upstream put on
+    /// it, `null` included: it answered the re-listen), and ends.
+    fn answer(&mut self, bytes: &Bytes, out: &mut BytesMut) {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(mut msg) if msg.get("result").is_some() || msg.get("error").is_some() => {
+                self.restore_ids(&mut msg);
+                msg["id"] = self.client_id.clone();
+                let body = serde_json::to_vec(&msg).expect("a JSON value serializes");
+                self.put(&body, None, None, out);
+                self.phase = Phase::Over;
+            }
+            _ => self.decide(
+                Failure::Status {
+                    status: StatusCode::BAD_GATEWAY.as_u16(),
+                    retry_after: None,
+                },
+                "a JSON body that is not a JSON-RPC response",
+                out,
+            ),
+        }
+    }
+
     /// Puts the client's id back where the upstream has the re-listen's:
     /// the message's `id` and its `_meta` subscription id. True when
     /// something changed.
@@ -431,8 +454,7 @@ impl Listen {
                             );
                             metrics::counter!("shadowcat_listen_gave_up_total", "cause" => "answered")
                                 .increment(1);
-                            self.forward(&bytes, None, None, out);
-                            self.phase = Phase::Over;
+                            self.answer(&bytes, out);
                         }
                         Answer::Refused {
                             status,
