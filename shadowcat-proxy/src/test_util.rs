@@ -28,6 +28,16 @@
 //!   that never sends a result; [`TestUpstream::wait_cancelled`] tells when
 //!   the proxy dropped it.
 //! - `slow` `{ms}`: answers after `ms` milliseconds.
+//!
+//! `subscriptions/listen` (2026-07-28) opens a listen stream: the
+//! acknowledgement (echoing the requested `notifications`, with the
+//! request's id as `_meta` subscription id), then whatever the test sends
+//! with [`TestUpstream::notify_listens`], until the test cuts it
+//! ([`TestUpstream::cut_listens`]: abruptly or with a clean end, no
+//! result) or ends it gracefully with the listen's result
+//! ([`TestUpstream::end_listens`]). Listens can be refused with a status
+//! ([`TestUpstream::set_listen_refusal`]) or held before they are answered
+//! ([`TestUpstream::hold_listens`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,7 +90,27 @@ struct State {
     all_sent: Notify,
     deletes: AtomicU64,
     deleted_signal: Notify,
+    /// Open listen streams' command channels.
+    listens: Mutex<Vec<mpsc::Sender<ListenCmd>>>,
+    listen_refusal: Mutex<Option<u16>>,
+    listen_retry: Mutex<Option<u64>>,
+    listen_hold: std::sync::atomic::AtomicBool,
+    listen_gate: Notify,
+    /// Listens answered with a stream so far.
+    listens_opened: AtomicU64,
+    listen_opened: Notify,
 }
+
+/// What the test tells an open listen stream.
+#[derive(Debug)]
+enum ListenCmd {
+    Notify(String, Value),
+    Cut { abort: bool },
+    End,
+}
+
+/// The `_meta` key naming a listen's subscription.
+const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// One `progress` stream's events, replayable from any point.
 #[derive(Debug)]
@@ -299,13 +329,14 @@ impl TestUpstream {
         }
     }
 
-    /// How many `forever` streams were dropped by the other side.
+    /// How many `forever` and listen streams were dropped by the other
+    /// side.
     pub fn cancelled(&self) -> u64 {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Waits up to `timeout` for a `forever` stream to be dropped by the
-    /// other side; true if one was.
+    /// Waits up to `timeout` for a `forever` or listen stream to be
+    /// dropped by the other side; true if one was.
     pub async fn wait_cancelled(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -315,6 +346,80 @@ impl TestUpstream {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.cancelled() > 0;
+            }
+        }
+    }
+}
+
+impl TestUpstream {
+    /// Sends `method` with `params` (plus the `_meta` subscription id) on
+    /// every open listen stream; returns how many got it.
+    pub fn notify_listens(&self, method: &str, params: Value) -> usize {
+        self.command_listens(|| ListenCmd::Notify(method.to_owned(), params.clone()))
+    }
+
+    /// Cuts every open listen stream without its result: `abort` resets
+    /// the connection, otherwise the stream ends cleanly.
+    pub fn cut_listens(&self, abort: bool) -> usize {
+        let n = self.command_listens(|| ListenCmd::Cut { abort });
+        self.state.listens.lock().clear();
+        n
+    }
+
+    /// Ends every open listen stream gracefully, with the listen's result.
+    pub fn end_listens(&self) -> usize {
+        let n = self.command_listens(|| ListenCmd::End);
+        self.state.listens.lock().clear();
+        n
+    }
+
+    fn command_listens(&self, cmd: impl Fn() -> ListenCmd) -> usize {
+        let mut listens = self.state.listens.lock();
+        listens.retain(|tx| !tx.is_closed());
+        listens
+            .iter()
+            .filter(|tx| tx.try_send(cmd()).is_ok())
+            .count()
+    }
+
+    /// Later listen requests are answered with `status` and a JSON-RPC
+    /// error (`None`: served again).
+    pub fn set_listen_refusal(&self, status: Option<u16>) {
+        *self.state.listen_refusal.lock() = status;
+    }
+
+    /// Later listen streams start with `retry: ms`.
+    pub fn set_listen_retry(&self, ms: Option<u64>) {
+        *self.state.listen_retry.lock() = ms;
+    }
+
+    /// While on, each listen request waits for [`TestUpstream::release_listen`]
+    /// (at most 10 s) before it is answered.
+    pub fn hold_listens(&self, on: bool) {
+        self.state.listen_hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Lets one held listen request be answered.
+    pub fn release_listen(&self) {
+        self.state.listen_gate.notify_one();
+    }
+
+    /// Listens answered with a stream so far.
+    pub fn listens_opened(&self) -> u64 {
+        self.state.listens_opened.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` until at least `n` listens were answered
+    /// with a stream; true if so.
+    pub async fn wait_listens_opened(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.listen_opened.notified();
+            if self.listens_opened() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.listens_opened() >= n;
             }
         }
     }
@@ -451,6 +556,16 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
         return r;
     }
     match method.as_str() {
+        "subscriptions/listen" => {
+            if let Some(status) = *st.listen_refusal.lock() {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                return error(status, -32000, "listen refused by the test upstream");
+            }
+            if st.listen_hold.load(Ordering::SeqCst) {
+                let _ = tokio::time::timeout(GATE_TIMEOUT, st.listen_gate.notified()).await;
+            }
+            listen_stream(&st, id, &msg)
+        }
         "tools/list" => json_response(
             StatusCode::OK,
             &json!({"jsonrpc":"2.0","id":id,"result":{"tools":[
@@ -670,6 +785,70 @@ fn serve_log(st: &Arc<State>, log: Arc<StreamLog>, from: u64, first: bool) -> Re
                 }
                 return;
             }
+        }
+    });
+    let mut r = Response::new(UpBody::Log(rx));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+fn listen_stream(st: &Arc<State>, id: Value, msg: &Value) -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Cut>>(16);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<ListenCmd>(16);
+    st.listens.lock().push(cmd_tx);
+    let filter = msg["params"]["notifications"].clone();
+    let retry = *st.listen_retry.lock();
+    let st = Arc::clone(st);
+    tokio::spawn(async move {
+        let meta = json!({ SUBSCRIPTION_ID: id });
+        let mut first = String::new();
+        if let Some(ms) = retry {
+            first.push_str(&format!("retry: {ms}\n\n"));
+        }
+        let ack = json!({"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged",
+            "params":{"_meta":meta,"notifications":filter}});
+        first.push_str(&format!("data: {ack}\n\n"));
+        if tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        st.listens_opened.fetch_add(1, Ordering::SeqCst);
+        st.listen_opened.notify_waiters();
+        // True when the other side went away.
+        let run = async {
+            loop {
+                tokio::select! {
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(ListenCmd::Notify(method, mut params)) => {
+                            params["_meta"] = meta.clone();
+                            let note = json!({"jsonrpc":"2.0","method":method,"params":params});
+                            if tx.send(Ok(Bytes::from(format!("data: {note}\n\n")))).await.is_err() {
+                                return true;
+                            }
+                        }
+                        Some(ListenCmd::Cut { abort }) => {
+                            if abort {
+                                let _ = tx.send(Err(Cut)).await;
+                            }
+                            return false;
+                        }
+                        Some(ListenCmd::End) => {
+                            let result = json!({"jsonrpc":"2.0","id":id,
+                                "result":{"_meta":meta,"resultType":"complete"}});
+                            let _ = tx.send(Ok(Bytes::from(format!("data: {result}\n\n")))).await;
+                            return false;
+                        }
+                        None => return false,
+                    },
+                    () = tx.closed() => return true,
+                }
+            }
+        };
+        if let Ok(true) = tokio::time::timeout(Duration::from_secs(30), run).await {
+            st.cancelled.fetch_add(1, Ordering::SeqCst);
+            st.cancelled_signal.notify_waiters();
         }
     });
     let mut r = Response::new(UpBody::Log(rx));

@@ -39,6 +39,8 @@ use crate::{cargo, root};
 
 #[path = "interop_conformance.rs"]
 mod conformance;
+#[path = "interop_listen.rs"]
+mod listen;
 
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
@@ -138,6 +140,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "python-sdk-resume",
         needs: Needs::NodeAndPython,
         run: python_sdk_resume,
+    },
+    Scenario {
+        name: "python-sdk-listen",
+        needs: Needs::NodeAndPython,
+        run: listen::python_sdk_listen,
     },
 ];
 

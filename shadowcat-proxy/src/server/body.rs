@@ -27,6 +27,7 @@ use shadowcat_transport::sse::{Decoder, OutgoingEvent, SseItem, encode_comment};
 use tokio::time::{Instant, Sleep};
 
 use super::access::Finish;
+use super::listen::{Listen, Relisten, Stopped};
 use crate::stream::StreamBody;
 use crate::stream::{BoxError, Closing, StreamSlot};
 use crate::upstream::http::UpstreamBody;
@@ -157,6 +158,8 @@ pub(crate) struct SseForward {
     events: u64,
     _slot: Option<StreamSlot>,
     label: &'static str,
+    /// A `subscriptions/listen` stream: re-listened when it drops.
+    listen: Option<Box<Listen>>,
 }
 
 impl std::fmt::Debug for SseForward {
@@ -164,6 +167,7 @@ impl std::fmt::Debug for SseForward {
         f.debug_struct("SseForward")
             .field("done", &self.done)
             .field("events", &self.events)
+            .field("listen", &self.listen)
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +201,15 @@ impl SseForward {
             events: 0,
             _slot: slot,
             label,
+            listen: None,
         }
+    }
+
+    /// Makes this a listen stream that is re-listened when the upstream
+    /// drops it ([`Listen`]).
+    pub(crate) fn with_listen(mut self, listen: Listen) -> Self {
+        self.listen = Some(Box::new(listen));
+        self
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -211,31 +223,66 @@ impl SseForward {
             self.done = true;
             return Poll::Ready(None);
         }
-        // Everything the upstream has ready goes out in one frame (one
-        // write), up to COALESCE_BYTES; nothing waits for more.
-        while !self.upstream_ended && self.failed.is_none() {
-            match Pin::new(&mut self.upstream).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(chunk) = frame.into_data() else {
-                        continue;
-                    };
-                    if let Err(e) = self.forward(chunk) {
-                        self.failed = Some(e);
-                    } else if self.out.len() >= COALESCE_BYTES {
-                        break;
+        loop {
+            // Everything the upstream has ready goes out in one frame (one
+            // write), up to COALESCE_BYTES; nothing waits for more.
+            while !self.upstream_ended && self.failed.is_none() {
+                match Pin::new(&mut self.upstream).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(chunk) = frame.into_data() else {
+                            continue;
+                        };
+                        if let Err(e) = self.forward(chunk) {
+                            self.failed = Some(e);
+                        } else if self.out.len() >= COALESCE_BYTES {
+                            break;
+                        }
                     }
-                }
-                Poll::Ready(Some(Err(e))) => self.failed = Some(StreamError::Upstream(e)),
-                Poll::Ready(None) => {
-                    if self.decoder.finish() {
-                        tracing::debug!(
-                            stream = self.label,
-                            "upstream SSE stream ended mid-event; partial event dropped"
-                        );
+                    Poll::Ready(Some(Err(e))) => self.failed = Some(StreamError::Upstream(e)),
+                    Poll::Ready(None) => {
+                        if self.decoder.finish() {
+                            tracing::debug!(
+                                stream = self.label,
+                                "upstream SSE stream ended mid-event; partial event dropped"
+                            );
+                        }
+                        self.upstream_ended = true;
                     }
-                    self.upstream_ended = true;
+                    Poll::Pending => break,
                 }
-                Poll::Pending => break,
+            }
+            // A listen stream that stopped before its result is listened
+            // to again, in this state machine.
+            let Some(listen) = self.listen.as_deref_mut() else {
+                break;
+            };
+            if listen.is_over() {
+                break;
+            }
+            if !listen.is_relistening() {
+                if !self.upstream_ended && self.failed.is_none() {
+                    break;
+                }
+                let (why, detail) = match self.failed.take() {
+                    Some(StreamError::Decode(e)) => (Stopped::Malformed, e.to_string()),
+                    Some(StreamError::Upstream(e)) => (Stopped::Broken, e.to_string()),
+                    None => (Stopped::Ended, String::new()),
+                };
+                self.upstream_ended = true;
+                let before = listen.events;
+                listen.dropped(why, &detail, &mut self.out);
+                self.events += listen.events - before;
+            }
+            let before = listen.events;
+            let polled = listen.poll_relisten(cx, &mut self.out);
+            self.events += listen.events - before;
+            match polled {
+                Poll::Ready(Relisten::Stream(body)) => {
+                    self.upstream = body;
+                    self.decoder = Decoder::default();
+                    self.upstream_ended = false;
+                }
+                Poll::Ready(Relisten::Over) | Poll::Pending => break,
             }
         }
         if !self.out.is_empty() {
@@ -245,7 +292,7 @@ impl SseForward {
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Some(Err(self.fail(e))));
         }
-        if self.upstream_ended {
+        if self.upstream_ended && !self.listen.as_ref().is_some_and(|l| l.is_relistening()) {
             self.done = true;
             return Poll::Ready(None);
         }
@@ -287,22 +334,33 @@ impl SseForward {
                     if let Some(id) = id {
                         out = out.id(id);
                     }
-                    if !ev.is_priming() {
+                    if ev.is_priming() {
+                        // Decoded ids hold no line break or NUL, so
+                        // encoding cannot fail.
+                        let _ = out.encode(&mut self.out);
+                    } else if let Some(listen) = self.listen.as_deref_mut() {
+                        let before = listen.events;
+                        listen.forward(&ev.data, id, ev.event.as_deref(), &mut self.out);
+                        self.events += listen.events - before;
+                    } else {
                         out = out.data(&ev.data);
                         if let Some(name) = ev.event.as_deref() {
                             out = out.event(name);
                         }
                         self.events += 1;
+                        // Decoded ids and names hold no line break or NUL,
+                        // so encoding cannot fail.
+                        let _ = out.encode(&mut self.out);
                     }
-                    // Decoded ids and names hold no line break or NUL, so
-                    // encoding cannot fail.
-                    let _ = out.encode(&mut self.out);
                 }
                 SseItem::IdOnly(id) => {
                     let id = id.as_deref().unwrap_or("");
                     let _ = OutgoingEvent::new().id(id).encode(&mut self.out);
                 }
                 SseItem::Retry(ms) => {
+                    if let Some(listen) = self.listen.as_deref_mut() {
+                        listen.server_retry(ms);
+                    }
                     let _ = OutgoingEvent::new().retry(ms).encode(&mut self.out);
                 }
             }

@@ -50,6 +50,7 @@ mod delete;
 pub(crate) mod ender;
 mod get;
 mod guard;
+mod listen;
 mod post;
 pub(crate) mod ratelimit;
 mod rejection;
@@ -850,14 +851,30 @@ impl Shared {
             return Ok(out);
         }
         // No session (2026-07-28): no ids to resume by; forwarded as is.
-        let body = ProxyBody::sse(SseForward::new(
+        Ok(self.forward_sse(parts, body, slot, label, None))
+    }
+
+    /// A sessionless SSE response (2026-07-28) forwarding `body`; with
+    /// `listen`, a listen stream that is listened to again when it drops.
+    fn forward_sse(
+        &self,
+        parts: http::response::Parts,
+        body: UpstreamBody,
+        slot: Option<StreamSlot>,
+        label: &'static str,
+        listen: Option<listen::Listen>,
+    ) -> Response<ProxyBody> {
+        let mut forward = SseForward::new(
             body,
             self.config.limits.keepalive_interval,
             Some(self.closing()),
             slot,
             label,
-        ));
-        let mut out = Response::new(body);
+        );
+        if let Some(listen) = listen {
+            forward = forward.with_listen(listen);
+        }
+        let mut out = Response::new(ProxyBody::sse(forward));
         *out.status_mut() = parts.status;
         let h = out.headers_mut();
         for name in &FORWARDED_RESPONSE_HEADERS {
@@ -867,7 +884,7 @@ impl Shared {
         }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        Ok(out)
+        out
     }
 
     /// A non-SSE upstream answer, read whole (at most

@@ -7,9 +7,11 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::access;
 use super::body::ProxyBody;
+use super::listen;
 use super::ratelimit::{ClientAddr, retry_secs};
 use super::rejection::Rejection;
 use super::{Shared, accepts, unavailable};
@@ -265,11 +267,28 @@ impl Shared {
                 String::from_utf8_lossy(h.as_bytes())
             )));
         }
-        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let up = self.upstream_request(Method::POST, headers, None, bytes.clone());
+        // A listen request's headers, to send it again if its stream drops.
+        let listen_headers = (m.kind == jsonrpc::Kind::Request
+            && m.method.as_deref() == Some(listen::LISTEN))
+        .then(|| up.headers().clone());
         let resp = self.send(up).await?;
         // No session and no resumption: the stream is the request's. When
         // the client drops it, the upstream body is dropped with it, which
         // closes the upstream request: that is the cancellation.
+        if let (Some(up_headers), Some(id)) = (listen_headers, &m.id)
+            && is_sse(resp.headers())
+            && let Some(listen) = listen::Listen::new(
+                id.clone(),
+                &bytes,
+                up_headers,
+                Arc::clone(&self.env),
+                self.live().limits.max_response_bytes,
+            )
+        {
+            let (parts, body) = resp.into_parts();
+            return Ok(self.forward_sse(parts, body, None, "listen", Some(listen)));
+        }
         self.relay(resp, None, None, "stateless").await
     }
 
