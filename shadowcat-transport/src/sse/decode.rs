@@ -205,11 +205,14 @@ pub struct Decoder {
     event: Option<Utf8Bytes>,
     /// WHATWG "last event ID buffer"; `None` when empty.
     id: Option<Utf8Bytes>,
-    /// `id` is a slice of a pushed chunk (else a copy in `id_arena`).
+    /// `id` is a slice of a pushed chunk.
     id_shared: bool,
-    /// Where `id` is copied when its chunk is used up, so that no chunk
-    /// stays pinned by the id alone; one buffer serves many ids.
-    id_arena: BytesMut,
+    /// When its chunk is used up, a chunk-sliced `id` moves here (and `id`
+    /// becomes `None`), so that no chunk stays pinned by the id alone; the
+    /// buffer is reused, so this allocates nothing in steady state.
+    id_store: Vec<u8>,
+    /// The last event ID is in `id_store`.
+    id_stored: bool,
     /// The current block had an effective `id` line.
     block_has_id: bool,
     /// Field lines in the current block.
@@ -239,7 +242,8 @@ impl Decoder {
             event: None,
             id: None,
             id_shared: false,
-            id_arena: BytesMut::new(),
+            id_store: Vec::new(),
+            id_stored: false,
             block_has_id: false,
             fields: 0,
             poisoned: false,
@@ -256,7 +260,7 @@ impl Decoder {
     pub fn heap_bytes(&self) -> usize {
         self.line.capacity()
             + self.data_buf.capacity()
-            + self.id_arena.capacity()
+            + self.id_store.capacity()
             + self.queued.capacity() * mem::size_of::<Bytes>()
     }
 
@@ -265,22 +269,31 @@ impl Decoder {
         self.poisoned
     }
 
-    /// Copies a chunk-sliced `id` into the id arena.
+    /// Moves a chunk-sliced `id` into `id_store`.
     fn detach_id(&mut self) {
-        const ARENA: usize = 1024;
         if !self.id_shared {
             return;
         }
         self.id_shared = false;
-        let Some(id) = &self.id else {
+        let Some(id) = self.id.take() else {
             return;
         };
-        if self.id_arena.capacity() < id.len() {
-            self.id_arena = BytesMut::with_capacity(ARENA.max(id.len()));
+        self.id_store.clear();
+        self.id_store.extend_from_slice(id.as_bytes());
+        self.id_stored = true;
+    }
+
+    /// The last event ID, brought back from `id_store` if it was moved
+    /// there (one allocation, only for a block without its own `id` line
+    /// after a chunk boundary).
+    fn last_id(&mut self) -> Option<Utf8Bytes> {
+        if self.id_stored {
+            self.id_stored = false;
+            self.id = Some(Utf8Bytes::from_utf8_lossy(Bytes::copy_from_slice(
+                &self.id_store,
+            )));
         }
-        self.id_arena.extend_from_slice(id.as_bytes());
-        let copy = self.id_arena.split().freeze();
-        self.id = Some(Utf8Bytes::from_utf8_lossy(copy));
+        self.id.clone()
     }
 
     /// Queues the next chunk of the stream. Iterate the decoder to decode
@@ -318,6 +331,8 @@ impl Decoder {
         self.data_buf.clear();
         self.event = None;
         self.id = None;
+        self.id_shared = false;
+        self.id_stored = false;
         self.block_has_id = false;
         self.fields = 0;
         self.poisoned = false;
@@ -422,6 +437,7 @@ impl Decoder {
             b"id" if !value.contains(&0) => {
                 self.id = text(value, owner);
                 self.id_shared = owner.is_some();
+                self.id_stored = false;
                 self.block_has_id = true;
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
@@ -476,7 +492,7 @@ impl Decoder {
         let has_own_id = mem::take(&mut self.block_has_id);
         let event = self.event.take();
         let data = match mem::take(&mut self.data) {
-            Data::Empty => return has_own_id.then(|| SseItem::IdOnly(self.id.clone())),
+            Data::Empty => return has_own_id.then(|| SseItem::IdOnly(self.last_id())),
             Data::Slice(data) => data,
             Data::Owned => {
                 let data = self.data_buf.split().freeze();
@@ -486,8 +502,9 @@ impl Decoder {
                 data
             }
         };
+        let id = self.last_id();
         Some(SseItem::Event(SseEvent {
-            id: self.id.clone(),
+            id,
             has_own_id,
             event,
             data,
