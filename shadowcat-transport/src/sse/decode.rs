@@ -271,7 +271,8 @@ impl Decoder {
 
     /// Moves a chunk-sliced `id` into `id_store`.
     fn detach_id(&mut self) {
-        if !self.id_shared {
+        // Mid-block, the id goes out with the block's dispatch soon: kept.
+        if !self.id_shared || self.block_has_id {
             return;
         }
         self.id_shared = false;
@@ -1065,5 +1066,24 @@ mod tests {
         dec.push(Bytes::from_static(b"data: c\n\n"));
         let out: Out = dec.collect();
         assert_eq!(out, vec![ok(ev("b")), ok(ev("c"))]);
+    }
+
+    #[test]
+    fn a_used_up_chunk_is_let_go_and_its_id_lives_on() {
+        let chunk = Bytes::from(b"id: 7\ndata: a\n\n".to_vec());
+        let mut dec = Decoder::default();
+        dec.push(chunk.clone());
+        let first: Vec<_> = dec.by_ref().collect();
+        assert_eq!(first.len(), 1);
+        drop(first);
+        // Neither the consumed slice nor the last event ID pins the chunk.
+        assert!(chunk.is_unique(), "the decoder still holds the used chunk");
+        // The next event without an `id` line still carries the last one.
+        dec.push(Bytes::from_static(b"data: b\n\n"));
+        let Some(Ok(SseItem::Event(e))) = dec.next() else {
+            panic!("an event");
+        };
+        assert_eq!(e.id.as_ref().map(Utf8Bytes::as_str), Some("7"));
+        assert!(!e.has_own_id);
     }
 }
