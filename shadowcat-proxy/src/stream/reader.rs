@@ -22,8 +22,15 @@ use crate::mcp::protocol::ProtocolVersion;
 use crate::upstream::http::UpstreamBody;
 use crate::upstream::queue::MessageQueue;
 
-/// Initial capacity of a pump's encoding buffer.
+/// The first encoding buffer of a pump: most streams (a request's answer)
+/// carry one small event, and a batch's buffer is kept with the batch in
+/// the replay buffer.
+const ENC_FIRST: usize = 1024;
+/// Each new encoding buffer is twice the last, up to this.
 const ENC_CAPACITY: usize = 8 * 1024;
+/// A new buffer is started when less than this (beyond the payload) is
+/// left: room for the id line and the field names.
+const ENC_ROOM: usize = 256;
 
 /// Decodes upstream chunks and encodes sealed client events.
 pub(crate) struct Forwarder {
@@ -33,6 +40,8 @@ pub(crate) struct Forwarder {
     /// message per line (the stdio forward proxy).
     sealer: Option<StreamSealer>,
     enc: BytesMut,
+    /// The capacity of the next encoding buffer.
+    enc_next: usize,
     /// Messages taken from a queue, reused batch to batch.
     pub(super) taken: Vec<Bytes>,
     /// End offsets in `enc` of the events of the current batch.
@@ -107,7 +116,11 @@ impl Forwarder {
             let item = item?;
             // Allocated with the first item to encode: a comment alone
             // (an idle stream's opening) allocates nothing.
-            self.ensure_capacity();
+            let size = match &item {
+                SseItem::Event(ev) => ev.data.len() + ev.event.as_ref().map_or(0, |e| e.len()),
+                _ => 0,
+            };
+            self.ensure_capacity(size);
             match item {
                 SseItem::Event(ev) => {
                     let own = if ev.has_own_id {
@@ -194,16 +207,22 @@ impl Forwarder {
     }
 
     /// An idle stream holds no encoding buffer: it is allocated with the
-    /// first input.
-    fn ensure_capacity(&mut self) {
-        if self.enc.capacity() == 0 {
-            self.enc = BytesMut::with_capacity(ENC_CAPACITY);
+    /// first event, small, and each next one twice as large up to
+    /// [`ENC_CAPACITY`]: a busy stream allocates once per 8 KiB of output,
+    /// a one-event answer keeps 1 KiB.
+    /// `size`: the payload about to be encoded.
+    fn ensure_capacity(&mut self, size: usize) {
+        if self.enc.capacity() - self.enc.len() < size + ENC_ROOM {
+            // The batch split off before keeps the old buffer: this is a
+            // new one, with what is pending copied in.
+            self.enc.reserve(self.enc_next.max(size + ENC_ROOM));
+            self.enc_next = (self.enc_next * 2).min(ENC_CAPACITY);
         }
     }
 
     /// Encodes one message from a queue as the event with number `*seq`.
     pub(super) fn put_message(&mut self, msg: &Bytes, seq: &mut u64) {
-        self.ensure_capacity();
+        self.ensure_capacity(msg.len());
         match &self.sealer {
             Some(sealer) => {
                 sealer.write_id_line(&mut self.enc, *seq, None);
@@ -374,6 +393,7 @@ impl Pump {
                 tracker,
                 sealer: spec.sealer,
                 enc: BytesMut::new(),
+                enc_next: ENC_FIRST,
                 taken: Vec::new(),
                 marks: Vec::with_capacity(16),
                 last_data: None,
