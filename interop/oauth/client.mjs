@@ -53,6 +53,12 @@ async function main() {
   ];
   assert(order.every((i) => i >= 0), `every step of the flow happened: ${JSON.stringify(fetchLog)}`);
   assert(order.every((v, i) => i === 0 || order[i - 1] < v), `the steps came in order: ${JSON.stringify(fetchLog)}`);
+  const origin = new URL(url).origin;
+  const metadataFetch = fetchLog[order[1]];
+  assert(
+    metadataFetch.startsWith(`GET ${origin}/.well-known/oauth-protected-resource`),
+    `the resource metadata came from ${origin} (named by its 401): ${metadataFetch}`,
+  );
   const authorize = fetchLog[order[4]];
   assert(authorize.includes(`resource=${url}`), `the resource indicator is the MCP URL: ${authorize}`);
   assert(authorize.endsWith('pkce=S256'), `PKCE S256: ${authorize}`);

@@ -35,6 +35,9 @@ use serde_json::Value;
 
 use crate::{cargo, root};
 
+#[path = "interop_oauth.rs"]
+mod oauth;
+
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a set-up step (npm ci, pip install, cargo build) may take.
@@ -127,6 +130,31 @@ const SCENARIOS: &[Scenario] = &[
         name: "inspector-cli",
         needs: Needs::Node,
         run: inspector_cli,
+    },
+    Scenario {
+        name: "oauth-direct",
+        needs: Needs::Node,
+        run: oauth::oauth_direct,
+    },
+    Scenario {
+        name: "oauth-mode",
+        needs: Needs::Node,
+        run: oauth::oauth_mode,
+    },
+    Scenario {
+        name: "oauth-opaque",
+        needs: Needs::Node,
+        run: oauth::oauth_opaque,
+    },
+    Scenario {
+        name: "oauth-negative",
+        needs: Needs::Node,
+        run: oauth::oauth_negative,
+    },
+    Scenario {
+        name: "oauth-passthrough",
+        needs: Needs::Node,
+        run: oauth::oauth_passthrough,
     },
     Scenario {
         name: "python-sdk",
