@@ -224,6 +224,14 @@ async function oauthCases() {
   const now = Math.floor(Date.now() / 1000);
   const good = { sub: 'alice', aud: url, scope: 'mcp', client_id: claims.client_id };
 
+  // The control: a token the AS signs on request, with alice's claims, is
+  // accepted; so each minted token below fails for its one wrong claim.
+  const control = await signed(good);
+  const controlRes = await post({ jsonrpc: '2.0', id: 'control', method: 'tools/list', params: {} }, { token: control, session });
+  const controlBody = await readBody(controlRes);
+  assert(controlRes.status === 200 && controlBody.includes('"echo"'), `a well-formed signed token is accepted, got ${controlRes.status} ${controlBody.slice(0, 300)}`);
+  console.log('case control 200: a token signed on request with good claims is accepted');
+
   await expectRejected('no-token', await post(request('no-token'), { session }), { status: 401 });
   const expired = await signed({ ...good, iat: now - 7200, exp: now - 3600 });
   await expectRejected('expired', await post(request('expired'), { token: expired, session }), { status: 401, error: 'invalid_token', secret: expired });
