@@ -26,7 +26,17 @@ const NEGATIVE_REASONS: &[&str] = &[
     "alg",
     "scope",
     "binding",
+    "unknown_key",
 ];
+
+/// A counter in a Shadowcat's `/metrics` must be at least `min`.
+fn at_least(text: &str, series: &str, min: f64) -> Result<f64, String> {
+    let n = metric(text, series);
+    if n < min {
+        return Err(format!("{series} is {n}, expected at least {min}"));
+    }
+    Ok(n)
+}
 
 impl Ctx {
     /// `oauth/as.mjs` with `flags`; returns its issuer URL.
@@ -218,17 +228,21 @@ pub(super) fn oauth_mode(ctx: &mut Ctx) -> Result<String, String> {
     expect_field(&summary, "token_format", "jwt")?;
     expect_field(&summary, "aud", &url)?;
     let upstream_seen = upstream_credentials(ctx, field(&summary, "token"), &upstream)?;
-    let missing = metric(
-        &metrics(admin)?,
+    let text = metrics(admin)?;
+    // The client's first request had no token.
+    at_least(
+        &text,
         r#"shadowcat_auth_failures_total{reason="missing"}"#,
-    );
-    if missing < 1.0 {
-        return Err(format!(
-            "the client's first request had no token, yet shadowcat_auth_failures_total{{reason=\"missing\"}} is {missing}"
-        ));
-    }
+        1.0,
+    )?;
+    // One token fetched and reused, not one per request.
+    let fetched = at_least(
+        &text,
+        r#"shadowcat_auth_upstream_tokens_total{result="ok"}"#,
+        1.0,
+    )?;
     Ok(format!(
-        "JWT for {url}, {} progress; {upstream_seen}",
+        "JWT for {url}, {} progress; {upstream_seen}; {fetched} upstream token(s) fetched",
         summary["progress"]
     ))
 }
@@ -305,8 +319,19 @@ pub(super) fn oauth_opaque(ctx: &mut Ctx) -> Result<String, String> {
             "every upstream request should carry the static upstream bearer ({static_fp}), never the client's token ({client_token}): {lines:?}"
         ));
     }
+    let text = metrics(proxy.admin)?;
+    let active = at_least(
+        &text,
+        r#"shadowcat_auth_introspections_total{result="active"}"#,
+        1.0,
+    )?;
+    let hits = at_least(
+        &text,
+        r#"shadowcat_auth_introspections_total{result="hit"}"#,
+        1.0,
+    )?;
     Ok(format!(
-        "opaque token introspected, {} progress; the upstream saw {} requests, each with the static bearer",
+        "opaque token introspected ({active} asked, {hits} from the cache), {} progress; the upstream saw {} requests, each with the static bearer",
         summary["progress"],
         lines.len()
     ))
@@ -335,6 +360,12 @@ pub(super) fn oauth_negative(ctx: &mut Ctx) -> Result<String, String> {
             counted.join(" ")
         ));
     }
+    // At start-up, then once more for the rotated key.
+    at_least(
+        &text,
+        r#"shadowcat_auth_jwks_fetches_total{result="ok"}"#,
+        2.0,
+    )?;
     Ok(format!(
         "{} cases rejected as expected, the upstream saw none of them; failures by reason: {}",
         summary["cases"],
