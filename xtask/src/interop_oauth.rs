@@ -280,6 +280,7 @@ pub(super) fn oauth_opaque(ctx: &mut Ctx) -> Result<String, String> {
     let issuer = ctx.auth_server(&["--opaque"])?;
     let upstream = ctx.ts_server_with(&["--log-requests"])?;
     let secret = ctx.write_file("introspection-secret", INTROSPECTION_CLIENT.1)?;
+    let bearer = ctx.write_file("upstream-bearer", STATIC_UPSTREAM_BEARER)?;
     let port = free_port()?;
     let public = format!("http://127.0.0.1:{port}/mcp");
     let proxy = ctx.shadowcat_at(
@@ -290,7 +291,7 @@ pub(super) fn oauth_opaque(ctx: &mut Ctx) -> Result<String, String> {
             "--upstream",
             &upstream,
             "--upstream-bearer",
-            STATIC_UPSTREAM_BEARER,
+            &format!("file:{bearer}"),
             "--auth-mode",
             "oauth",
             "--public-url",
