@@ -30,6 +30,7 @@ import { readFileSync } from 'node:fs';
 import { UnattendedOAuthProvider, assert, connectWithOAuth, fingerprint, jwtClaims } from './lib.mjs';
 
 const PROTOCOL = '2025-06-18';
+const INIT = { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'negative', version: '1' } };
 /** Longest a new kid may stay unknown to Shadowcat after a rotation. */
 const ROTATION_DEADLINE_MS = 20_000;
 /** Pause between two tries of the rotated token. */
@@ -256,8 +257,7 @@ async function oauthCases() {
   await expectRejected('unknown-kid', await post(request('unknown-kid'), { token: unknownKid, session }), { status: 401, error: 'invalid_token', secret: unknownKid });
   const adminOnly = await clientCredentials(url, 'admin');
   assert(jwtClaims(adminOnly)?.scope === 'admin', 'a real token without the mcp scope');
-  const init = { protocolVersion: PROTOCOL, capabilities: {}, clientInfo: { name: 'negative', version: '1' } };
-  await expectRejected('missing-scope', await post(request('missing-scope', 'initialize', init), { token: adminOnly }), { status: 403, error: 'insufficient_scope', secret: adminOnly });
+  await expectRejected('missing-scope', await post(request('missing-scope', 'initialize', INIT), { token: adminOnly }), { status: 403, error: 'insufficient_scope', secret: adminOnly });
   await expectRejected('other-principal', await post(request('other-principal'), { token: bob.token, session }), { status: 403, challenge: false, secret: bob.token });
 
   // A stolen session id asking for a replay from Shadowcat's buffer.
@@ -283,7 +283,7 @@ async function oauthCases() {
   while (Date.now() - began < ROTATION_DEADLINE_MS) {
     tries++;
     const res = await post(
-      { jsonrpc: '2.0', id: 'rotated-init', method: 'initialize', params: init },
+      { jsonrpc: '2.0', id: 'rotated-init', method: 'initialize', params: INIT },
       { token: rotated },
     );
     await readBody(res);
@@ -312,9 +312,12 @@ async function oauthCases() {
 }
 
 async function passthroughCases() {
-  const noToken = await post(request('no-token'));
+  // Without a session only an initialize goes upstream (anything else is
+  // Shadowcat's own 400).
+  const noToken = await post(request('no-token', 'initialize', INIT));
   await expectRejected('no-token', noToken, { status: 401 });
-  await expectRejected('bad-token', await post(request('bad-token'), { token: 'not-a-token' }), { status: 401, error: 'invalid_token' });
+  const badToken = await post(request('bad-token', 'initialize', INIT), { token: 'not-a-token' });
+  await expectRejected('bad-token', badToken, { status: 401, error: 'invalid_token' });
   const prm = await fetch(metadataUrl);
   const metadata = await prm.json();
   assert(prm.status === 200 && metadata.resource === url, `the metadata names ${url}, got ${prm.status} ${JSON.stringify(metadata)}`);
@@ -337,7 +340,11 @@ async function passthroughCases() {
   const rebound = await post({ jsonrpc: '2.0', id: 'rebind-1', method: 'tools/list', params: {} }, { token: bob.token, session });
   const rebody = await readBody(rebound);
   assert(rebound.status === 200 && rebody.includes('"count"'), `a credential the upstream accepts is served, got ${rebound.status} ${rebody.slice(0, 300)}`);
-  assert(upstreamLines().some((l) => l.includes(`auth=${fingerprint(bob.token)}`) && l.includes(`session=${session}`)), 'the upstream saw the new credential on the session');
+  const seen = upstreamLines().filter((l) => l.includes(' id=rebind-1 '));
+  assert(
+    seen.length === 1 && seen[0].includes(`auth=${fingerprint(bob.token)} sub=bob `),
+    `the upstream served the request with the new credential, got ${seen.join('\n')}`,
+  );
   console.log('case rebind 200: another token the upstream accepts is served on the session');
   await alice.client.close();
   await bob.client.close();

@@ -12,7 +12,7 @@
 //                   URL of a proxy in front of it); its own URL always is
 // A token is accepted when it is active, its `aud` is one of those
 // resources, it has the scope `mcp` and has not expired. Every request
-// prints `request METHOD RPC auth=FP sub=SUB session=ID` (FP: the first 12
+// prints `request METHOD RPC id=ID auth=FP sub=SUB session=S` (FP: the first 12
 // hex digits of the token's SHA-256, `none` without one; a rejected one
 // prints `rejected STATUS auth=FP`), so a check can tell what reached it.
 // Tools: `echo` and `count` (progress notifications), as ts/server.mjs.
@@ -155,7 +155,7 @@ app.all('/mcp', async (req, res) => {
     const sessionId = req.headers['mcp-session-id'];
     const rpc = req.method === 'POST' ? (req.body?.method ?? (req.body?.result !== undefined ? 'response' : '-')) : '-';
     console.log(
-      `request ${req.method} ${rpc} auth=${fingerprint(req.auth?.token)} sub=${req.auth?.extra?.sub} session=${sessionId ?? '-'}`,
+      `request ${req.method} ${rpc} id=${req.body?.id ?? '-'} auth=${fingerprint(req.auth?.token)} sub=${req.auth?.extra?.sub} session=${sessionId ?? '-'}`,
     );
     const existing = typeof sessionId === 'string' ? transports.get(sessionId) : undefined;
     if (existing) return await existing.handleRequest(req, res, req.body);
