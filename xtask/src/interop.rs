@@ -20,7 +20,8 @@
 //! and log name and returns its admin port for `/metrics`) and runs clients
 //! (`node`, `python`, `run`, or `spawn` + `wait_line` + `finish` for a
 //! client the scenario acts on mid-run). `INTEROP_ONLY=a,b` runs only the
-//! named scenarios.
+//! named scenarios. The OAuth scenarios and their helpers (authorization
+//! server, resource server, OAuth client) are in `interop_oauth.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
