@@ -23,8 +23,9 @@
 // passthrough cases: no token and a bad token (the upstream's 401 relayed,
 // resource_metadata rewritten to Shadowcat), the metadata rewritten, a
 // stolen session id with no token or a bad one asking for a replay (no
-// event), and another valid token on the session (accepted once the
-// upstream accepted it).
+// event), another valid token asking for the replay (served once the
+// upstream accepted it on the session), and a POST with another valid
+// token (rebound).
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { UnattendedOAuthProvider, assert, connectWithOAuth, fingerprint, jwtClaims } from './lib.mjs';
@@ -117,6 +118,12 @@ async function expectRejected(name, res, { status, error, secret, challenge = tr
   if (secret) assert(!body.includes(secret) && !www.includes(secret), `${name}: the answer never shows the token`);
   console.log(`case ${name} ${res.status}: ${message}`);
   results.push({ name, status: res.status });
+}
+
+/** Records a case that was served as it should be. */
+function passed(name, what) {
+  console.log(`case ${name} 200: ${what}`);
+  results.push({ name, status: 200 });
 }
 
 /** Reads SSE events from a response until `stop(events)` or its end. */
@@ -231,7 +238,7 @@ async function oauthCases() {
   const controlRes = await post({ jsonrpc: '2.0', id: 'control', method: 'tools/list', params: {} }, { token: control, session });
   const controlBody = await readBody(controlRes);
   assert(controlRes.status === 200 && controlBody.includes('"echo"'), `a well-formed signed token is accepted, got ${controlRes.status} ${controlBody.slice(0, 300)}`);
-  console.log('case control 200: a token signed on request with good claims is accepted');
+  passed('control', 'a token signed on request with good claims is accepted');
 
   await expectRejected('no-token', await post(request('no-token'), { session }), { status: 401 });
   const expired = await signed({ ...good, iat: now - 7200, exp: now - 3600 });
@@ -270,7 +277,7 @@ async function oauthCases() {
   assert(owned.status === 200, `the owner's resume is served, got ${owned.status}`);
   const replayed = progressOf(await readEvents(owned, (ev) => ev.some((e) => e.message.id === 'count-1')));
   assert(replayed.length >= 2, `the owner's resume replays the rest, got ${replayed.length}`);
-  console.log(`case replay-owner 200: ${replayed.length} events after ${lastEventId} of ${steps}`);
+  passed('replay-owner', `${replayed.length} events after ${lastEventId} of ${steps}`);
 
   // Key rotation: a token with the new kid is accepted once Shadowcat has
   // refreshed the issuer's key set (it is rate-limited, hence the retries).
@@ -295,7 +302,7 @@ async function oauthCases() {
     await new Promise((resolve) => setTimeout(resolve, ROTATION_RETRY_MS));
   }
   assert(accepted, `the new kid was accepted within ${ROTATION_DEADLINE_MS} ms (${tries} tries)`);
-  console.log(`case rotated-kid 200: accepted after ${tries} tries, ${Date.now() - began} ms`);
+  passed('rotated-kid', `accepted after ${tries} tries, ${Date.now() - began} ms`);
   const rotatedSession = accepted.headers.get('mcp-session-id');
   if (rotatedSession) await fetch(url, { method: 'DELETE', headers: headers({ token: rotated, session: rotatedSession }) });
 
@@ -322,7 +329,7 @@ async function passthroughCases() {
   const metadata = await prm.json();
   assert(prm.status === 200 && metadata.resource === url, `the metadata names ${url}, got ${prm.status} ${JSON.stringify(metadata)}`);
   assert(metadata.authorization_servers?.[0]?.replace(/\/$/, '') === issuer.replace(/\/$/, ''), `the metadata names the issuer, got ${JSON.stringify(metadata)}`);
-  console.log(`case metadata 200: resource ${metadata.resource}`);
+  passed('metadata', `resource ${metadata.resource}`);
 
   const alice = await signIn('alice');
   const bob = await signIn('bob');
@@ -336,16 +343,30 @@ async function passthroughCases() {
     .filter((l) => l.startsWith('request ') && /auth=(none|[0-9a-f]{12}) /.test(l) && !l.includes(`auth=${fingerprint(alice.token)}`));
   assert(served.length === 0, `the upstream served nothing to a stolen session id, got ${served.join('\n')}`);
 
-  // Another credential the upstream accepts: the session is rebound to it.
-  const rebound = await post({ jsonrpc: '2.0', id: 'rebind-1', method: 'tools/list', params: {} }, { token: bob.token, session });
+  // Another credential the upstream accepts (as a refreshed token would
+  // be): the replay is served, but only after the upstream has checked the
+  // new credential on the session.
+  const checkedFrom = upstreamLines().length;
+  const renewed = await resume(session, lastEventId, bob.token);
+  assert(renewed.status === 200, `a credential the upstream accepts gets the replay, got ${renewed.status}`);
+  const replayed = progressOf(await readEvents(renewed, (ev) => ev.some((e) => e.message.id === 'count-1')));
+  assert(replayed.length >= 2, `the replay carries the buffered events, got ${replayed.length}`);
+  const checks = upstreamLines()
+    .slice(checkedFrom - 1)
+    .filter((l) => l.startsWith('request ') && l.includes(`auth=${fingerprint(bob.token)} `));
+  assert(checks.length >= 1, 'the upstream was asked with the new credential before the replay');
+  passed('replay-new-credential', `${replayed.length} events, after the upstream accepted it (${checks[0]})`);
+
+  // And back: a POST with the first credential, accepted upstream, rebinds.
+  const rebound = await post({ jsonrpc: '2.0', id: 'rebind-1', method: 'tools/list', params: {} }, { token: alice.token, session });
   const rebody = await readBody(rebound);
   assert(rebound.status === 200 && rebody.includes('"count"'), `a credential the upstream accepts is served, got ${rebound.status} ${rebody.slice(0, 300)}`);
   const seen = upstreamLines().filter((l) => l.includes(' id=rebind-1 '));
   assert(
-    seen.length === 1 && seen[0].includes(`auth=${fingerprint(bob.token)} sub=bob `),
-    `the upstream served the request with the new credential, got ${seen.join('\n')}`,
+    seen.length === 1 && seen[0].includes(`auth=${fingerprint(alice.token)} sub=alice `),
+    `the upstream served the request with that credential, got ${seen.join('\n')}`,
   );
-  console.log('case rebind 200: another token the upstream accepts is served on the session');
+  passed('rebind', 'a POST with another token the upstream accepts is served on the session');
   await alice.client.close();
   await bob.client.close();
   return {};
@@ -353,7 +374,8 @@ async function passthroughCases() {
 
 async function main() {
   const extra = mode === 'oauth' ? await oauthCases() : await passthroughCases();
-  console.log(JSON.stringify({ ok: true, mode, cases: results.length, rejected: results, ...extra }));
+  const rejected = results.filter((r) => r.status >= 400).length;
+  console.log(JSON.stringify({ ok: true, mode, cases: results.length, rejected, results, ...extra }));
 }
 
 main().then(

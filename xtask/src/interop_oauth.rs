@@ -373,8 +373,9 @@ pub(super) fn oauth_negative(ctx: &mut Ctx) -> Result<String, String> {
         1.0,
     )?;
     Ok(format!(
-        "{} cases rejected as expected, the upstream saw none of them; failures by reason: {}",
+        "{} cases as expected ({} rejected, the upstream saw none of them); failures by reason: {}",
         summary["cases"],
+        summary["rejected"],
         counted.join(" ")
     ))
 }
@@ -415,7 +416,7 @@ pub(super) fn oauth_passthrough(ctx: &mut Ctx) -> Result<String, String> {
     }
     let negative = ctx.oauth_negative("passthrough", &public, &issuer, "rs-server")?;
     Ok(format!(
-        "flow through Shadowcat's relayed 401 and rewritten metadata; {forwarded} requests with the client's token upstream; {} negative cases",
-        negative["cases"]
+        "flow through Shadowcat's relayed 401 and rewritten metadata; {forwarded} requests with the client's token upstream; {} session and credential cases as expected ({} rejected)",
+        negative["cases"], negative["rejected"]
     ))
 }
