@@ -13,7 +13,9 @@
 //
 // Clients:
 //   - dynamic registration at /reg (the TS SDK client registers itself);
-//     PKCE (S256) is required of every client;
+//     a registered client may ask for any scope (the `scope` it registers
+//     with is not kept: a step-up asks for more); PKCE (S256) is required
+//     of every client;
 //   - CONFIDENTIAL below (client_secret_basic): client_credentials (a
 //     proxy's own upstream credential) and introspection.
 // Interactions: /interaction/UID logs in `login_hint` (default `alice`)
@@ -81,9 +83,22 @@ function isLoopbackResource(indicator) {
   return url !== null && (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname === '127.0.0.1';
 }
 
+/**
+ * Keeps registered clients without a `scope` of their own, so a client may
+ * later ask for any scope this server supports: the TS SDK registers with
+ * the scopes it first needs, and a step-up (403 insufficient_scope) asks
+ * for more.
+ */
+class ClientAdapter extends MemoryAdapter {
+  async upsert(id, payload, expiresIn) {
+    const { scope: _scope, ...rest } = payload;
+    return super.upsert(id, rest, expiresIn);
+  }
+}
+
 function buildProvider() {
   const provider = new Provider(issuer, {
-    adapter: (model) => new MemoryAdapter(model),
+    adapter: (model) => (model === 'Client' ? new ClientAdapter(model) : new MemoryAdapter(model)),
     jwks: { keys },
     // Signed with a fixed test key so interactions survive a key rotation.
     cookies: { keys: ['interop-cookie-key'] },

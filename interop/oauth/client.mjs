@@ -4,13 +4,17 @@
 // dynamic client registration, authorization code + PKCE (completed
 // unattended, the code received by a loopback redirect_uri), the token
 // exchange with the resource indicator (RFC 8707); then tools/list, echo
-// and a tools/call with progress. Exits 0 when every assertion held and
-// prints one JSON summary line; else prints why and exits 1.
+// and a tools/call with progress. A call refused with 403
+// insufficient_scope is made again once the SDK has authorized the scope
+// the challenge names (step-up; `step_ups` in the summary). Exits 0 when
+// every assertion held and prints one JSON summary line; else prints why
+// and exits 1.
 //
 // usage: node oauth/client.mjs URL [--login NAME] [--steps N]
 //   --login NAME  the user to sign in as (default alice)
 //   --steps N     progress notifications asked of `count` (default 5)
 import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import { UnattendedOAuthProvider, assert, connectWithOAuth, fingerprint, jwtClaims } from './lib.mjs';
 
 const args = process.argv.slice(2);
@@ -70,16 +74,33 @@ async function main() {
     assert(claims.sub === login, `the JWT's sub is ${login}, got ${claims.sub}`);
   }
 
-  const { tools } = await client.listTools();
+  // A 403 insufficient_scope makes the SDK authorize again with the scope
+  // the challenge names (step-up); the call is then made again.
+  let stepUps = 0;
+  const stepUp = async (call) => {
+    try {
+      return await call();
+    } catch (e) {
+      if (!(e instanceof UnauthorizedError) || stepUps > 0) throw e;
+      stepUps++;
+      assert(provider.code, 'the step-up authorization produced a code');
+      await transport.finishAuth(provider.code);
+      return await call();
+    }
+  };
+
+  const { tools } = await stepUp(() => client.listTools());
   const names = tools.map((t) => t.name).sort();
   assert(names.includes('echo') && names.includes('count'), `tools/list has echo and count, got ${names}`);
-  const echoed = await client.callTool({ name: 'echo', arguments: { text: 'oauth ✓' } });
+  const echoed = await stepUp(() => client.callTool({ name: 'echo', arguments: { text: 'oauth ✓' } }));
   assert(text(echoed) === 'oauth ✓', `echo, got ${JSON.stringify(echoed)}`);
   const progress = [];
-  const counted = await client.callTool({ name: 'count', arguments: { steps, delayMs: 5 } }, CallToolResultSchema, {
-    onprogress: (p) => progress.push(p.progress),
-    timeout: 20_000,
-  });
+  const counted = await stepUp(() =>
+    client.callTool({ name: 'count', arguments: { steps, delayMs: 5 } }, CallToolResultSchema, {
+      onprogress: (p) => progress.push(p.progress),
+      timeout: 20_000,
+    }),
+  );
   assert(text(counted) === `counted to ${steps}`, `count result, got ${JSON.stringify(counted)}`);
   const expected = Array.from({ length: steps }, (_, i) => i + 1);
   assert(JSON.stringify(progress) === JSON.stringify(expected), `progress 1..${steps} in order, got ${progress}`);
@@ -94,9 +115,12 @@ async function main() {
       login,
       client_id: provider.clientInformation()?.client_id,
       token: fingerprint(token),
+      // Every token the client was given (a step-up adds one).
+      tokens: fetchLog.filter((l) => l.startsWith('tokens access=')).map((l) => l.slice('tokens access='.length)),
       token_format: claims ? 'jwt' : 'opaque',
       aud: claims?.aud,
       scope: (await provider.tokens()).scope,
+      step_ups: stepUps,
       session: sessionId,
       tools: names,
       progress: progress.length,

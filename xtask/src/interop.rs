@@ -143,6 +143,11 @@ const SCENARIOS: &[Scenario] = &[
         run: oauth::oauth_mode,
     },
     Scenario {
+        name: "oauth-scope-map",
+        needs: Needs::Node,
+        run: oauth::oauth_scope_map,
+    },
+    Scenario {
         name: "oauth-opaque",
         needs: Needs::Node,
         run: oauth::oauth_opaque,

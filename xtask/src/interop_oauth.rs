@@ -125,16 +125,20 @@ impl Ctx {
 
     /// A Shadowcat in `oauth` mode in front of `ts/server.mjs
     /// --log-requests`, its upstream credential a client-credentials token
-    /// from the same authorization server; returns (its URL, admin port,
-    /// the upstream's URL).
-    fn oauth_mode_proxy(&mut self, issuer: &str) -> Result<(String, u16, String), String> {
+    /// from the same authorization server, `extra` added to its config
+    /// file; returns (its URL, admin port, the upstream's URL).
+    fn oauth_mode_proxy(
+        &mut self,
+        issuer: &str,
+        extra: &str,
+    ) -> Result<(String, u16, String), String> {
         let upstream = self.ts_server_with(&["--log-requests"])?;
         let secret = self.write_file("upstream-secret", UPSTREAM_CLIENT.1)?;
         let config = self.write_file(
             "shadowcat.toml",
             &format!(
                 "[auth.upstream]\ncredential = \"client_credentials\"\nclient_id = \"{}\"\n\
-                 client_secret = \"file:{secret}\"\nscope = \"mcp\"\nresource = \"{upstream}\"\n",
+                 client_secret = \"file:{secret}\"\nscope = \"mcp\"\nresource = \"{upstream}\"\n{extra}",
                 UPSTREAM_CLIENT.0
             ),
         )?;
@@ -223,11 +227,11 @@ pub(super) fn oauth_direct(ctx: &mut Ctx) -> Result<String, String> {
 /// the client's.
 pub(super) fn oauth_mode(ctx: &mut Ctx) -> Result<String, String> {
     let issuer = ctx.auth_server(&[])?;
-    let (url, admin, upstream) = ctx.oauth_mode_proxy(&issuer)?;
+    let (url, admin, upstream) = ctx.oauth_mode_proxy(&issuer, "")?;
     let summary = ctx.oauth_client(&url, &[])?;
     expect_field(&summary, "token_format", "jwt")?;
     expect_field(&summary, "aud", &url)?;
-    let upstream_seen = upstream_credentials(ctx, field(&summary, "token"), &upstream)?;
+    let upstream_seen = upstream_credentials(ctx, &client_tokens(&summary), &upstream)?;
     let text = metrics(admin)?;
     // The client's first request had no token.
     at_least(
@@ -241,10 +245,65 @@ pub(super) fn oauth_mode(ctx: &mut Ctx) -> Result<String, String> {
     ))
 }
 
+/// The fingerprints of every token the client was given.
+fn client_tokens(summary: &Value) -> Vec<String> {
+    summary["tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `[auth.scope_map]` asks `admin` of `tools/call:count`: the client's
+/// first token (scope `mcp`) gets 403 `insufficient_scope` for it, the SDK
+/// authorizes again with the scope the challenge names (step-up), and the
+/// call goes through with the new token, on the same session.
+pub(super) fn oauth_scope_map(ctx: &mut Ctx) -> Result<String, String> {
+    let issuer = ctx.auth_server(&[])?;
+    let (url, admin, upstream) = ctx.oauth_mode_proxy(
+        &issuer,
+        "\n[auth.scope_map]\n\"tools/call:count\" = [\"admin\"]\n",
+    )?;
+    let summary = ctx.oauth_client(&url, &[])?;
+    let scope = field(&summary, "scope");
+    if summary["step_ups"] != 1 || !scope.split(' ').any(|s| s == "admin") {
+        return Err(format!(
+            "expected one step-up to a token with `admin`, got step_ups={} scope=`{scope}`",
+            summary["step_ups"]
+        ));
+    }
+    let tokens = client_tokens(&summary);
+    if tokens.len() != 2 {
+        return Err(format!(
+            "expected two client tokens (before and after the step-up), got {tokens:?}"
+        ));
+    }
+    let upstream_seen = upstream_credentials(ctx, &tokens, &upstream)?;
+    let refused = at_least(
+        &metrics(admin)?,
+        r#"shadowcat_auth_failures_total{reason="scope"}"#,
+        1.0,
+    )?;
+    Ok(format!(
+        "count refused {refused}x for want of `admin`, the SDK stepped up to `{scope}`, {} progress; {upstream_seen}",
+        summary["progress"]
+    ))
+}
+
 /// Checks every request the upstream (`ts-server --log-requests`) saw
-/// carried Shadowcat's client-credentials JWT for `upstream`, never the
-/// client's token (fingerprint `client_token`).
-fn upstream_credentials(ctx: &Ctx, client_token: &str, upstream: &str) -> Result<String, String> {
+/// carried Shadowcat's client-credentials JWT for `upstream`, never one of
+/// the client's tokens (fingerprints `client_tokens`).
+fn upstream_credentials(
+    ctx: &Ctx,
+    client_tokens: &[String],
+    upstream: &str,
+) -> Result<String, String> {
+    if client_tokens.is_empty() {
+        return Err("the client summary lists no token".into());
+    }
     let lines = ctx.request_lines("ts-server");
     if lines.len() < 4 {
         return Err(format!(
@@ -253,10 +312,12 @@ fn upstream_credentials(ctx: &Ctx, client_token: &str, upstream: &str) -> Result
         ));
     }
     let want = format!(" client={} aud={upstream} ", UPSTREAM_CLIENT.0);
-    if let Some(bad) = lines
-        .iter()
-        .find(|l| l.contains(&format!("auth={client_token} ")) || !l.contains(&want))
-    {
+    if let Some(bad) = lines.iter().find(|l| {
+        client_tokens
+            .iter()
+            .any(|t| l.contains(&format!("auth={t} ")))
+            || !l.contains(&want)
+    }) {
         return Err(format!(
             "an upstream request did not carry Shadowcat's own token (client {}, aud {upstream}): {bad}",
             UPSTREAM_CLIENT.0
@@ -347,7 +408,7 @@ pub(super) fn oauth_opaque(ctx: &mut Ctx) -> Result<String, String> {
 /// is counted by reason in `/metrics`.
 pub(super) fn oauth_negative(ctx: &mut Ctx) -> Result<String, String> {
     let issuer = ctx.auth_server(&[])?;
-    let (url, admin, _upstream) = ctx.oauth_mode_proxy(&issuer)?;
+    let (url, admin, _upstream) = ctx.oauth_mode_proxy(&issuer, "")?;
     let summary = ctx.oauth_negative("oauth", &url, &issuer, "ts-server")?;
     let text = metrics(admin)?;
     let counted: Vec<String> = NEGATIVE_REASONS
