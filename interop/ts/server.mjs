@@ -1,14 +1,19 @@
 // A stateful MCP server on the TypeScript SDK (Streamable HTTP, with the
 // SDK's InMemoryEventStore so streams are resumable), for the interop suite.
 //
-// usage: node ts/server.mjs PORT [--no-event-store]
+// usage: node ts/server.mjs PORT [--no-event-store] [--log-requests]
 // Listens on 127.0.0.1:PORT/mcp and prints `listening PORT` once ready.
 //   --no-event-store  no event store: no event ids, no priming events, and a
 //                     GET with Last-Event-ID cannot resume (the SDK answers 400)
+//   --log-requests    prints `request METHOD RPC id=ID auth=FP client=C
+//                     aud=A session=S` for every request (FP: the first 12
+//                     hex digits of the bearer token's SHA-256, or `none`;
+//                     C and A: claims of a JWT bearer, unverified), so a
+//                     check can tell which credential reached the upstream
 // Every GET with a Last-Event-ID prints `resume ID` on stdout, so a check can
 // tell whether (and from where) a stream was resumed upstream.
 import { createServer } from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
@@ -17,12 +22,13 @@ import { z } from 'zod';
 
 const [portArg, ...flags] = process.argv.slice(2);
 const port = Number(portArg);
-const unknown = flags.filter((f) => f !== '--no-event-store');
+const unknown = flags.filter((f) => f !== '--no-event-store' && f !== '--log-requests');
 if (!Number.isInteger(port) || port <= 0 || unknown.length > 0) {
-  console.error('usage: node ts/server.mjs PORT [--no-event-store]');
+  console.error('usage: node ts/server.mjs PORT [--no-event-store] [--log-requests]');
   process.exit(2);
 }
 const withEventStore = !flags.includes('--no-event-store');
+const logRequests = flags.includes('--log-requests');
 
 // The SDK's InMemoryEventStore orders ids by millisecond timestamp (then a
 // random suffix), so two events stored in the same millisecond may replay in
@@ -134,6 +140,23 @@ async function readJson(req) {
   return text.length === 0 ? undefined : JSON.parse(text);
 }
 
+/** One line naming the request and the credential it carried. */
+function logRequest(req, body) {
+  const [type, token] = (req.headers.authorization ?? '').split(' ');
+  const bearer = type?.toLowerCase() === 'bearer' && token ? token : undefined;
+  let claims = {};
+  try {
+    claims = bearer ? JSON.parse(Buffer.from(bearer.split('.')[1] ?? '', 'base64url').toString('utf8')) : {};
+  } catch {
+    // An opaque token has no claims to show.
+  }
+  const fp = bearer ? createHash('sha256').update(bearer).digest('hex').slice(0, 12) : 'none';
+  const rpc = body?.method ?? (body?.result !== undefined ? 'response' : '-');
+  console.log(
+    `request ${req.method} ${rpc} id=${body?.id ?? '-'} auth=${fp} client=${claims.client_id ?? '-'} aud=${claims.aud ?? '-'} session=${req.headers['mcp-session-id'] ?? '-'}`,
+  );
+}
+
 const http = createServer(async (req, res) => {
   try {
     if (new URL(req.url, 'http://127.0.0.1').pathname !== '/mcp') return reply(res, 404, 'not found');
@@ -141,6 +164,7 @@ const http = createServer(async (req, res) => {
     const existing = typeof sessionId === 'string' ? transports.get(sessionId) : undefined;
     if (req.method === 'POST') {
       const body = await readJson(req);
+      if (logRequests) logRequest(req, body);
       if (existing) return await existing.handleRequest(req, res, body);
       if (sessionId !== undefined) return reply(res, 404, 'session not found');
       if (body?.method !== 'initialize') return reply(res, 400, 'no session id and not an initialize request');
@@ -157,6 +181,7 @@ const http = createServer(async (req, res) => {
       return await transport.handleRequest(req, res, body);
     }
     if (req.method === 'GET' || req.method === 'DELETE') {
+      if (logRequests) logRequest(req, undefined);
       const lastEventId = req.headers['last-event-id'];
       if (req.method === 'GET' && typeof lastEventId === 'string') console.log(`resume ${lastEventId}`);
       if (!existing) return reply(res, sessionId === undefined ? 400 : 404, 'session not found');

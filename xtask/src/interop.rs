@@ -22,7 +22,8 @@
 //! client the scenario acts on mid-run). `INTEROP_ONLY=a,b` runs only the
 //! named scenarios. The conformance tracks (`interop_conformance.rs`, a
 //! child module) run the suite against our fixture server and print the
-//! per-track table at the end.
+//! per-track table at the end. The OAuth scenarios and their helpers (authorization
+//! server, resource server, OAuth client) are in `interop_oauth.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +42,8 @@ use crate::{cargo, root};
 mod conformance;
 #[path = "interop_listen.rs"]
 mod listen;
+#[path = "interop_oauth.rs"]
+mod oauth;
 
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
@@ -130,6 +133,36 @@ const SCENARIOS: &[Scenario] = &[
         name: "inspector-cli",
         needs: Needs::Node,
         run: inspector_cli,
+    },
+    Scenario {
+        name: "oauth-direct",
+        needs: Needs::Node,
+        run: oauth::oauth_direct,
+    },
+    Scenario {
+        name: "oauth-mode",
+        needs: Needs::Node,
+        run: oauth::oauth_mode,
+    },
+    Scenario {
+        name: "oauth-scope-map",
+        needs: Needs::Node,
+        run: oauth::oauth_scope_map,
+    },
+    Scenario {
+        name: "oauth-opaque",
+        needs: Needs::Node,
+        run: oauth::oauth_opaque,
+    },
+    Scenario {
+        name: "oauth-negative",
+        needs: Needs::Node,
+        run: oauth::oauth_negative,
+    },
+    Scenario {
+        name: "oauth-passthrough",
+        needs: Needs::Node,
+        run: oauth::oauth_passthrough,
     },
     Scenario {
         name: "python-sdk",
