@@ -138,7 +138,7 @@ impl Forwarder {
                         // Lines: data only; never an empty-data event.
                         if !ev.data.is_empty() {
                             put_line(&mut self.enc, &ev.data);
-                            self.last_data = Some(ev.data.clone());
+                            self.last_data = Some(ev.data);
                             self.events += 1;
                             *seq += 1;
                             self.marks.push(self.enc.len());
@@ -158,7 +158,7 @@ impl Forwarder {
                         }
                         // Decoded names hold no line break: cannot fail.
                         let _ = out.encode(&mut self.enc);
-                        self.last_data = Some(ev.data.clone());
+                        self.last_data = Some(ev.data);
                         self.events += 1;
                     }
                 }
