@@ -40,6 +40,13 @@ pub struct ReverseProxyConfig {
     /// Serve a stdio MCP server (one child per session) instead of the
     /// HTTP `upstream`, which is then unused. Default none.
     pub upstream_cmd: Option<StdioUpstream>,
+    /// The legacy HTTP+SSE (2024-11-05) stream path, where a legacy
+    /// client opens its stream with GET; `None` serves no legacy clients.
+    /// Default `/sse`.
+    pub legacy_sse_path: Option<String>,
+    /// Where legacy clients POST their messages (the URL of the stream's
+    /// `endpoint` event, with `?sessionId=…`). Default `/messages`.
+    pub legacy_messages_path: String,
     /// Where one record per request goes (see [`crate::AccessLog`]).
     /// Default none: no access log, and none of its bookkeeping.
     pub access_log: Option<std::sync::Arc<dyn crate::AccessLog>>,
@@ -59,6 +66,8 @@ impl std::fmt::Debug for ReverseProxyConfig {
             )
             .field("limits", &self.limits)
             .field("upstream_cmd", &self.upstream_cmd)
+            .field("legacy_sse_path", &self.legacy_sse_path)
+            .field("legacy_messages_path", &self.legacy_messages_path)
             .field("access_log", &self.access_log.is_some())
             .finish()
     }
@@ -68,6 +77,10 @@ impl std::fmt::Debug for ReverseProxyConfig {
 pub(crate) const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default MCP endpoint path.
 pub(crate) const DEFAULT_PATH: &str = "/mcp";
+/// Default legacy HTTP+SSE stream path.
+pub(crate) const DEFAULT_LEGACY_SSE_PATH: &str = "/sse";
+/// Default legacy HTTP+SSE messages path.
+pub(crate) const DEFAULT_LEGACY_MESSAGES_PATH: &str = "/messages";
 
 impl ReverseProxyConfig {
     /// A config for `upstream` with every other field at its default.
@@ -81,6 +94,8 @@ impl ReverseProxyConfig {
             upstream_bearer: None,
             limits: Limits::default(),
             upstream_cmd: None,
+            legacy_sse_path: Some(DEFAULT_LEGACY_SSE_PATH.to_owned()),
+            legacy_messages_path: DEFAULT_LEGACY_MESSAGES_PATH.to_owned(),
             access_log: None,
         }
     }

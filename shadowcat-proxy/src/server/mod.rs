@@ -50,6 +50,7 @@ mod delete;
 pub(crate) mod ender;
 mod get;
 mod guard;
+mod legacy;
 mod post;
 pub(crate) mod ratelimit;
 mod rejection;
@@ -142,6 +143,8 @@ struct Shared {
     create_limit: Option<ratelimit::CreateLimiter>,
     /// Ends sessions upstream that ended here without a client's DELETE.
     ender: Arc<ender::SessionEnder>,
+    /// Legacy HTTP+SSE clients served here.
+    legacy: Arc<legacy::LegacyClients>,
 }
 
 impl ReverseProxy {
@@ -162,6 +165,20 @@ impl ReverseProxy {
                 "the endpoint path {:?} must start with /",
                 config.path
             )));
+        }
+        if let Some(sse) = &config.legacy_sse_path {
+            let messages = &config.legacy_messages_path;
+            if !sse.starts_with('/') || !messages.starts_with('/') {
+                return Err(ProxyError::Config(format!(
+                    "the legacy paths {sse:?} and {messages:?} must start with /"
+                )));
+            }
+            if sse == messages || *sse == config.path || *messages == config.path {
+                return Err(ProxyError::Config(format!(
+                    "the endpoint path {:?}, the legacy SSE path {sse:?} and the legacy messages path {messages:?} must differ",
+                    config.path
+                )));
+            }
         }
         if config.limits.max_header_bytes < 8192 {
             return Err(ProxyError::Config(
@@ -286,28 +303,32 @@ impl ReverseProxy {
             origins: config.allowed_origins.clone(),
             hosts,
         }));
+        let shared = Arc::new(Shared {
+            config,
+            pool,
+            sessions,
+            stdio,
+            bearer,
+            writer,
+            closing,
+            aborting,
+            bound: local_addr,
+            live,
+            env,
+            accepting: std::sync::atomic::AtomicBool::new(false),
+            probe_id: shadowcat_session::SessionId::generate()
+                .map_err(|e| ProxyError::Config(format!("no randomness for a session id: {e}")))?,
+            create_limit,
+            ender,
+            legacy: Arc::default(),
+        });
+        if shared.config.legacy_sse_path.is_some() {
+            tokio::spawn(legacy::run_sweeper(Arc::downgrade(&shared)));
+        }
         Ok(ReverseProxy {
             listener,
             local_addr,
-            shared: Arc::new(Shared {
-                config,
-                pool,
-                sessions,
-                stdio,
-                bearer,
-                writer,
-                closing,
-                aborting,
-                bound: local_addr,
-                live,
-                env,
-                accepting: std::sync::atomic::AtomicBool::new(false),
-                probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
-                    ProxyError::Config(format!("no randomness for a session id: {e}"))
-                })?,
-                create_limit,
-                ender,
-            }),
+            shared,
             closing_tx,
             aborting_tx,
         })
@@ -631,6 +652,14 @@ impl Shared {
             hosts.check(req.headers())?;
         }
         guard::check_origins(&live.origins, req.headers())?;
+        if let Some(sse) = &self.config.legacy_sse_path {
+            if req.uri().path() == sse {
+                return self.legacy_sse(req).await;
+            }
+            if req.uri().path() == self.config.legacy_messages_path {
+                return self.legacy_post(req).await;
+            }
+        }
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -1110,6 +1139,7 @@ impl Shared {
             version: session.version,
             sink,
             resume_after,
+            legacy: false,
         };
         let pump = Pump::new(source, spec, Arc::clone(&self.env));
         let shared = StreamShared::start(&session.streams, stream, pump, Arc::clone(&self.env));
