@@ -35,6 +35,9 @@ use serde_json::Value;
 
 use crate::{cargo, root};
 
+#[path = "interop_legacy.rs"]
+mod legacy;
+
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a set-up step (npm ci, pip install, cargo build) may take.
@@ -137,6 +140,26 @@ const SCENARIOS: &[Scenario] = &[
         name: "python-sdk-resume",
         needs: Needs::NodeAndPython,
         run: python_sdk_resume,
+    },
+    Scenario {
+        name: "legacy-client-http",
+        needs: Needs::Node,
+        run: legacy::legacy_client_http,
+    },
+    Scenario {
+        name: "legacy-client-stdio",
+        needs: Needs::Node,
+        run: legacy::legacy_client_stdio,
+    },
+    Scenario {
+        name: "legacy-client-fallback",
+        needs: Needs::Node,
+        run: legacy::legacy_client_fallback,
+    },
+    Scenario {
+        name: "legacy-client-resume",
+        needs: Needs::Node,
+        run: legacy::legacy_client_resume,
     },
 ];
 
