@@ -72,6 +72,12 @@ pub(crate) struct ReverseArgs {
     /// The MCP endpoint path [default: /mcp].
     #[arg(long, env = "SHADOWCAT_PATH")]
     pub(crate) path: Option<String>,
+    /// How to reach the HTTP upstream: `auto` (Streamable HTTP, or legacy
+    /// HTTP+SSE when its initialize gets 400/404/405 and a GET of the same
+    /// URL opens a legacy stream), `streamable-http` or `sse` [default:
+    /// auto].
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_TRANSPORT")]
+    pub(crate) upstream_transport: Option<String>,
     /// Where legacy HTTP+SSE (2024-11-05) clients open their stream, or
     /// `off` [default: /sse].
     #[arg(long, env = "SHADOWCAT_LEGACY_SSE_PATH")]

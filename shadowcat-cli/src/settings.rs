@@ -31,6 +31,8 @@ pub(crate) struct FileConfig {
     upstream: Option<String>,
     bind: Option<SocketAddr>,
     path: Option<String>,
+    /// `auto`, `streamable-http` or `sse`.
+    upstream_transport: Option<String>,
     /// The legacy HTTP+SSE stream path, or `off`.
     legacy_sse_path: Option<String>,
     legacy_messages_path: Option<String>,
@@ -256,6 +258,14 @@ impl ReverseSettings {
         if let Some(path) = args.path.or(file.path) {
             proxy.path = path;
         }
+        if let Some(t) = args.upstream_transport.or(file.upstream_transport) {
+            proxy.upstream_transport =
+                shadowcat_proxy::UpstreamTransport::parse(&t).ok_or_else(|| {
+                    CliError::Config(format!(
+                        "bad upstream_transport {t:?}: use auto, streamable-http or sse"
+                    ))
+                })?;
+        }
         if let Some(sse) = args.legacy_sse_path.or(file.legacy_sse_path) {
             proxy.legacy_sse_path = (sse != "off").then_some(sse);
         }
@@ -460,6 +470,7 @@ mod tests {
             upstream: upstream.map(str::to_owned),
             bind: None,
             path: None,
+            upstream_transport: None,
             legacy_sse_path: None,
             legacy_messages_path: None,
             admin_bind: None,

@@ -40,6 +40,11 @@ pub struct ReverseProxyConfig {
     /// Serve a stdio MCP server (one child per session) instead of the
     /// HTTP `upstream`, which is then unused. Default none.
     pub upstream_cmd: Option<StdioUpstream>,
+    /// How to reach the HTTP `upstream`: Streamable HTTP, legacy HTTP+SSE
+    /// (2024-11-05), or auto-detected (a 400/404/405 to the Streamable
+    /// HTTP initialize leads to a legacy `GET` probe of the same URL, as
+    /// the SDKs do). Default [`UpstreamTransport::Auto`].
+    pub upstream_transport: UpstreamTransport,
     /// The legacy HTTP+SSE (2024-11-05) stream path, where a legacy
     /// client opens its stream with GET; `None` serves no legacy clients.
     /// Default `/sse`.
@@ -66,6 +71,7 @@ impl std::fmt::Debug for ReverseProxyConfig {
             )
             .field("limits", &self.limits)
             .field("upstream_cmd", &self.upstream_cmd)
+            .field("upstream_transport", &self.upstream_transport)
             .field("legacy_sse_path", &self.legacy_sse_path)
             .field("legacy_messages_path", &self.legacy_messages_path)
             .field("access_log", &self.access_log.is_some())
@@ -94,6 +100,7 @@ impl ReverseProxyConfig {
             upstream_bearer: None,
             limits: Limits::default(),
             upstream_cmd: None,
+            upstream_transport: UpstreamTransport::Auto,
             legacy_sse_path: Some(DEFAULT_LEGACY_SSE_PATH.to_owned()),
             legacy_messages_path: DEFAULT_LEGACY_MESSAGES_PATH.to_owned(),
             access_log: None,
@@ -106,6 +113,33 @@ impl ReverseProxyConfig {
         let mut c = Self::new(http::Uri::from_static("http://127.0.0.1/"));
         c.upstream_cmd = Some(cmd);
         c
+    }
+}
+
+/// The transport of an HTTP upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamTransport {
+    /// Streamable HTTP, or legacy HTTP+SSE when the Streamable HTTP
+    /// initialize gets 400, 404 or 405 and a `GET` of the same URL opens
+    /// a legacy stream.
+    #[default]
+    Auto,
+    /// Streamable HTTP only.
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05) only: the upstream URL is its SSE
+    /// stream (e.g. `http://127.0.0.1:3001/sse`).
+    Sse,
+}
+
+impl UpstreamTransport {
+    /// Parses `auto`, `streamable-http` or `sse`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "streamable-http" => Some(Self::StreamableHttp),
+            "sse" => Some(Self::Sse),
+            _ => None,
+        }
     }
 }
 

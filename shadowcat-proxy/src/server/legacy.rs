@@ -469,7 +469,7 @@ impl Shared {
             }
             st.get_opened = true;
         }
-        let opened = match &self.stdio {
+        let opened = match self.bridge() {
             Some(bridge) => match self.stdio_child(bridge, session).await {
                 Ok(child) => self.stdio_get(session, &child),
                 Err(rej) => Err(rej),
@@ -537,7 +537,7 @@ impl Shared {
             metrics::counter!("shadowcat_legacy_sessions_ended_total").increment(1);
             tracing::debug!(session_fp = %session.id.fingerprint(), "legacy client gone; ending its session");
             self.forget(&session).await;
-            if let Some(bridge) = &self.stdio {
+            if let Some(bridge) = self.bridge() {
                 bridge.stop(&session.id);
             }
             if let Some(up) = &session.upstream_id {

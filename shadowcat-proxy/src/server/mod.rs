@@ -120,8 +120,14 @@ struct Shared {
     /// Upstream connections, driven by the tasks that read them.
     pool: Arc<UpstreamPool>,
     sessions: Arc<Sessions>,
-    /// The stdio children, when the upstream is a program.
+    /// The stdio children, when the upstream is a program (or the
+    /// connections to a legacy HTTP+SSE upstream, `upstream_transport =
+    /// sse`).
     stdio: Option<Arc<StdioBridge>>,
+    /// With `upstream_transport = auto`: the legacy connections, used
+    /// once the upstream turned out to be legacy (`legacy_found`).
+    legacy_up: Option<Arc<StdioBridge>>,
+    legacy_found: std::sync::atomic::AtomicBool,
     bearer: Option<HeaderValue>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
@@ -257,6 +263,28 @@ impl ReverseProxy {
             Arc::downgrade(&sessions),
             closing.clone(),
         ));
+        let pool = UpstreamPool::with_max_idle(
+            &config.upstream,
+            config.limits.upstream_connect_timeout,
+            config.limits.upstream_read_buffer,
+            config.limits.upstream_max_idle_connections,
+        );
+        let legacy_bridge = || {
+            let link = crate::upstream::legacy::LegacyLink {
+                pool: Arc::clone(&pool),
+                uri: config.upstream.clone(),
+                bearer: bearer.clone(),
+                timeout: config.limits.upstream_response_timeout,
+                reconnect: config.limits.reconnect,
+            };
+            let mut up = crate::upstream::stdio::StdioUpstream::new(
+                shadowcat_transport::ChildCommand::new("legacy-sse"),
+            );
+            up.max_children = usize::try_from(config.limits.max_sessions).unwrap_or(usize::MAX);
+            up.idle_timeout = config.limits.session_idle_timeout;
+            StdioBridge::start_legacy(link, up, config.limits.replay, Arc::clone(&sessions))
+        };
+        let mut legacy_up = None;
         let stdio = match &config.upstream_cmd {
             Some(cmd) => Some(
                 StdioBridge::start(cmd.clone(), config.limits.replay, Arc::clone(&sessions))
@@ -264,14 +292,15 @@ impl ReverseProxy {
                         ProxyError::Config(format!("cannot start the stdio spawner thread: {e}"))
                     })?,
             ),
-            None => None,
+            None => match config.upstream_transport {
+                crate::config::UpstreamTransport::Sse => Some(legacy_bridge()),
+                crate::config::UpstreamTransport::Auto => {
+                    legacy_up = Some(legacy_bridge());
+                    None
+                }
+                crate::config::UpstreamTransport::StreamableHttp => None,
+            },
         };
-        let pool = UpstreamPool::with_max_idle(
-            &config.upstream,
-            config.limits.upstream_connect_timeout,
-            config.limits.upstream_read_buffer,
-            config.limits.upstream_max_idle_connections,
-        );
         let ender = ender::SessionEnder::start(
             Arc::clone(&pool),
             config.upstream.clone(),
@@ -321,6 +350,8 @@ impl ReverseProxy {
             create_limit,
             ender,
             legacy: Arc::default(),
+            legacy_up,
+            legacy_found: std::sync::atomic::AtomicBool::new(false),
         });
         if shared.config.legacy_sse_path.is_some() {
             tokio::spawn(legacy::run_sweeper(Arc::downgrade(&shared)));
@@ -450,6 +481,9 @@ impl ReverseProxy {
                     "connections still open after the 503 answers; dropping them"
                 );
             }
+        }
+        if let Some(bridge) = &shared.legacy_up {
+            bridge.shutdown(Duration::from_secs(1)).await;
         }
         if let Some(bridge) = &shared.stdio {
             let grace = shared
@@ -583,6 +617,17 @@ pub(crate) struct Live {
 }
 
 impl Shared {
+    /// The bridge sessions go through: the stdio children, or the legacy
+    /// upstream's connections (configured, or found by `auto`).
+    fn bridge(&self) -> Option<&Arc<StdioBridge>> {
+        self.stdio.as_ref().or_else(|| {
+            self.legacy_found
+                .load(Ordering::Acquire)
+                .then_some(self.legacy_up.as_ref())
+                .flatten()
+        })
+    }
+
     /// The live settings, as of now.
     fn live(&self) -> Arc<Live> {
         Arc::clone(&self.live.read())
