@@ -14,6 +14,14 @@
 //               SSEClientTransport; against Shadowcat's /sse the first
 //               attempt fails and the legacy one works; with a Streamable
 //               HTTP URL the first works
+//   modern      URL is Shadowcat's /mcp in front of ts/legacy-server.mjs
+//               (a legacy-only server): the SDK's Streamable HTTP client
+//               gets a session id, echo, count with progress, sampling,
+//               elicitation, resources, prompts; then DELETE
+//   drop        as modern, then the tool `drop`, whose SSE connection the
+//               server cuts while it is in flight: the call gets a
+//               JSON-RPC error naming the cause, and the next call works
+//               (Shadowcat re-established the session upstream)
 //   resume      URL is Shadowcat's /sse in front of ts/server.mjs: a
 //               legacy client on the `eventsource` package whose /sse
 //               connection is cut after the 4th progress notification of a
@@ -270,7 +278,56 @@ async function resume() {
   console.log(`ok: cut after 4 progress notifications, resumed with Last-Event-ID ${resumed.lastEventId}; ${steps} progress once, in order; ${ids.length} events, none twice`);
 }
 
-const checks = { 'sdk-server': sdkServer, everything, fallback, resume };
+async function connectModern() {
+  const client = newClient();
+  const transport = new StreamableHTTPClientTransport(new URL(url));
+  await client.connect(transport);
+  assert(typeof transport.sessionId === 'string' && transport.sessionId.length > 0, 'Shadowcat set a session id');
+  return { client, transport, seen: traceMessages(transport) };
+}
+
+async function modern() {
+  const { client, transport, seen } = await connectModern();
+  const version = client.getServerVersion();
+  assert(version?.name === 'shadowcat-interop-legacy-server', `server name, got ${JSON.stringify(version)}`);
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name).sort();
+  assert(JSON.stringify(names) === '["ask","count","drop","echo"]', `tools/list, got ${names}`);
+  const echoed = await client.callTool({ name: 'echo', arguments: { text: 'héllo ✓' } });
+  assert(text(echoed) === 'héllo ✓', `echo, got ${JSON.stringify(echoed)}`);
+  const steps = 7;
+  const { result, progress } = await callWithProgress(client, seen, 'count', { steps, delayMs: 5 });
+  assertCounted(result, progress, steps);
+  const asked = await client.callTool({ name: 'ask', arguments: { question: 'why?' } });
+  assert(text(asked) === 'sampled "why?" / accept Ada', `ask, got ${JSON.stringify(asked)}`);
+  assert(client.logs.includes('asking: why?'), `the log notification arrived, got ${client.logs}`);
+  const read = await client.readResource({ uri: 'interop://greeting' });
+  assert(read.contents[0]?.text === 'hello from the legacy server', `resource, got ${JSON.stringify(read)}`);
+  const prompt = await client.getPrompt({ name: 'greet', arguments: { name: 'Ada' } });
+  assert(prompt.messages[0]?.content?.text === 'Say hello to Ada.', `prompt, got ${JSON.stringify(prompt)}`);
+  await transport.terminateSession();
+  await client.close();
+  console.log(`ok: Streamable HTTP client, legacy server: session, echo, ${steps} progress once in order, sampling, elicitation, resources, prompts, DELETE`);
+}
+
+async function drop() {
+  const { client } = await connectModern();
+  const before = await client.callTool({ name: 'echo', arguments: { text: 'before' } });
+  assert(text(before) === 'before', 'echo before the drop');
+  let failure;
+  try {
+    await client.callTool({ name: 'drop', arguments: {} }, CallToolResultSchema, { timeout: 20_000 });
+  } catch (e) {
+    failure = String(e.message ?? e);
+  }
+  assert(failure && /legacy/.test(failure) && /SSE/.test(failure), `the in-flight call fails naming the cause, got ${failure}`);
+  const after = await client.callTool({ name: 'echo', arguments: { text: 'after' } });
+  assert(text(after) === 'after', `echo after the re-establishment, got ${JSON.stringify(after)}`);
+  await client.close();
+  console.log(`ok: the in-flight call failed (${failure.slice(0, 100)}); the next call worked`);
+}
+
+const checks = { 'sdk-server': sdkServer, everything, fallback, resume, modern, drop };
 const run = checks[check];
 if (!run || !url) {
   console.error(`usage: node ts/legacy-client.mjs ${Object.keys(checks).join('|')} URL`);

@@ -161,6 +161,21 @@ const SCENARIOS: &[Scenario] = &[
         needs: Needs::Node,
         run: legacy::legacy_client_resume,
     },
+    Scenario {
+        name: "legacy-server-ts-client",
+        needs: Needs::Node,
+        run: legacy::legacy_server_ts_client,
+    },
+    Scenario {
+        name: "legacy-server-python",
+        needs: Needs::NodeAndPython,
+        run: legacy::legacy_server_python,
+    },
+    Scenario {
+        name: "legacy-server-drop",
+        needs: Needs::Node,
+        run: legacy::legacy_server_drop,
+    },
 ];
 
 /// `cargo xtask interop`.

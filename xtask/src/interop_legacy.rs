@@ -78,3 +78,71 @@ pub(super) fn legacy_client_resume(ctx: &mut Ctx) -> Result<String, String> {
     let resumes = check_resumes(proxy.admin, Some(1.0), Some(0.0))?;
     Ok(format!("{out}; {resumes}"))
 }
+
+/// `ts/legacy-server.mjs` (the SDK's `SSEServerTransport`: GET /sse, POST
+/// /messages, nothing else); returns its SSE URL.
+fn legacy_server(ctx: &mut Ctx) -> Result<String, String> {
+    let port = super::free_port()?;
+    let mut cmd = ctx.node();
+    cmd.arg(ctx.paths.file("ts/legacy-server.mjs"))
+        .arg(port.to_string());
+    let index = ctx.spawn("legacy-server", cmd)?;
+    ctx.wait_port(index, port)?;
+    Ok(format!("http://127.0.0.1:{port}/sse"))
+}
+
+/// The SDK's Streamable HTTP client through Shadowcat (default `auto`)
+/// in front of a legacy-only server: the initialize POST gets 405, the
+/// GET probe finds the legacy stream, and the client gets a session,
+/// progress, sampling and elicitation the server serves over SSE.
+pub(super) fn legacy_server_ts_client(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = legacy_server(ctx)?;
+    let port = super::free_port()?;
+    let proxy = ctx.shadowcat_at("shadowcat", "memory", port, &["--upstream", &upstream])?;
+    let out = legacy_client(ctx, "modern", &proxy.url)?;
+    let detected = metric(
+        &metrics(proxy.admin)?,
+        "shadowcat_legacy_upstream_detected_total",
+    );
+    if detected != 1.0 {
+        return Err(format!(
+            "auto should have found the legacy upstream once, /metrics says {detected}"
+        ));
+    }
+    Ok(out)
+}
+
+/// The Python SDK client through Shadowcat (`--upstream-transport sse`)
+/// in front of the legacy-only server.
+pub(super) fn legacy_server_python(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = legacy_server(ctx)?;
+    let proxy = ctx.shadowcat(&["--upstream-transport", "sse", "--upstream", &upstream])?;
+    let cmd = ctx.python("py/legacy_client.py", &[&proxy]);
+    let out = ctx.run("python-legacy-client", cmd)?;
+    Ok(last_line(&out))
+}
+
+/// The legacy server cuts its SSE connection while a call is in flight:
+/// that call gets a JSON-RPC error naming the cause, Shadowcat
+/// re-establishes the session upstream (initialize replayed), and the
+/// next call works.
+pub(super) fn legacy_server_drop(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = legacy_server(ctx)?;
+    let port = super::free_port()?;
+    let proxy = ctx.shadowcat_at(
+        "shadowcat",
+        "memory",
+        port,
+        &["--upstream-transport", "sse", "--upstream", &upstream],
+    )?;
+    let out = legacy_client(ctx, "drop", &proxy.url)?;
+    let text = metrics(proxy.admin)?;
+    let drops = metric(&text, "shadowcat_legacy_upstream_drops_total");
+    let again = metric(&text, "shadowcat_legacy_upstream_reestablished_total");
+    if drops != 1.0 || again != 1.0 {
+        return Err(format!(
+            "one drop and one re-establishment expected, /metrics says {drops} and {again}"
+        ));
+    }
+    Ok(out)
+}

@@ -66,7 +66,7 @@ impl Shared {
                 .any(|m| m.meta_version.as_deref() == Some(ProtocolVersion::V2026_07_28.as_str()));
         if stateless && self.bridge().is_some() {
             return Err(Rejection::bad_request(
-                "protocol 2026-07-28 (stateless) is not served through a stdio server, which keeps per-session state; use protocol 2025-11-25 or earlier",
+                "protocol 2026-07-28 (stateless) is not served through a stdio or legacy HTTP+SSE server, which keeps per-session state; use protocol 2025-11-25 or earlier",
             )
             .with_id(rpc_id));
         }

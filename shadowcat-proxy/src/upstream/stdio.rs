@@ -750,9 +750,13 @@ impl StdioBridge {
     }
 
     async fn ended(&self, cs: &Arc<ChildSession>, crashed: Option<String>, status: &str) {
-        let cause = match &crashed {
-            Some(c) => format!("{c}; the stdio server exited ({status}); initialize a new session"),
-            None => format!("the session ended; the stdio server was stopped ({status})"),
+        let cause = match (&crashed, self.legacy.is_some()) {
+            (Some(c), true) => format!("{c}; initialize a new session"),
+            (Some(c), false) => {
+                format!("{c}; the stdio server exited ({status}); initialize a new session")
+            }
+            (None, true) => "the session ended; its legacy upstream connection was closed".into(),
+            (None, false) => format!("the session ended; the stdio server was stopped ({status})"),
         };
         // Gone from the map before any client hears of it: the session's
         // next request is a 404 and its `max_children` slot is free.
@@ -767,6 +771,8 @@ impl StdioBridge {
             // The streams end on their own with the error; the session
             // goes now, so the next request gets 404.
             self.drop_session(&cs.id, "its stdio server ended").await;
+        } else if self.legacy.is_some() {
+            tracing::debug!(session_fp = %cs.id.fingerprint(), "legacy upstream connection closed");
         } else {
             tracing::info!(session_fp = %cs.id.fingerprint(), pid = cs.pid, %status, "stdio server stopped");
         }
