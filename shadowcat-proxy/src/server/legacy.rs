@@ -657,7 +657,7 @@ async fn pipe(mut body: ProxyBody, sse: bool, queue: &MessageQueue) -> Result<()
             continue;
         }
         decoder.push(data);
-        while let Some(item) = decoder.next() {
+        for item in decoder.by_ref() {
             match item.map_err(|e| e.to_string())? {
                 SseItem::Event(ev) if !ev.data.is_empty() => {
                     if !push(queue, ev.data).await {

@@ -131,25 +131,25 @@ impl LegacyLink {
                 },
             };
             conn.decoder.push(data);
-            while let Some(item) = conn.decoder.next() {
+            let mut found = None;
+            for item in conn.decoder.by_ref() {
                 let SseItem::Event(ev) =
                     item.map_err(|e| format!("the legacy upstream's stream is malformed: {e}"))?
                 else {
                     continue;
                 };
-                if ev.event_type() == "endpoint" {
-                    conn.endpoint = self.endpoint(&ev.data)?;
-                    // What came with it is routed first.
-                    while let Some(item) = conn.decoder.next() {
-                        if let Ok(SseItem::Event(ev)) = item
-                            && ev.event_type() == "message"
-                            && !ev.data.is_empty()
-                        {
-                            conn.early.push(ev.data);
-                        }
+                if found.is_none() {
+                    if ev.event_type() == "endpoint" {
+                        found = Some(ev.data);
                     }
-                    return Ok(conn);
+                } else if ev.event_type() == "message" && !ev.data.is_empty() {
+                    // Came with it: routed first.
+                    conn.early.push(ev.data);
                 }
+            }
+            if let Some(data) = found {
+                conn.endpoint = self.endpoint(&data)?;
+                return Ok(conn);
             }
         }
     }
