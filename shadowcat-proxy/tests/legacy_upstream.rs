@@ -202,10 +202,11 @@ async fn auto_finds_a_legacy_upstream_and_routes_answers_by_id() {
     let sid = init(&h).await;
     let headers = [("mcp-session-id", sid.as_str())];
     // Two requests at once: each answer reaches its own stream.
-    let (a, b) = tokio::join!(
-        h.post(&headers, &call(2, "echo", json!({"text": "two"}))),
-        h.post(&headers, &call(3, "echo", json!({"text": "three"}))),
+    let (two, three) = (
+        call(2, "echo", json!({"text": "two"})),
+        call(3, "echo", json!({"text": "three"})),
     );
+    let (a, b) = tokio::join!(h.post(&headers, &two), h.post(&headers, &three));
     let (a, b) = tokio::join!(answer(a, 2), answer(b, 3));
     assert_eq!(a["result"]["content"][0]["text"], "two");
     assert_eq!(b["result"]["content"][0]["text"], "three");
