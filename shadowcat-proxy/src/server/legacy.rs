@@ -658,13 +658,11 @@ async fn pipe(mut body: ProxyBody, sse: bool, queue: &MessageQueue) -> Result<()
         }
         decoder.push(data);
         for item in decoder.by_ref() {
-            match item.map_err(|e| e.to_string())? {
-                SseItem::Event(ev) if !ev.data.is_empty() => {
-                    if !push(queue, ev.data).await {
-                        return Ok(());
-                    }
-                }
-                _ => {}
+            if let SseItem::Event(ev) = item.map_err(|e| e.to_string())?
+                && !ev.data.is_empty()
+                && !push(queue, ev.data).await
+            {
+                return Ok(());
             }
         }
     }

@@ -375,7 +375,8 @@ pub(crate) async fn run(
                 }
             },
             msg = rx.recv() => {
-                let Some(msg) = msg else { return None };
+                // Every sender gone: the session is over.
+                let msg = msg?;
                 remember(&msg, &mut init, &mut initialized);
                 if let Err(e) = link.post(&conn.endpoint, msg.clone()).await {
                     metrics::counter!("shadowcat_upstream_errors_total", "kind" => "legacy_post").increment(1);
