@@ -336,7 +336,9 @@ impl Connection {
 }
 
 /// Drives one session's legacy upstream until it is stopped (`None`) or
-/// lost for good (`Some(cause)`).
+/// lost for good (`Some(cause)`). The SSE connection is read while a POST
+/// is waited for, so a server that answers POSTs only once its stream is
+/// read never deadlocks with the proxy.
 pub(crate) async fn run(
     cs: Arc<ChildSession>,
     link: Arc<LegacyLink>,
@@ -349,7 +351,7 @@ pub(crate) async fn run(
         cs.route(m).await;
     }
     loop {
-        tokio::select! {
+        let dropped = tokio::select! {
             biased;
             () = cs.stop.notified() => return None,
             read = conn.read() => match read {
@@ -357,35 +359,60 @@ pub(crate) async fn run(
                     for m in msgs {
                         cs.route(m).await;
                     }
+                    None
                 }
-                Read::Ended(cause) => {
-                    metrics::counter!("shadowcat_legacy_upstream_drops_total").increment(1);
-                    let failed = cs.fail_in_flight(&format!(
-                        "{cause}; the legacy (2024-11-05) transport cannot resume, so this request's answer is lost; retry it"
-                    ));
-                    tracing::warn!(session_fp = %cs.id.fingerprint(), %cause, failed, "legacy upstream connection lost; re-establishing the session");
-                    match link.reestablish(&cs, init.as_ref(), initialized.as_ref()).await {
-                        Ok(c) => {
-                            metrics::counter!("shadowcat_legacy_upstream_reestablished_total").increment(1);
-                            tracing::info!(session_fp = %cs.id.fingerprint(), "legacy upstream session re-established");
-                            conn = c;
-                        }
-                        Err(e) => return Some(format!("{cause}; re-establishing the session failed: {e}")),
-                    }
-                }
+                Read::Ended(cause) => Some(cause),
             },
             msg = rx.recv() => {
                 // Every sender gone: the session is over.
                 let msg = msg?;
                 remember(&msg, &mut init, &mut initialized);
-                if let Err(e) = link.post(&conn.endpoint, msg.clone()).await {
+                let endpoint = conn.endpoint.clone();
+                let post = link.post(&endpoint, msg.clone());
+                tokio::pin!(post);
+                let mut dropped = None;
+                let posted = loop {
+                    tokio::select! {
+                        biased;
+                        posted = &mut post => break posted,
+                        read = conn.read(), if dropped.is_none() => match read {
+                            Read::Messages(msgs) => {
+                                for m in msgs {
+                                    cs.route(m).await;
+                                }
+                            }
+                            Read::Ended(cause) => dropped = Some(cause),
+                        },
+                    }
+                };
+                if let Err(e) = posted {
                     metrics::counter!("shadowcat_upstream_errors_total", "kind" => "legacy_post").increment(1);
                     tracing::warn!(session_fp = %cs.id.fingerprint(), error = %e, "legacy upstream refused a message");
                     if let Some(answer) = refusal(&msg, &e) {
                         cs.route(answer).await;
                     }
                 }
+                dropped
             }
+        };
+        let Some(cause) = dropped else {
+            continue;
+        };
+        metrics::counter!("shadowcat_legacy_upstream_drops_total").increment(1);
+        let failed = cs.fail_in_flight(&format!(
+            "{cause}; the legacy (2024-11-05) transport cannot resume, so this request's answer is lost; retry it"
+        ));
+        tracing::warn!(session_fp = %cs.id.fingerprint(), %cause, failed, "legacy upstream connection lost; re-establishing the session");
+        match link
+            .reestablish(&cs, init.as_ref(), initialized.as_ref())
+            .await
+        {
+            Ok(c) => {
+                metrics::counter!("shadowcat_legacy_upstream_reestablished_total").increment(1);
+                tracing::info!(session_fp = %cs.id.fingerprint(), "legacy upstream session re-established");
+                conn = c;
+            }
+            Err(e) => return Some(format!("{cause}; re-establishing the session failed: {e}")),
         }
     }
 }
