@@ -22,6 +22,9 @@
 //               server cuts while it is in flight: the call gets a
 //               JSON-RPC error naming the cause, and the next call works
 //               (Shadowcat re-established the session upstream)
+//   both        URL is Shadowcat's /sse in front of ts/legacy-server.mjs:
+//               legacy on both sides; echo, count with progress, sampling
+//               and elicitation across both hops
 //   resume      URL is Shadowcat's /sse in front of ts/server.mjs: a
 //               legacy client on the `eventsource` package whose /sse
 //               connection is cut after the 4th progress notification of a
@@ -278,6 +281,23 @@ async function resume() {
   console.log(`ok: cut after 4 progress notifications, resumed with Last-Event-ID ${resumed.lastEventId}; ${steps} progress once, in order; ${ids.length} events, none twice`);
 }
 
+async function both() {
+  const client = newClient();
+  const transport = new SSEClientTransport(new URL(url));
+  await client.connect(transport);
+  const seen = traceMessages(transport);
+  assert(client.getServerVersion()?.name === 'shadowcat-interop-legacy-server', 'the legacy server answered');
+  const echoed = await client.callTool({ name: 'echo', arguments: { text: 'both ways' } });
+  assert(text(echoed) === 'both ways', `echo, got ${JSON.stringify(echoed)}`);
+  const steps = 7;
+  const { result, progress } = await callWithProgress(client, seen, 'count', { steps, delayMs: 5 });
+  assertCounted(result, progress, steps);
+  const asked = await client.callTool({ name: 'ask', arguments: { question: 'why?' } });
+  assert(text(asked) === 'sampled "why?" / accept Ada', `ask, got ${JSON.stringify(asked)}`);
+  await client.close();
+  console.log(`ok: legacy client, legacy server: echo, ${steps} progress once in order, sampling, elicitation`);
+}
+
 async function connectModern() {
   const client = newClient();
   const transport = new StreamableHTTPClientTransport(new URL(url));
@@ -327,7 +347,7 @@ async function drop() {
   console.log(`ok: the in-flight call failed (${failure.slice(0, 100)}); the next call worked`);
 }
 
-const checks = { 'sdk-server': sdkServer, everything, fallback, resume, modern, drop };
+const checks = { 'sdk-server': sdkServer, everything, fallback, resume, modern, drop, both };
 const run = checks[check];
 if (!run || !url) {
   console.error(`usage: node ts/legacy-client.mjs ${Object.keys(checks).join('|')} URL`);

@@ -176,6 +176,11 @@ const SCENARIOS: &[Scenario] = &[
         needs: Needs::Node,
         run: legacy::legacy_server_drop,
     },
+    Scenario {
+        name: "legacy-both-ways",
+        needs: Needs::Node,
+        run: legacy::legacy_both_ways,
+    },
 ];
 
 /// `cargo xtask interop`.

@@ -146,3 +146,11 @@ pub(super) fn legacy_server_drop(ctx: &mut Ctx) -> Result<String, String> {
     }
     Ok(out)
 }
+
+/// Legacy on both sides: the TS SDK's `SSEClientTransport` at Shadowcat's
+/// `/sse` in front of the legacy-only server (auto-detected).
+pub(super) fn legacy_both_ways(ctx: &mut Ctx) -> Result<String, String> {
+    let upstream = legacy_server(ctx)?;
+    let proxy = ctx.shadowcat(&["--upstream", &upstream])?;
+    legacy_client(ctx, "both", &sse_url(&proxy))
+}

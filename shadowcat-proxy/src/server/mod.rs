@@ -275,6 +275,7 @@ impl ReverseProxy {
                 uri: config.upstream.clone(),
                 bearer: bearer.clone(),
                 timeout: config.limits.upstream_response_timeout,
+                probe_timeout: config.limits.upstream_connect_timeout,
                 reconnect: config.limits.reconnect,
             };
             let mut up = crate::upstream::stdio::StdioUpstream::new(

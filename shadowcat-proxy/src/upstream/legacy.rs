@@ -48,6 +48,9 @@ pub(crate) struct LegacyLink {
     /// Each connect, POST answer and the `endpoint` event must come
     /// within this.
     pub(crate) timeout: Duration,
+    /// The `auto` probe (answer head and `endpoint` event) must finish
+    /// within this (`upstream_connect_timeout`).
+    pub(crate) probe_timeout: Duration,
     pub(crate) reconnect: ReconnectConfig,
 }
 
@@ -445,9 +448,16 @@ fn refusal(msg: &Bytes, why: &str) -> Option<Bytes> {
     ))
 }
 
-/// Does `uri` serve a legacy SSE stream (an `endpoint` event first)?
+/// Does the upstream URL serve a legacy SSE stream (an `endpoint` event
+/// first)? Bounded by `probe_timeout`.
 pub(crate) async fn probe(link: &LegacyLink) -> Result<(), String> {
-    link.open().await.map(drop)
+    match tokio::time::timeout(link.probe_timeout, link.open()).await {
+        Ok(opened) => opened.map(drop),
+        Err(_) => Err(format!(
+            "no legacy stream within {:?} (upstream_connect_timeout)",
+            link.probe_timeout
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +471,7 @@ mod tests {
             uri,
             bearer: None,
             timeout: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(1),
             reconnect: ReconnectConfig::default(),
         }
     }
