@@ -195,3 +195,30 @@ async fn the_session_ends_here_and_upstream_once_its_stream_is_released() {
     let resp = post(&h, &endpoint, &call(2, "echo", json!({"text": "x"}))).await;
     assert_rpc_error(resp, StatusCode::NOT_FOUND, -32000).await;
 }
+
+#[tokio::test]
+async fn upstream_cuts_are_resumed_unseen_by_the_legacy_client() {
+    let h = Harness::start().await;
+    let (mut sse, endpoint) = legacy_session(&h).await;
+    post_ok(
+        &h,
+        &endpoint,
+        &call(2, "progress", json!({"count": 8, "cuts": [2, 5]})),
+    )
+    .await;
+    let mut progress = Vec::new();
+    let mut ids = Vec::new();
+    loop {
+        let (id, m) = message(&mut sse).await;
+        assert!(!ids.contains(&id), "event {id} came twice");
+        ids.push(id);
+        if m["id"] == 2 {
+            assert!(m["result"].is_object(), "{m}");
+            break;
+        }
+        progress.push(m["params"]["progress"].as_u64().unwrap());
+    }
+    assert_eq!(progress, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(h.upstream.cuts_done(), 2, "the upstream cut twice");
+    assert!(h.upstream.resumes() >= 2, "the proxy resumed the upstream");
+}
