@@ -72,6 +72,20 @@ pub(crate) struct ReverseArgs {
     /// The MCP endpoint path [default: /mcp].
     #[arg(long, env = "SHADOWCAT_PATH")]
     pub(crate) path: Option<String>,
+    /// How to reach the HTTP upstream: `auto` (Streamable HTTP, or legacy
+    /// HTTP+SSE when its initialize gets 400/404/405 and a GET of the same
+    /// URL opens a legacy stream), `streamable-http` or `sse` [default:
+    /// auto].
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_TRANSPORT")]
+    pub(crate) upstream_transport: Option<String>,
+    /// Where legacy HTTP+SSE (2024-11-05) clients open their stream, or
+    /// `off` [default: /sse].
+    #[arg(long, env = "SHADOWCAT_LEGACY_SSE_PATH")]
+    pub(crate) legacy_sse_path: Option<String>,
+    /// Where legacy HTTP+SSE clients POST their messages [default:
+    /// /messages].
+    #[arg(long, env = "SHADOWCAT_LEGACY_MESSAGES_PATH")]
+    pub(crate) legacy_messages_path: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics and the admin API), or
     /// `off` [default: 127.0.0.1:9090].
     #[arg(long, env = "SHADOWCAT_ADMIN_BIND")]

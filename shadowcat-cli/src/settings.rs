@@ -31,6 +31,11 @@ pub(crate) struct FileConfig {
     upstream: Option<String>,
     bind: Option<SocketAddr>,
     path: Option<String>,
+    /// `auto`, `streamable-http` or `sse`.
+    upstream_transport: Option<String>,
+    /// The legacy HTTP+SSE stream path, or `off`.
+    legacy_sse_path: Option<String>,
+    legacy_messages_path: Option<String>,
     store: Option<String>,
     admin_bind: Option<String>,
     /// The admin API's bearer token: `env:VAR` or `file:PATH`.
@@ -253,6 +258,20 @@ impl ReverseSettings {
         if let Some(path) = args.path.or(file.path) {
             proxy.path = path;
         }
+        if let Some(t) = args.upstream_transport.or(file.upstream_transport) {
+            proxy.upstream_transport =
+                shadowcat_proxy::UpstreamTransport::parse(&t).ok_or_else(|| {
+                    CliError::Config(format!(
+                        "bad upstream_transport {t:?}: use auto, streamable-http or sse"
+                    ))
+                })?;
+        }
+        if let Some(sse) = args.legacy_sse_path.or(file.legacy_sse_path) {
+            proxy.legacy_sse_path = (sse != "off").then_some(sse);
+        }
+        if let Some(messages) = args.legacy_messages_path.or(file.legacy_messages_path) {
+            proxy.legacy_messages_path = messages;
+        }
         let origins = if args.allowed_origins.is_empty() {
             file.allowed_origins.unwrap_or_default()
         } else {
@@ -451,6 +470,9 @@ mod tests {
             upstream: upstream.map(str::to_owned),
             bind: None,
             path: None,
+            upstream_transport: None,
+            legacy_sse_path: None,
+            legacy_messages_path: None,
             admin_bind: None,
             admin_token: None,
             access_log: None,

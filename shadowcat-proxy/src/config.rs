@@ -40,6 +40,18 @@ pub struct ReverseProxyConfig {
     /// Serve a stdio MCP server (one child per session) instead of the
     /// HTTP `upstream`, which is then unused. Default none.
     pub upstream_cmd: Option<StdioUpstream>,
+    /// How to reach the HTTP `upstream`: Streamable HTTP, legacy HTTP+SSE
+    /// (2024-11-05), or auto-detected (a 400/404/405 to the Streamable
+    /// HTTP initialize leads to a legacy `GET` probe of the same URL, as
+    /// the SDKs do). Default [`UpstreamTransport::Auto`].
+    pub upstream_transport: UpstreamTransport,
+    /// The legacy HTTP+SSE (2024-11-05) stream path, where a legacy
+    /// client opens its stream with GET; `None` serves no legacy clients.
+    /// Default `/sse`.
+    pub legacy_sse_path: Option<String>,
+    /// Where legacy clients POST their messages (the URL of the stream's
+    /// `endpoint` event, with `?sessionId=…`). Default `/messages`.
+    pub legacy_messages_path: String,
     /// Where one record per request goes (see [`crate::AccessLog`]).
     /// Default none: no access log, and none of its bookkeeping.
     pub access_log: Option<std::sync::Arc<dyn crate::AccessLog>>,
@@ -59,6 +71,9 @@ impl std::fmt::Debug for ReverseProxyConfig {
             )
             .field("limits", &self.limits)
             .field("upstream_cmd", &self.upstream_cmd)
+            .field("upstream_transport", &self.upstream_transport)
+            .field("legacy_sse_path", &self.legacy_sse_path)
+            .field("legacy_messages_path", &self.legacy_messages_path)
             .field("access_log", &self.access_log.is_some())
             .finish()
     }
@@ -68,6 +83,10 @@ impl std::fmt::Debug for ReverseProxyConfig {
 pub(crate) const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default MCP endpoint path.
 pub(crate) const DEFAULT_PATH: &str = "/mcp";
+/// Default legacy HTTP+SSE stream path.
+pub(crate) const DEFAULT_LEGACY_SSE_PATH: &str = "/sse";
+/// Default legacy HTTP+SSE messages path.
+pub(crate) const DEFAULT_LEGACY_MESSAGES_PATH: &str = "/messages";
 
 impl ReverseProxyConfig {
     /// A config for `upstream` with every other field at its default.
@@ -81,6 +100,9 @@ impl ReverseProxyConfig {
             upstream_bearer: None,
             limits: Limits::default(),
             upstream_cmd: None,
+            upstream_transport: UpstreamTransport::Auto,
+            legacy_sse_path: Some(DEFAULT_LEGACY_SSE_PATH.to_owned()),
+            legacy_messages_path: DEFAULT_LEGACY_MESSAGES_PATH.to_owned(),
             access_log: None,
         }
     }
@@ -91,6 +113,33 @@ impl ReverseProxyConfig {
         let mut c = Self::new(http::Uri::from_static("http://127.0.0.1/"));
         c.upstream_cmd = Some(cmd);
         c
+    }
+}
+
+/// The transport of an HTTP upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamTransport {
+    /// Streamable HTTP, or legacy HTTP+SSE when the Streamable HTTP
+    /// initialize gets 400, 404 or 405 and a `GET` of the same URL opens
+    /// a legacy stream.
+    #[default]
+    Auto,
+    /// Streamable HTTP only.
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05) only: the upstream URL is its SSE
+    /// stream (e.g. `http://127.0.0.1:3001/sse`).
+    Sse,
+}
+
+impl UpstreamTransport {
+    /// Parses `auto`, `streamable-http` or `sse`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "streamable-http" => Some(Self::StreamableHttp),
+            "sse" => Some(Self::Sse),
+            _ => None,
+        }
     }
 }
 

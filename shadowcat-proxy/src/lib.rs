@@ -39,7 +39,7 @@ pub mod admin {
     pub use crate::server::admin::*;
 }
 
-pub use config::{Limits, OriginPolicy, ReverseProxyConfig};
+pub use config::{Limits, OriginPolicy, ReverseProxyConfig, UpstreamTransport};
 pub use error::ProxyError;
 pub use event_id::{ClientEventId, IdError};
 pub use mcp::jsonrpc;

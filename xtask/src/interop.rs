@@ -40,6 +40,8 @@ use crate::{cargo, root};
 
 #[path = "interop_conformance.rs"]
 mod conformance;
+#[path = "interop_legacy.rs"]
+mod legacy;
 #[path = "interop_listen.rs"]
 mod listen;
 #[path = "interop_oauth.rs"]
@@ -178,6 +180,46 @@ const SCENARIOS: &[Scenario] = &[
         name: "python-sdk-listen",
         needs: Needs::NodeAndPython,
         run: listen::python_sdk_listen,
+    },
+    Scenario {
+        name: "legacy-client-http",
+        needs: Needs::Node,
+        run: legacy::legacy_client_http,
+    },
+    Scenario {
+        name: "legacy-client-stdio",
+        needs: Needs::Node,
+        run: legacy::legacy_client_stdio,
+    },
+    Scenario {
+        name: "legacy-client-fallback",
+        needs: Needs::Node,
+        run: legacy::legacy_client_fallback,
+    },
+    Scenario {
+        name: "legacy-client-resume",
+        needs: Needs::Node,
+        run: legacy::legacy_client_resume,
+    },
+    Scenario {
+        name: "legacy-server-ts-client",
+        needs: Needs::Node,
+        run: legacy::legacy_server_ts_client,
+    },
+    Scenario {
+        name: "legacy-server-python",
+        needs: Needs::NodeAndPython,
+        run: legacy::legacy_server_python,
+    },
+    Scenario {
+        name: "legacy-server-drop",
+        needs: Needs::Node,
+        run: legacy::legacy_server_drop,
+    },
+    Scenario {
+        name: "legacy-both-ways",
+        needs: Needs::Node,
+        run: legacy::legacy_both_ways,
     },
 ];
 

@@ -210,6 +210,7 @@ impl Relay {
             version: *self.version.lock(),
             sink: None,
             resume_after: None,
+            legacy: false,
         };
         let mut pump = Pump::new(PumpSource::Upstream(body), spec, Arc::clone(&self.env));
         let mut kept = Vec::new();

@@ -45,6 +45,7 @@ enum Inner {
     Full(Option<Bytes>),
     Sse(Box<SseForward>),
     Stream(Box<StreamBody>),
+    Legacy(Box<super::legacy::LegacySse>),
 }
 
 impl ProxyBody {
@@ -75,6 +76,19 @@ impl ProxyBody {
         Self::of(Inner::Stream(Box::new(body)))
     }
 
+    /// A legacy (2024-11-05) client's `/sse` stream.
+    pub(crate) fn legacy(body: super::legacy::LegacySse) -> Self {
+        Self::of(Inner::Legacy(Box::new(body)))
+    }
+
+    /// The session stream this body reads, if it reads one.
+    pub(crate) fn stream_shared(&self) -> Option<std::sync::Arc<crate::stream::StreamShared>> {
+        match &self.inner {
+            Inner::Stream(s) => Some(std::sync::Arc::clone(s.shared())),
+            _ => None,
+        }
+    }
+
     /// Emits `finish` to the access log when the body ends or is dropped.
     pub(crate) fn log_with(&mut self, finish: Finish) {
         self.access = Some(Box::new(finish));
@@ -94,6 +108,7 @@ impl Body for ProxyBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Sse(fwd) => fwd.poll_next(cx),
             Inner::Stream(s) => s.poll_next(cx),
+            Inner::Legacy(s) => s.poll_next(cx),
         };
         if let (Some(finish), Poll::Ready(Some(Ok(frame)))) = (&mut me.access, &polled)
             && let Some(data) = frame.data_ref()
@@ -108,6 +123,7 @@ impl Body for ProxyBody {
             Inner::Full(b) => b.is_none(),
             Inner::Sse(fwd) => fwd.done,
             Inner::Stream(s) => s.is_done(),
+            Inner::Legacy(s) => s.is_done(),
         }
     }
 
@@ -115,7 +131,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Sse(_) | Inner::Stream(_) => SizeHint::default(),
+            Inner::Sse(_) | Inner::Stream(_) | Inner::Legacy(_) => SizeHint::default(),
         }
     }
 }
@@ -124,7 +140,7 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(finish) = self.access.take() {
             let events = match &self.inner {
-                Inner::Full(_) => None,
+                Inner::Full(_) | Inner::Legacy(_) => None,
                 Inner::Sse(fwd) => Some(fwd.events),
                 Inner::Stream(s) => Some(s.events_sent()),
             };

@@ -24,7 +24,7 @@ impl Shared {
         // leak it.
         self.forget(&session).await;
         metrics::counter!("shadowcat_sessions_deleted_total").increment(1);
-        if let Some(bridge) = &self.stdio {
+        if let Some(bridge) = self.bridge() {
             bridge.stop(&session.id);
         }
         if session.upstream_id.is_none() {

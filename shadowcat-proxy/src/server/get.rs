@@ -56,7 +56,7 @@ impl Shared {
             resume = Some((text.to_owned(), id));
         }
         let session = self.require_session(headers).await?;
-        let child = match &self.stdio {
+        let child = match self.bridge() {
             Some(bridge) => Some(self.stdio_child(bridge, &session).await?),
             None => None,
         };

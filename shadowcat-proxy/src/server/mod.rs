@@ -50,6 +50,7 @@ mod delete;
 pub(crate) mod ender;
 mod get;
 mod guard;
+mod legacy;
 mod listen;
 mod post;
 pub(crate) mod ratelimit;
@@ -120,8 +121,14 @@ struct Shared {
     /// Upstream connections, driven by the tasks that read them.
     pool: Arc<UpstreamPool>,
     sessions: Arc<Sessions>,
-    /// The stdio children, when the upstream is a program.
+    /// The stdio children, when the upstream is a program (or the
+    /// connections to a legacy HTTP+SSE upstream, `upstream_transport =
+    /// sse`).
     stdio: Option<Arc<StdioBridge>>,
+    /// With `upstream_transport = auto`: the legacy connections, used
+    /// once the upstream turned out to be legacy (`legacy_found`).
+    legacy_up: Option<Arc<StdioBridge>>,
+    legacy_found: std::sync::atomic::AtomicBool,
     bearer: Option<HeaderValue>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
@@ -143,6 +150,8 @@ struct Shared {
     create_limit: Option<ratelimit::CreateLimiter>,
     /// Ends sessions upstream that ended here without a client's DELETE.
     ender: Arc<ender::SessionEnder>,
+    /// Legacy HTTP+SSE clients served here.
+    legacy: Arc<legacy::LegacyClients>,
 }
 
 impl ReverseProxy {
@@ -163,6 +172,20 @@ impl ReverseProxy {
                 "the endpoint path {:?} must start with /",
                 config.path
             )));
+        }
+        if let Some(sse) = &config.legacy_sse_path {
+            let messages = &config.legacy_messages_path;
+            if !sse.starts_with('/') || !messages.starts_with('/') {
+                return Err(ProxyError::Config(format!(
+                    "the legacy paths {sse:?} and {messages:?} must start with /"
+                )));
+            }
+            if sse == messages || *sse == config.path || *messages == config.path {
+                return Err(ProxyError::Config(format!(
+                    "the endpoint path {:?}, the legacy SSE path {sse:?} and the legacy messages path {messages:?} must differ",
+                    config.path
+                )));
+            }
         }
         if config.limits.max_header_bytes < 8192 {
             return Err(ProxyError::Config(
@@ -241,6 +264,29 @@ impl ReverseProxy {
             Arc::downgrade(&sessions),
             closing.clone(),
         ));
+        let pool = UpstreamPool::with_max_idle(
+            &config.upstream,
+            config.limits.upstream_connect_timeout,
+            config.limits.upstream_read_buffer,
+            config.limits.upstream_max_idle_connections,
+        );
+        let legacy_bridge = || {
+            let link = crate::upstream::legacy::LegacyLink {
+                pool: Arc::clone(&pool),
+                uri: config.upstream.clone(),
+                bearer: bearer.clone(),
+                timeout: config.limits.upstream_response_timeout,
+                probe_timeout: config.limits.upstream_connect_timeout,
+                reconnect: config.limits.reconnect,
+            };
+            let mut up = crate::upstream::stdio::StdioUpstream::new(
+                shadowcat_transport::ChildCommand::new("legacy-sse"),
+            );
+            up.max_children = usize::try_from(config.limits.max_sessions).unwrap_or(usize::MAX);
+            up.idle_timeout = config.limits.session_idle_timeout;
+            StdioBridge::start_legacy(link, up, config.limits.replay, Arc::clone(&sessions))
+        };
+        let mut legacy_up = None;
         let stdio = match &config.upstream_cmd {
             Some(cmd) => Some(
                 StdioBridge::start(cmd.clone(), config.limits.replay, Arc::clone(&sessions))
@@ -248,14 +294,15 @@ impl ReverseProxy {
                         ProxyError::Config(format!("cannot start the stdio spawner thread: {e}"))
                     })?,
             ),
-            None => None,
+            None => match config.upstream_transport {
+                crate::config::UpstreamTransport::Sse => Some(legacy_bridge()),
+                crate::config::UpstreamTransport::Auto => {
+                    legacy_up = Some(legacy_bridge());
+                    None
+                }
+                crate::config::UpstreamTransport::StreamableHttp => None,
+            },
         };
-        let pool = UpstreamPool::with_max_idle(
-            &config.upstream,
-            config.limits.upstream_connect_timeout,
-            config.limits.upstream_read_buffer,
-            config.limits.upstream_max_idle_connections,
-        );
         let ender = ender::SessionEnder::start(
             Arc::clone(&pool),
             config.upstream.clone(),
@@ -287,28 +334,34 @@ impl ReverseProxy {
             origins: config.allowed_origins.clone(),
             hosts,
         }));
+        let shared = Arc::new(Shared {
+            config,
+            pool,
+            sessions,
+            stdio,
+            bearer,
+            writer,
+            closing,
+            aborting,
+            bound: local_addr,
+            live,
+            env,
+            accepting: std::sync::atomic::AtomicBool::new(false),
+            probe_id: shadowcat_session::SessionId::generate()
+                .map_err(|e| ProxyError::Config(format!("no randomness for a session id: {e}")))?,
+            create_limit,
+            ender,
+            legacy: Arc::default(),
+            legacy_up,
+            legacy_found: std::sync::atomic::AtomicBool::new(false),
+        });
+        if shared.config.legacy_sse_path.is_some() {
+            tokio::spawn(legacy::run_sweeper(Arc::downgrade(&shared)));
+        }
         Ok(ReverseProxy {
             listener,
             local_addr,
-            shared: Arc::new(Shared {
-                config,
-                pool,
-                sessions,
-                stdio,
-                bearer,
-                writer,
-                closing,
-                aborting,
-                bound: local_addr,
-                live,
-                env,
-                accepting: std::sync::atomic::AtomicBool::new(false),
-                probe_id: shadowcat_session::SessionId::generate().map_err(|e| {
-                    ProxyError::Config(format!("no randomness for a session id: {e}"))
-                })?,
-                create_limit,
-                ender,
-            }),
+            shared,
             closing_tx,
             aborting_tx,
         })
@@ -437,6 +490,9 @@ impl ReverseProxy {
                     "connections still open after the 503 answers; dropping them"
                 );
             }
+        }
+        if let Some(bridge) = &shared.legacy_up {
+            bridge.shutdown(Duration::from_secs(1)).await;
         }
         if let Some(bridge) = &shared.stdio {
             let grace = shared
@@ -570,6 +626,17 @@ pub(crate) struct Live {
 }
 
 impl Shared {
+    /// The bridge sessions go through: the stdio children, or the legacy
+    /// upstream's connections (configured, or found by `auto`).
+    fn bridge(&self) -> Option<&Arc<StdioBridge>> {
+        self.stdio.as_ref().or_else(|| {
+            self.legacy_found
+                .load(Ordering::Acquire)
+                .then_some(self.legacy_up.as_ref())
+                .flatten()
+        })
+    }
+
     /// The live settings, as of now.
     fn live(&self) -> Arc<Live> {
         Arc::clone(&self.live.read())
@@ -639,6 +706,14 @@ impl Shared {
             hosts.check(req.headers())?;
         }
         guard::check_origins(&live.origins, req.headers())?;
+        if let Some(sse) = &self.config.legacy_sse_path {
+            if req.uri().path() == sse {
+                return self.legacy_sse(req).await;
+            }
+            if req.uri().path() == self.config.legacy_messages_path {
+                return self.legacy_post(req).await;
+            }
+        }
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -1134,6 +1209,7 @@ impl Shared {
             version: session.version,
             sink,
             resume_after,
+            legacy: false,
         };
         let pump = Pump::new(source, spec, Arc::clone(&self.env));
         let shared = StreamShared::start(&session.streams, stream, pump, Arc::clone(&self.env));

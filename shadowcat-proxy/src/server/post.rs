@@ -66,9 +66,9 @@ impl Shared {
                 .messages()
                 .iter()
                 .any(|m| m.meta_version.as_deref() == Some(ProtocolVersion::V2026_07_28.as_str()));
-        if stateless && self.stdio.is_some() {
+        if stateless && self.bridge().is_some() {
             return Err(Rejection::bad_request(
-                "protocol 2026-07-28 (stateless) is not served through a stdio server, which keeps per-session state; use protocol 2025-11-25 or earlier",
+                "protocol 2026-07-28 (stateless) is not served through a stdio or legacy HTTP+SSE server, which keeps per-session state; use protocol 2025-11-25 or earlier",
             )
             .with_id(rpc_id));
         }
@@ -125,7 +125,7 @@ impl Shared {
                 "JSON-RPC batch arrays are allowed only in protocol 2025-03-26; this request speaks {effective}; send one message per POST"
             )));
         }
-        if let Some(bridge) = &self.stdio {
+        if let Some(bridge) = self.bridge() {
             return self
                 .stdio_post(bridge, bytes, msg, session, effective)
                 .await;
@@ -160,9 +160,18 @@ impl Shared {
             Ok(RpcBody::Single(m)) => m.id,
             _ => None,
         };
-        let up = self.upstream_request(Method::POST, headers, None, bytes);
+        let up = self.upstream_request(Method::POST, headers, None, bytes.clone());
         let resp = self.send(up).await?;
         if !resp.status().is_success() {
+            if matches!(resp.status().as_u16(), 400 | 404 | 405)
+                && let Some(bridge) = self.legacy_probe(resp.status()).await
+            {
+                drop(resp);
+                let msg = jsonrpc::parse_body(&bytes).map_err(|e| {
+                    Rejection::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+                })?;
+                return self.stdio_post(&bridge, bytes, &msg, None, version).await;
+            }
             return self.relay(resp, None, None, "initialize").await;
         }
 
@@ -290,6 +299,33 @@ impl Shared {
             return Ok(self.forward_sse(parts, body, None, "listen", Some(listen)));
         }
         self.relay(resp, None, None, "stateless").await
+    }
+
+    /// With `upstream_transport = auto`, after the Streamable HTTP
+    /// initialize got `status`: does a `GET` of the upstream URL open a
+    /// legacy HTTP+SSE stream? If so the upstream is legacy from now on.
+    async fn legacy_probe(
+        &self,
+        status: StatusCode,
+    ) -> Option<std::sync::Arc<crate::upstream::stdio::StdioBridge>> {
+        let bridge = self.legacy_up.as_ref()?;
+        let link = bridge.legacy_link()?;
+        match crate::upstream::legacy::probe(link).await {
+            Ok(()) => {
+                if !self
+                    .legacy_found
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    metrics::counter!("shadowcat_legacy_upstream_detected_total").increment(1);
+                    tracing::info!(upstream = %self.config.upstream, %status, "the upstream refused the Streamable HTTP initialize and serves legacy HTTP+SSE (2024-11-05); using that from now on");
+                }
+                Some(std::sync::Arc::clone(bridge))
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %self.config.upstream, %status, error = %e, "no legacy HTTP+SSE stream at the upstream either");
+                None
+            }
+        }
     }
 
     /// 503 when a create found the store full within [`FULL_MEMO`]: the

@@ -170,6 +170,11 @@ impl StreamShared {
         stream
     }
 
+    /// The stream's number in its session.
+    pub(crate) fn id(&self) -> StreamId {
+        self.id
+    }
+
     /// What the stream holds now (for the admin API).
     pub(crate) fn view(&self) -> StreamView {
         let st = self.state.lock();

@@ -272,6 +272,7 @@ impl<'a> Harness<'a> {
             },
             sink: None,
             resume_after: None,
+            legacy: false,
         };
         let pump = Pump::new(
             PumpSource::Queue(Arc::clone(&queue)),

@@ -63,6 +63,10 @@ pub(crate) struct Forwarder {
     /// empty `data`) are part of its protocol. Older clients get id-only
     /// blocks instead: some crash on an empty data line.
     prime_clients: bool,
+    /// A legacy (2024-11-05) client's stream: queued messages go out as
+    /// `event: message` and their ids carry the tracker's id (the legacy
+    /// client's id, which names its session on reconnect).
+    legacy: bool,
 }
 
 /// Ends a priming block: `data:` with an empty value for clients that
@@ -224,6 +228,13 @@ impl Forwarder {
     pub(super) fn put_message(&mut self, msg: &Bytes, seq: &mut u64) {
         self.ensure_capacity(msg.len());
         match &self.sealer {
+            Some(sealer) if self.legacy => {
+                sealer.write_id_line(&mut self.enc, *seq, self.tracker.last_event_id());
+                let _ = OutgoingEvent::new()
+                    .event("message")
+                    .data(msg)
+                    .encode(&mut self.enc);
+            }
             Some(sealer) => {
                 sealer.write_id_line(&mut self.enc, *seq, None);
                 // A line from the child holds no line break: cannot fail.
@@ -365,8 +376,12 @@ pub(crate) struct PumpSpec {
     pub(crate) upstream_session: Option<http::HeaderValue>,
     pub(crate) version: ProtocolVersion,
     pub(crate) sink: Option<WriterSink>,
-    /// The upstream event id the stream resumes after, if it does.
+    /// The upstream event id the stream resumes after, if it does. On a
+    /// legacy client's stream: the legacy id every event id carries.
     pub(crate) resume_after: Option<String>,
+    /// A legacy (2024-11-05) client's stream, read from a queue that is
+    /// abandoned when the stream goes.
+    pub(crate) legacy: bool,
 }
 
 impl Pump {
@@ -384,7 +399,7 @@ impl Pump {
                 spec.version,
                 request,
             )),
-            PumpSource::Queue(q) => Source::Queue(QueueSource::new(q, request)),
+            PumpSource::Queue(q) => Source::Queue(QueueSource::new(q, request || spec.legacy)),
         };
         Pump {
             source,
@@ -404,6 +419,7 @@ impl Pump {
                 events: 0,
                 duplicates: 0,
                 prime_clients: spec.version >= ProtocolVersion::V2025_11_25,
+                legacy: spec.legacy,
             },
             primed: false,
             ended: false,

@@ -251,8 +251,8 @@ fn learn(policy: &mut ReconnectPolicy, fw: &mut Forwarder) {
 #[derive(Debug)]
 pub(crate) struct QueueSource {
     queue: Arc<MessageQueue>,
-    /// A request's queue has one reader: when it goes, the router stops
-    /// feeding it.
+    /// A request's (or a legacy client's) queue has one reader: when it
+    /// goes, the router stops feeding it.
     request: bool,
 }
 

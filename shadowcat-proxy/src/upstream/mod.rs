@@ -3,5 +3,6 @@
 //! each stream through a bounded queue ([`queue`]).
 
 pub(crate) mod http;
+pub(crate) mod legacy;
 pub(crate) mod queue;
 pub(crate) mod stdio;

@@ -48,6 +48,7 @@ use shadowcat_transport::{
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use super::legacy::LegacyLink;
 use crate::session::Sessions;
 use crate::stream::StreamShared;
 use crate::stream::replay::ReplayLimits;
@@ -294,7 +295,7 @@ pub(crate) struct ChildSession {
     /// The session's GET stream, while it lives.
     pub(crate) get_stream: Mutex<Weak<StreamShared>>,
     last_active: AtomicU64,
-    stop: Notify,
+    pub(super) stop: Notify,
     /// Set once a stop was asked for: the check task leaves it alone.
     stopping: AtomicBool,
     dead: Mutex<Option<Arc<str>>>,
@@ -396,7 +397,7 @@ impl ChildSession {
     }
 
     /// Puts one message from the child on its stream's queue.
-    async fn route(&self, line: Bytes) {
+    pub(super) async fn route(&self, line: Bytes) {
         let Some(p) = Probe::parse(&line) else {
             metrics::counter!("shadowcat_stdio_errors_total", "kind" => "not_json").increment(1);
             tracing::warn!(session_fp = %self.id.fingerprint(), len = line.len(), "the stdio server wrote a line that is not a JSON-RPC message; dropped");
@@ -473,6 +474,17 @@ impl ChildSession {
         self.get_queue.finish(QueueEnd::Failed(cause));
     }
 
+    /// The upstream connection was lost but the session goes on: every
+    /// request in flight ends with `cause`. Returns how many did.
+    pub(super) fn fail_in_flight(&self, cause: &str) -> usize {
+        let cause: Arc<str> = Arc::from(cause);
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for p in &pending {
+            p.queue.finish(QueueEnd::Failed(Arc::clone(&cause)));
+        }
+        pending.len()
+    }
+
     fn busy(&self) -> bool {
         !self.pending.lock().is_empty()
     }
@@ -524,6 +536,8 @@ pub(crate) struct StdioBridge {
     live: watch::Sender<usize>,
     spawner: Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>>,
     sessions: Arc<Sessions>,
+    /// Set when the "child" is a legacy HTTP+SSE upstream connection.
+    legacy: Option<Arc<LegacyLink>>,
 }
 
 impl fmt::Debug for StdioBridge {
@@ -573,9 +587,85 @@ impl StdioBridge {
             live: watch::Sender::new(0),
             spawner: Mutex::new(Some(tx)),
             sessions,
+            legacy: None,
         });
         tokio::spawn(check_children(Arc::downgrade(&bridge)));
         Ok(bridge)
+    }
+
+    /// A bridge whose sessions each hold one connection to the legacy
+    /// HTTP+SSE upstream `link` ([`super::legacy`]). Inside a runtime.
+    pub(crate) fn start_legacy(
+        link: LegacyLink,
+        config: StdioUpstream,
+        limits: ReplayLimits,
+        sessions: Arc<Sessions>,
+    ) -> Arc<Self> {
+        let bridge = Arc::new(StdioBridge {
+            config,
+            limits,
+            children: Mutex::new(HashMap::new()),
+            reserved: AtomicUsize::new(0),
+            live: watch::Sender::new(0),
+            spawner: Mutex::new(None),
+            sessions,
+            legacy: Some(Arc::new(link)),
+        });
+        tokio::spawn(check_children(Arc::downgrade(&bridge)));
+        bridge
+    }
+
+    /// The legacy upstream, when this bridge fronts one.
+    pub(crate) fn legacy_link(&self) -> Option<&Arc<LegacyLink>> {
+        self.legacy.as_ref()
+    }
+
+    /// Opens session `id`'s connection to the legacy upstream.
+    async fn connect_legacy(
+        self: &Arc<Self>,
+        link: &Arc<LegacyLink>,
+        id: &SessionId,
+    ) -> Result<Arc<ChildSession>, BridgeError> {
+        let mut reservation = self.reserve()?;
+        let conn = link
+            .open()
+            .await
+            .map_err(|e| BridgeError::Gone(Arc::from(e)))?;
+        let (to_child, rx) = mpsc::channel(self.config.max_queued_to_child.max(1));
+        let cs = Arc::new(ChildSession {
+            id: id.clone(),
+            pid: 0,
+            to_child,
+            pending: Mutex::new(Vec::new()),
+            get_queue: Arc::new(MessageQueue::new(
+                self.limits.max_events,
+                self.limits.max_bytes,
+                true,
+            )),
+            get_stream: Mutex::new(Weak::new()),
+            last_active: AtomicU64::new(now_millis()),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            dead: Mutex::new(None),
+            limits: self.limits,
+        });
+        reservation.1 = true;
+        self.children.lock().insert(id.clone(), Arc::clone(&cs));
+        self.live.send_modify(|n| *n += 1);
+        tracing::debug!(session_fp = %id.fingerprint(), "legacy upstream connection opened");
+        let bridge = Arc::clone(self);
+        let session = Arc::clone(&cs);
+        let link = Arc::clone(link);
+        tokio::spawn(async move {
+            let lost = super::legacy::run(Arc::clone(&session), link, conn, rx).await;
+            let status = if lost.is_some() {
+                "connection lost"
+            } else {
+                "closed"
+            };
+            bridge.ended(&session, lost, status).await;
+        });
+        Ok(cs)
     }
 
     /// Takes a `max_children` slot.
@@ -599,6 +689,9 @@ impl StdioBridge {
         self: &Arc<Self>,
         id: &SessionId,
     ) -> Result<Arc<ChildSession>, BridgeError> {
+        if let Some(link) = &self.legacy {
+            return self.connect_legacy(link, id).await;
+        }
         let mut reservation = self.reserve()?;
         let mut config = self.config.child.clone();
         config.stderr_label = Arc::from(id.as_str());
@@ -657,9 +750,13 @@ impl StdioBridge {
     }
 
     async fn ended(&self, cs: &Arc<ChildSession>, crashed: Option<String>, status: &str) {
-        let cause = match &crashed {
-            Some(c) => format!("{c}; the stdio server exited ({status}); initialize a new session"),
-            None => format!("the session ended; the stdio server was stopped ({status})"),
+        let cause = match (&crashed, self.legacy.is_some()) {
+            (Some(c), true) => format!("{c}; initialize a new session"),
+            (Some(c), false) => {
+                format!("{c}; the stdio server exited ({status}); initialize a new session")
+            }
+            (None, true) => "the session ended; its legacy upstream connection was closed".into(),
+            (None, false) => format!("the session ended; the stdio server was stopped ({status})"),
         };
         // Gone from the map before any client hears of it: the session's
         // next request is a 404 and its `max_children` slot is free.
@@ -674,6 +771,8 @@ impl StdioBridge {
             // The streams end on their own with the error; the session
             // goes now, so the next request gets 404.
             self.drop_session(&cs.id, "its stdio server ended").await;
+        } else if self.legacy.is_some() {
+            tracing::debug!(session_fp = %cs.id.fingerprint(), "legacy upstream connection closed");
         } else {
             tracing::info!(session_fp = %cs.id.fingerprint(), pid = cs.pid, %status, "stdio server stopped");
         }
