@@ -19,7 +19,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,29 +32,36 @@ use tokio::net::{TcpListener, TcpStream};
 // The tagging allocator.
 // ---------------------------------------------------------------------------
 
+/// Rigs a test binary may build; each counts on its own, so gates
+/// running in parallel do not see each other's allocations.
+const RIGS: usize = 16;
+
 thread_local! {
-    /// Set on the proxy runtime's threads.
-    static PROXY_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// On a proxy runtime's threads, the number of its rig (from 1).
+    static PROXY_THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Allocations made on proxy threads.
-static PROXY_ALLOCS: AtomicU64 = AtomicU64::new(0);
-/// Bytes held in blocks a proxy thread allocated, wherever they are freed.
-static PROXY_LIVE: AtomicI64 = AtomicI64::new(0);
+/// Allocations made on each rig's proxy threads.
+static PROXY_ALLOCS: [AtomicU64; RIGS] = [const { AtomicU64::new(0) }; RIGS];
+/// Bytes held in blocks each rig's proxy threads allocated, wherever they
+/// are freed.
+static PROXY_LIVE: [AtomicI64; RIGS] = [const { AtomicI64::new(0) }; RIGS];
+/// The next rig's number.
+static NEXT_RIG: AtomicUsize = AtomicUsize::new(1);
 
 /// Room in front of every block for its tag; keeps the caller's alignment.
 fn header(layout: Layout) -> usize {
     layout.align().max(16)
 }
 
-/// Every block carries a header whose first word is the size the caller
-/// asked for when a proxy thread allocated it, else 0.
+/// Every block carries a header: its first word is the rig whose proxy
+/// thread allocated it (0: none), its second the size asked for.
 #[derive(Debug)]
 struct TaggingAllocator;
 
 // SAFETY: blocks are `System` blocks `header` bytes larger, at the caller's
 // alignment; the pointer handed out is `header` bytes in, so it keeps the
-// alignment, and the tag word sits in the header, inside the block.
+// alignment, and the two tag words sit in the header, inside the block.
 // `realloc` is the trait's default (alloc, copy, dealloc) over these two.
 unsafe impl GlobalAlloc for TaggingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -67,17 +74,15 @@ unsafe impl GlobalAlloc for TaggingAllocator {
         if base.is_null() {
             return base;
         }
-        let proxy = PROXY_THREAD.try_with(Cell::get).unwrap_or(false);
-        let tag = if proxy {
-            PROXY_ALLOCS.fetch_add(1, Ordering::Relaxed);
-            PROXY_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-            layout.size()
-        } else {
-            0
-        };
+        let rig = PROXY_THREAD.try_with(Cell::get).unwrap_or(0);
+        if rig != 0 {
+            PROXY_ALLOCS[rig].fetch_add(1, Ordering::Relaxed);
+            PROXY_LIVE[rig].fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: the header is at least 16 bytes, aligned to at least 8.
         unsafe {
-            (base as *mut usize).write(tag);
+            (base as *mut usize).write(rig);
+            (base as *mut usize).add(1).write(layout.size());
             base.add(pad)
         }
     }
@@ -87,9 +92,10 @@ unsafe impl GlobalAlloc for TaggingAllocator {
         // SAFETY: `ptr` came from `alloc` above with the same layout.
         unsafe {
             let base = ptr.sub(pad);
-            let tag = (base as *const usize).read();
-            if tag != 0 {
-                PROXY_LIVE.fetch_sub(tag as i64, Ordering::Relaxed);
+            let rig = (base as *const usize).read();
+            if rig != 0 {
+                let size = (base as *const usize).add(1).read();
+                PROXY_LIVE[rig].fetch_sub(size as i64, Ordering::Relaxed);
             }
             let outer = Layout::from_size_align_unchecked(layout.size() + pad, layout.align());
             System.dealloc(base, outer);
@@ -267,8 +273,10 @@ async fn serve_conn(mut conn: TcpStream, script: Arc<Script>, sessions: Arc<Atom
 // ---------------------------------------------------------------------------
 
 struct Rig {
-    /// The proxy's runtime; its threads are marked.
+    /// The proxy's runtime; its threads are marked with `id`.
     _proxy_rt: tokio::runtime::Runtime,
+    /// Indexes `PROXY_ALLOCS` and `PROXY_LIVE`.
+    id: usize,
     /// Upstream and clients.
     rt: tokio::runtime::Runtime,
     proxy: SocketAddr,
@@ -283,9 +291,11 @@ fn rig(script: Script) -> Rig {
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let up = listener.local_addr().unwrap();
     rt.spawn(upstream(listener, Arc::new(script)));
+    let id = NEXT_RIG.fetch_add(1, Ordering::Relaxed);
+    assert!(id < RIGS, "more rigs than counters");
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .on_thread_start(|| PROXY_THREAD.with(|p| p.set(true)))
+        .on_thread_start(move || PROXY_THREAD.with(|p| p.set(id)))
         .enable_all()
         .build()
         .unwrap();
@@ -302,6 +312,7 @@ fn rig(script: Script) -> Rig {
     });
     Rig {
         _proxy_rt: proxy_rt,
+        id,
         rt,
         proxy,
     }
@@ -432,11 +443,11 @@ fn allocs_per_event(events: usize, per_write: usize, lockstep: bool) -> f64 {
         // The set-up of the one stream is counted too: a few hundred
         // allocations, spread over all its events.
         let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{}}}"#;
-        let before = PROXY_ALLOCS.load(Ordering::Relaxed);
+        let before = PROXY_ALLOCS[rig.id].load(Ordering::Relaxed);
         c.send("POST", Some(&sid), call).await;
         let seen = c.events(events, &gate).await;
         c.until(b"\"id\":7").await;
-        let after = PROXY_ALLOCS.load(Ordering::Relaxed);
+        let after = PROXY_ALLOCS[rig.id].load(Ordering::Relaxed);
         assert_eq!(seen, events, "every event arrives once");
         (after - before) as f64 / events as f64
     })
@@ -494,11 +505,11 @@ fn allocs_per_request(n: usize, sse: bool) -> f64 {
         for id in 0..50 {
             echo(&mut c, &sid, 1000 + id, sse).await;
         }
-        let before = PROXY_ALLOCS.load(Ordering::Relaxed);
+        let before = PROXY_ALLOCS[rig.id].load(Ordering::Relaxed);
         for id in 0..n {
             echo(&mut c, &sid, 2000 + id, sse).await;
         }
-        let after = PROXY_ALLOCS.load(Ordering::Relaxed);
+        let after = PROXY_ALLOCS[rig.id].load(Ordering::Relaxed);
         (after - before) as f64 / n as f64
     })
 }
@@ -551,7 +562,7 @@ fn bytes_per_idle_stream() {
         let sid = warm.initialize().await;
         warm.send("GET", Some(&sid), "").await;
         warm.until(b"\r\n\r\n").await;
-        let before = PROXY_LIVE.load(Ordering::Relaxed);
+        let before = PROXY_LIVE[rig.id].load(Ordering::Relaxed);
         let mut clients = Vec::with_capacity(IDLE_STREAMS);
         for _ in 0..IDLE_STREAMS {
             let mut c = Client::connect(rig.proxy).await;
@@ -563,7 +574,7 @@ fn bytes_per_idle_stream() {
             c.until_from(head, b"\n\n").await;
             clients.push(c);
         }
-        let after = PROXY_LIVE.load(Ordering::Relaxed);
+        let after = PROXY_LIVE[rig.id].load(Ordering::Relaxed);
         ((after - before) / IDLE_STREAMS as i64, (warm, clients))
     });
     eprintln!(
