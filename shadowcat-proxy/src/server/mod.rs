@@ -46,6 +46,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod conns;
+mod credentials;
 mod delete;
 pub(crate) mod ender;
 mod get;
@@ -121,7 +122,10 @@ struct Shared {
     sessions: Arc<Sessions>,
     /// The stdio children, when the upstream is a program.
     stdio: Option<Arc<StdioBridge>>,
-    bearer: Option<HeaderValue>,
+    /// The proxy's own credential toward the upstream.
+    bearer: crate::auth::Credential,
+    /// `[auth]`, unless the mode is `none`.
+    auth: Option<Arc<crate::auth::Auth>>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
     /// Set when the drain timeout ended: requests still in flight are
@@ -225,6 +229,14 @@ impl ReverseProxy {
 
         let (closing_tx, closing) = watch::channel(false);
         let (aborting_tx, aborting) = watch::channel(false);
+        if config.upstream_cmd.is_some() && config.auth.mode == crate::config::AuthMode::Passthrough {
+            return Err(ProxyError::Config(
+                "[auth] mode passthrough needs an HTTP upstream that does its own OAuth, not upstream_cmd".into(),
+            ));
+        }
+        let (auth, bearer) =
+            crate::auth::Auth::start(&config.auth, &config.upstream, bearer, closing.clone())
+                .await?;
         let hosts = HostCheck::new(&config, local_addr);
         let label = match &config.upstream_cmd {
             Some(cmd) => cmd.label(),
@@ -295,6 +307,7 @@ impl ReverseProxy {
                 sessions,
                 stdio,
                 bearer,
+                auth,
                 writer,
                 closing,
                 aborting,
@@ -630,6 +643,11 @@ impl Shared {
         if let Some(hosts) = &live.hosts {
             hosts.check(req.headers())?;
         }
+        if let Some(auth) = &self.auth
+            && auth.is_metadata_path(req.uri().path())
+        {
+            return self.resource_metadata(auth, &req).await;
+        }
         guard::check_origins(&live.origins, req.headers())?;
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
@@ -642,6 +660,12 @@ impl Shared {
                 ),
             ));
         }
+        let caller = self.caller(req.headers()).await?;
+        crate::auth::as_caller(caller, self.dispatch(req)).await
+    }
+
+    /// A request to the MCP endpoint, by method.
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
         let version = version_header(req.headers())?;
         match *req.method() {
             Method::POST => self.post(req, version).await,
@@ -676,6 +700,7 @@ impl Shared {
         match self.sessions.lookup(&id).await {
             Ok(Some(entry)) => {
                 access::note(|n| n.session_fp = Some(entry.id.fingerprint().to_string()));
+                self.check_binding(&entry, headers).await?;
                 Ok(entry)
             }
             Ok(None) => Err(Rejection::new(
@@ -764,8 +789,8 @@ impl Shared {
         if let Some(uid) = session.and_then(|s| s.upstream_id.as_ref()) {
             h.insert(MCP_SESSION_ID, uid.clone());
         }
-        if let Some(bearer) = &self.bearer {
-            h.insert(header::AUTHORIZATION, bearer.clone());
+        if let Some(v) = self.upstream_authorization() {
+            h.insert(header::AUTHORIZATION, v);
         }
         req
     }
@@ -777,6 +802,12 @@ impl Shared {
         match tokio::time::timeout_at(deadline, self.pool.request(req)).await {
             Ok(Ok(mut resp)) => {
                 access::note(|n| n.upstream = Some(started.elapsed()));
+                if let Some(auth) = &self.auth
+                    && auth.is_passthrough()
+                    && matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                {
+                    return Err(self.upstream_refused(auth, resp));
+                }
                 resp.extensions_mut().insert(Deadline(deadline));
                 Ok(resp)
             }
@@ -1107,6 +1138,7 @@ impl Shared {
             stream,
             sealer: Some(StreamSealer::new(&session.key, &session.id, stream.0)),
             upstream_session: session.upstream_id.clone(),
+            authorization: crate::auth::caller().and_then(|c| c.upstream.clone()),
             version: session.version,
             sink,
             resume_after,
