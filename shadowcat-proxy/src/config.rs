@@ -303,7 +303,9 @@ impl std::fmt::Debug for UpstreamCredential {
             UpstreamCredential::ClientCredentials(c) => {
                 f.debug_tuple("ClientCredentials").field(c).finish()
             }
-            UpstreamCredential::TokenExchange(c) => f.debug_tuple("TokenExchange").field(c).finish(),
+            UpstreamCredential::TokenExchange(c) => {
+                f.debug_tuple("TokenExchange").field(c).finish()
+            }
         }
     }
 }

@@ -84,8 +84,8 @@ async fn request_token(
     let token = doc["access_token"]
         .as_str()
         .ok_or_else(|| format!("the token endpoint {url} answered without access_token"))?;
-    let header = bearer(token)
-        .ok_or_else(|| format!("the token from {url} is not a valid header value"))?;
+    let header =
+        bearer(token).ok_or_else(|| format!("the token from {url} is not a valid header value"))?;
     let lifetime = doc["expires_in"]
         .as_u64()
         .map_or(DEFAULT_LIFETIME, Duration::from_secs);
@@ -125,14 +125,16 @@ pub(crate) async fn client_credentials(
             let Some(cell) = weak.upgrade() else { return };
             match request_token(&fetcher, &url, &client, &form).await {
                 Ok(issued) => {
-                    metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "ok").increment(1);
+                    metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "ok")
+                        .increment(1);
                     tracing::debug!(lifetime = ?issued.lifetime, "refreshed the upstream client-credentials token");
                     *cell.write() = Some(issued.header);
                     next = refresh_after(issued.lifetime, margin);
                     retry = MIN_REFRESH;
                 }
                 Err(e) => {
-                    metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "error").increment(1);
+                    metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "error")
+                        .increment(1);
                     tracing::warn!(error = %e, retry_in = ?retry, "could not refresh the upstream client-credentials token; the current one is used until it expires");
                     next = retry;
                     retry = (retry * 2).min(MAX_RETRY);
@@ -154,7 +156,10 @@ fn refresh_after(lifetime: Duration, margin: Duration) -> Duration {
 pub(crate) struct Exchanger {
     url: Uri,
     client: TokenClient,
-    cache: Mutex<(HashMap<Arc<str>, (HeaderValue, Instant)>, VecDeque<Arc<str>>)>,
+    cache: Mutex<(
+        HashMap<Arc<str>, (HeaderValue, Instant)>,
+        VecDeque<Arc<str>>,
+    )>,
     max_entries: usize,
     margin: Duration,
 }
@@ -193,12 +198,19 @@ impl Exchanger {
             return Ok(v.clone());
         }
         let form = [
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", token),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
         ];
         let issued = request_token(fetcher, &self.url, &self.client, &form).await?;
-        metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "exchanged").increment(1);
+        metrics::counter!("shadowcat_auth_upstream_tokens_total", "result" => "exchanged")
+            .increment(1);
         let until = Instant::now() + refresh_after(issued.lifetime, self.margin);
         let mut cache = self.cache.lock();
         let (map, order) = &mut *cache;
@@ -206,7 +218,10 @@ impl Exchanger {
             let Some(old) = order.pop_front() else { break };
             map.remove(&old);
         }
-        if map.insert(Arc::clone(principal), (issued.header.clone(), until)).is_none() {
+        if map
+            .insert(Arc::clone(principal), (issued.header.clone(), until))
+            .is_none()
+        {
             order.push_back(Arc::clone(principal));
         }
         Ok(issued.header)

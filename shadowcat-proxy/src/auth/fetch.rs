@@ -85,8 +85,15 @@ impl Fetcher {
         if let Some((id, secret)) = basic {
             // RFC 6749 §2.3.1: both parts form-encoded first.
             let pair = format!("{}:{}", form_escape(id), form_escape(secret));
-            let mut v = HeaderValue::from_str(&format!("Basic {}", super::b64::encode(pair.as_bytes())))
-                .map_err(|_| self.fail(url, "the client credentials are not a valid header".into(), None))?;
+            let mut v =
+                HeaderValue::from_str(&format!("Basic {}", super::b64::encode(pair.as_bytes())))
+                    .map_err(|_| {
+                        self.fail(
+                            url,
+                            "the client credentials are not a valid header".into(),
+                            None,
+                        )
+                    })?;
             v.set_sensitive(true);
             h.insert(header::AUTHORIZATION, v);
         }
@@ -153,10 +160,15 @@ impl Fetcher {
             )),
             Err(ReadError::Deadline | ReadError::Idle(_)) => Err(self.fail(
                 &url,
-                format!("the answer did not arrive within {:?} (fetch_timeout)", self.timeout),
+                format!(
+                    "the answer did not arrive within {:?} (fetch_timeout)",
+                    self.timeout
+                ),
                 Some(status),
             )),
-            Err(ReadError::Body(e)) => Err(self.fail(&url, format!("the answer was cut: {e}"), Some(status))),
+            Err(ReadError::Body(e)) => {
+                Err(self.fail(&url, format!("the answer was cut: {e}"), Some(status)))
+            }
         }
     }
 }

@@ -107,10 +107,15 @@ impl Introspector {
     }
 
     /// The claims of an active `token`.
-    pub(crate) async fn introspect(&self, fetcher: &Fetcher, token: &str) -> Result<Arc<Value>, Denied> {
+    pub(crate) async fn introspect(
+        &self,
+        fetcher: &Fetcher,
+        token: &str,
+    ) -> Result<Arc<Value>, Denied> {
         let key = self.key(token);
         if let Some(hit) = self.cached(key) {
-            metrics::counter!("shadowcat_auth_introspections_total", "result" => "hit").increment(1);
+            metrics::counter!("shadowcat_auth_introspections_total", "result" => "hit")
+                .increment(1);
             return hit.ok_or_else(inactive);
         }
         let answer = fetcher
@@ -123,17 +128,20 @@ impl Introspector {
         let doc = match answer {
             Ok((status, doc)) if status.is_success() => doc,
             Ok((status, _)) => {
-                metrics::counter!("shadowcat_auth_introspections_total", "result" => "error").increment(1);
+                metrics::counter!("shadowcat_auth_introspections_total", "result" => "error")
+                    .increment(1);
                 tracing::warn!(endpoint = %self.endpoint, %status, "token introspection refused (check the introspection client id and secret)");
                 return Err(Denied::unavailable(format!(
                     "the authorization server refused to introspect the token (HTTP {status}); retry later"
                 )));
             }
             Err(e) => {
-                metrics::counter!("shadowcat_auth_introspections_total", "result" => "error").increment(1);
+                metrics::counter!("shadowcat_auth_introspections_total", "result" => "error")
+                    .increment(1);
                 tracing::warn!(error = %e, "token introspection failed");
                 return Err(Denied::unavailable(
-                    "the authorization server could not be asked about the token; retry later".to_owned(),
+                    "the authorization server could not be asked about the token; retry later"
+                        .to_owned(),
                 ));
             }
         };
@@ -145,7 +153,8 @@ impl Introspector {
             until = until.min(now + Duration::from_secs(exp.saturating_sub(unix_now())));
         }
         if !active || exp.is_some_and(|e| e <= unix_now()) {
-            metrics::counter!("shadowcat_auth_introspections_total", "result" => "inactive").increment(1);
+            metrics::counter!("shadowcat_auth_introspections_total", "result" => "inactive")
+                .increment(1);
             self.remember(key, None, now + self.ttl);
             return Err(inactive());
         }

@@ -30,9 +30,9 @@ struct Key {
 pub(crate) struct Keys {
     jwks_uri: Uri,
     set: parking_lot::RwLock<Arc<Vec<Key>>>,
-    /// When the set was last fetched; held while fetching (one fetch at a
-    /// time).
-    fetched: tokio::sync::Mutex<Instant>,
+    /// When the set was last fetched again (the start-up fetch does not
+    /// count); held while fetching (one fetch at a time).
+    fetched: tokio::sync::Mutex<Option<Instant>>,
     refresh_interval: Duration,
 }
 
@@ -118,7 +118,11 @@ fn key_of(jwk: &Jwk) -> Option<Key> {
         _ => return None,
     };
     // A key that names its algorithm verifies only that one.
-    let algs = match jwk.common.key_algorithm.and_then(|a| asymmetric(&format!("{a:?}"))) {
+    let algs = match jwk
+        .common
+        .key_algorithm
+        .and_then(|a| asymmetric(&format!("{a:?}")))
+    {
         Some(named) => {
             let i = family.iter().position(|a| *a == named)?;
             &family[i..=i]
@@ -169,7 +173,7 @@ impl Keys {
         Ok(Keys {
             jwks_uri,
             set: parking_lot::RwLock::new(Arc::new(set)),
-            fetched: tokio::sync::Mutex::new(Instant::now()),
+            fetched: tokio::sync::Mutex::new(None),
             refresh_interval,
         })
     }
@@ -182,15 +186,21 @@ impl Keys {
             // Another request refreshed it while this one waited.
             return true;
         }
-        if fetched.elapsed() < self.refresh_interval {
+        if fetched.is_some_and(|at| at.elapsed() < self.refresh_interval) {
             metrics::counter!("shadowcat_auth_jwks_fetches_total", "result" => "limited")
                 .increment(1);
             return false;
         }
-        *fetched = Instant::now();
-        match fetcher.get_json(&self.jwks_uri).await.map_err(|e| e.to_string()).and_then(|d| parse_set(&d)) {
+        *fetched = Some(Instant::now());
+        match fetcher
+            .get_json(&self.jwks_uri)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|d| parse_set(&d))
+        {
             Ok(set) => {
-                metrics::counter!("shadowcat_auth_jwks_fetches_total", "result" => "ok").increment(1);
+                metrics::counter!("shadowcat_auth_jwks_fetches_total", "result" => "ok")
+                    .increment(1);
                 tracing::info!(jwks_uri = %self.jwks_uri, keys = set.len(), "fetched the issuer's keys again (unknown kid)");
                 *self.set.write() = Arc::new(set);
                 true
@@ -212,7 +222,9 @@ impl Keys {
         token: &str,
         validation: &Validation,
     ) -> Result<Verified, Denied> {
-        let peeked = peek(token).ok_or_else(|| Denied::invalid(Reason::Invalid, "the token is not a well-formed JWT"))?;
+        let peeked = peek(token).ok_or_else(|| {
+            Denied::invalid(Reason::Invalid, "the token is not a well-formed JWT")
+        })?;
         let Some(alg) = asymmetric(&peeked.alg) else {
             return Err(Denied::invalid(
                 Reason::Alg,
@@ -228,13 +240,21 @@ impl Keys {
             let set = Arc::clone(&self.set.read());
             let mut last = None;
             let mut tried = 0;
-            for k in set.iter().filter(|k| k.algs.contains(&alg)).filter(|k| match &peeked.kid {
-                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
-                None => true,
-            }) {
+            for k in set
+                .iter()
+                .filter(|k| k.algs.contains(&alg))
+                .filter(|k| match &peeked.kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+                    None => true,
+                })
+            {
                 tried += 1;
                 match jsonwebtoken::decode::<Value>(token, &k.key, &validation) {
-                    Ok(data) => return Ok(Verified { claims: data.claims }),
+                    Ok(data) => {
+                        return Ok(Verified {
+                            claims: data.claims,
+                        });
+                    }
                     Err(e) => last = Some(e),
                 }
             }
@@ -250,13 +270,18 @@ impl Keys {
                                 "the token's key {:?} is not among the issuer's keys; get a new token",
                                 clip(kid)
                             ),
-                            None => "no key of the issuer verifies the token; get a new token".into(),
+                            None => {
+                                "no key of the issuer verifies the token; get a new token".into()
+                            }
                         },
                     ));
                 }
             }
         }
-        Err(Denied::invalid(Reason::UnknownKey, "the token's key is not among the issuer's keys"))
+        Err(Denied::invalid(
+            Reason::UnknownKey,
+            "the token's key is not among the issuer's keys",
+        ))
     }
 }
 
@@ -271,13 +296,19 @@ fn clip(s: &str) -> String {
 fn denied_for(e: &jsonwebtoken::errors::Error) -> Denied {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
-        K::ExpiredSignature => Denied::invalid(Reason::Expired, "the token has expired; get a new one"),
-        K::ImmatureSignature => Denied::invalid(Reason::NotYetValid, "the token is not valid yet (nbf)"),
+        K::ExpiredSignature => {
+            Denied::invalid(Reason::Expired, "the token has expired; get a new one")
+        }
+        K::ImmatureSignature => {
+            Denied::invalid(Reason::NotYetValid, "the token is not valid yet (nbf)")
+        }
         K::InvalidAudience => Denied::invalid(
             Reason::Audience,
             "the token was not issued for this server (aud); ask for a token with this server's URL as resource",
         ),
-        K::InvalidIssuer => Denied::invalid(Reason::Issuer, "the token comes from another issuer (iss)"),
+        K::InvalidIssuer => {
+            Denied::invalid(Reason::Issuer, "the token comes from another issuer (iss)")
+        }
         K::MissingRequiredClaim(c) if c == "aud" => Denied::invalid(
             Reason::Audience,
             "the token names no audience (aud); ask for a token with this server's URL as resource",
@@ -288,8 +319,13 @@ fn denied_for(e: &jsonwebtoken::errors::Error) -> Denied {
         K::MissingRequiredClaim(c) => {
             Denied::invalid(Reason::Invalid, format!("the token lacks the {c:?} claim"))
         }
-        K::InvalidSignature => Denied::invalid(Reason::Signature, "the token's signature does not verify"),
-        K::InvalidAlgorithm => Denied::invalid(Reason::Alg, "the token's algorithm does not match the issuer's key"),
+        K::InvalidSignature => {
+            Denied::invalid(Reason::Signature, "the token's signature does not verify")
+        }
+        K::InvalidAlgorithm => Denied::invalid(
+            Reason::Alg,
+            "the token's algorithm does not match the issuer's key",
+        ),
         _ => Denied::invalid(Reason::Invalid, "the token is not a valid JWT"),
     }
 }

@@ -26,7 +26,9 @@ pub(crate) struct ServerMetadata {
 pub(crate) fn discovery_urls(issuer: &str) -> Vec<String> {
     let issuer = issuer.trim_end_matches('/');
     let (origin, path) = split_origin(issuer);
-    let mut urls = vec![format!("{origin}/.well-known/oauth-authorization-server{path}")];
+    let mut urls = vec![format!(
+        "{origin}/.well-known/oauth-authorization-server{path}"
+    )];
     if path.is_empty() {
         urls.push(format!("{origin}/.well-known/openid-configuration"));
     } else {

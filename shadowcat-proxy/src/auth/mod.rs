@@ -288,7 +288,10 @@ impl Auth {
             }
             let up = upstream.to_string();
             let (origin, upath) = metadata::split_origin(&up);
-            for u in [format!("{origin}{PRM_PREFIX}{upath}"), format!("{origin}{PRM_PREFIX}")] {
+            for u in [
+                format!("{origin}{PRM_PREFIX}{upath}"),
+                format!("{origin}{PRM_PREFIX}"),
+            ] {
                 if let Ok(u) = u.parse() {
                     auth.upstream_metadata.push(u);
                 }
@@ -340,7 +343,10 @@ impl Auth {
                 "the issuer {issuer} announces no jwks_uri and introspection is not configured: no token could be checked"
             )));
         }
-        let audience = config.audience.clone().unwrap_or_else(|| auth.public_url.clone());
+        let audience = config
+            .audience
+            .clone()
+            .unwrap_or_else(|| auth.public_url.clone());
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[&meta.issuer]);
         validation.set_audience(&[&audience]);
@@ -393,7 +399,11 @@ impl Auth {
                 closing,
             )
             .await
-            .map_err(|e| config_error(format!("cannot get the upstream's client-credentials token: {e}")))?,
+            .map_err(|e| {
+                config_error(format!(
+                    "cannot get the upstream's client-credentials token: {e}"
+                ))
+            })?,
             UpstreamCredential::TokenExchange(c) => {
                 exchanger = Some(credential::Exchanger::new(
                     token_url(c)?,
@@ -477,7 +487,11 @@ impl Auth {
                     "this server takes opaque tokens only (the issuer announces no keys)",
                 ));
             };
-            Arc::new(keys.verify(&self.fetcher, token, &rs.validation).await?.claims)
+            Arc::new(
+                keys.verify(&self.fetcher, token, &rs.validation)
+                    .await?
+                    .claims,
+            )
         } else {
             let Some(intro) = &rs.introspection else {
                 return Err(Denied::invalid(
@@ -490,7 +504,10 @@ impl Auth {
             claims
         };
         let iss = claims["iss"].as_str().unwrap_or(&rs.issuer);
-        let Some(sub) = claims["sub"].as_str().or_else(|| claims["client_id"].as_str()) else {
+        let Some(sub) = claims["sub"]
+            .as_str()
+            .or_else(|| claims["client_id"].as_str())
+        else {
             return Err(Denied::invalid(
                 Reason::Invalid,
                 "the token names no subject (sub) or client (client_id)",
@@ -512,10 +529,16 @@ impl Auth {
         }
         let principal: Arc<str> = Arc::from(format!("{iss} {sub}"));
         let upstream = match &rs.exchanger {
-            Some(ex) => Some(ex.exchange(&self.fetcher, &principal, token).await.map_err(|e| {
-                tracing::warn!(error = %e, "token exchange for the upstream failed");
-                Denied::unavailable("the token could not be exchanged for the upstream; retry later".into())
-            })?),
+            Some(ex) => Some(
+                ex.exchange(&self.fetcher, &principal, token)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "token exchange for the upstream failed");
+                        Denied::unavailable(
+                            "the token could not be exchanged for the upstream; retry later".into(),
+                        )
+                    })?,
+            ),
             None => None,
         };
         Ok(Caller {
@@ -581,8 +604,11 @@ impl Auth {
 
     /// Counts and logs a refusal; what the client gets.
     pub(crate) fn refuse(&self, d: &Denied, headers: &HeaderMap) -> Refusal {
-        metrics::counter!("shadowcat_auth_failures_total", "reason" => d.reason.label()).increment(1);
-        let token_fp = bearer_token(headers).ok().map(|t| Fingerprint::of(t).to_string());
+        metrics::counter!("shadowcat_auth_failures_total", "reason" => d.reason.label())
+            .increment(1);
+        let token_fp = bearer_token(headers)
+            .ok()
+            .map(|t| Fingerprint::of(t).to_string());
         tracing::info!(reason = d.reason.label(), token_fp = ?token_fp, description = %d.description, "request refused by auth");
         let scope = d.scope.clone().or_else(|| {
             self.rs
@@ -609,7 +635,10 @@ impl Auth {
                 ));
                 (
                     StatusCode::FORBIDDEN,
-                    format!("insufficient scope: {}; ask for it when you authorize", d.description),
+                    format!(
+                        "insufficient scope: {}; ask for it when you authorize",
+                        d.description
+                    ),
                 )
             }
             Reason::Binding => {
@@ -651,7 +680,10 @@ fn check_introspected(claims: &Value, rs: &ResourceServer) -> Result<(), Denied>
     if let Some(iss) = claims["iss"].as_str()
         && iss.trim_end_matches('/') != rs.issuer.trim_end_matches('/')
     {
-        return Err(Denied::invalid(Reason::Issuer, "the token comes from another issuer (iss)"));
+        return Err(Denied::invalid(
+            Reason::Issuer,
+            "the token comes from another issuer (iss)",
+        ));
     }
     let for_us = match &claims["aud"] {
         Value::String(a) => *a == rs.audience,
@@ -688,7 +720,10 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Denied> {
         return Err(Denied::invalid(Reason::Missing, "no Authorization header"));
     };
     if all.next().is_some() {
-        return Err(Denied::invalid(Reason::Invalid, "more than one Authorization header"));
+        return Err(Denied::invalid(
+            Reason::Invalid,
+            "more than one Authorization header",
+        ));
     }
     let text = v
         .to_str()
@@ -702,7 +737,10 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Denied> {
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(Denied::invalid(Reason::Missing, "the Bearer token is empty"));
+        return Err(Denied::invalid(
+            Reason::Missing,
+            "the Bearer token is empty",
+        ));
     }
     Ok(token)
 }
@@ -735,7 +773,10 @@ mod tests {
         assert_eq!(bearer_token(&h).unwrap_err().reason, Reason::Missing);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_token(&h).unwrap_err().reason, Reason::Missing);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  tok "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  tok "),
+        );
         assert_eq!(bearer_token(&h).unwrap(), "tok");
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(bearer_token(&h).unwrap_err().reason, Reason::Invalid);

@@ -73,7 +73,10 @@ mod tests {
         let up = HeaderValue::from_static(
             r#"Bearer error="invalid_token", resource_metadata="http://10.0.0.1:3000/.well-known/oauth-protected-resource/mcp", scope="read""#,
         );
-        let out = rewrite_challenge(&up, "https://mcp.example/.well-known/oauth-protected-resource/mcp");
+        let out = rewrite_challenge(
+            &up,
+            "https://mcp.example/.well-known/oauth-protected-resource/mcp",
+        );
         assert_eq!(
             out.to_str().unwrap(),
             r#"Bearer error="invalid_token", resource_metadata="https://mcp.example/.well-known/oauth-protected-resource/mcp", scope="read""#
@@ -93,10 +96,22 @@ mod tests {
         let k2 = ResumeKey([2; 16]);
         let a = HeaderValue::from_static("Bearer a");
         let b = HeaderValue::from_static("Bearer b");
-        assert_eq!(credential_binding(&k1, Some(&a)), credential_binding(&k1, Some(&a)));
-        assert_ne!(credential_binding(&k1, Some(&a)), credential_binding(&k1, Some(&b)));
-        assert_ne!(credential_binding(&k1, Some(&a)), credential_binding(&k2, Some(&a)));
-        assert_ne!(credential_binding(&k1, None), credential_binding(&k1, Some(&a)));
+        assert_eq!(
+            credential_binding(&k1, Some(&a)),
+            credential_binding(&k1, Some(&a))
+        );
+        assert_ne!(
+            credential_binding(&k1, Some(&a)),
+            credential_binding(&k1, Some(&b))
+        );
+        assert_ne!(
+            credential_binding(&k1, Some(&a)),
+            credential_binding(&k2, Some(&a))
+        );
+        assert_ne!(
+            credential_binding(&k1, None),
+            credential_binding(&k1, Some(&a))
+        );
         assert!(!credential_binding(&k1, Some(&a)).contains("Bearer"));
     }
 }

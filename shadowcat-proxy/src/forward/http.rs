@@ -415,7 +415,10 @@ pub async fn relay_http(
             crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
         ),
         uri: config.upstream.clone(),
-        bearer: bearer.map_or(crate::auth::Credential::None, crate::auth::Credential::Fixed),
+        bearer: bearer.map_or(
+            crate::auth::Credential::None,
+            crate::auth::Credential::Fixed,
+        ),
         response_timeout: config.response_timeout,
         reconnect: config.reconnect,
         replay: ReplayLimits::default(),

@@ -12,9 +12,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::Shared;
 use super::body::ProxyBody;
 use super::rejection::Rejection;
-use super::Shared;
 use crate::auth::{self, Auth, Caller, Denied, Reason, Refusal};
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
@@ -53,7 +53,10 @@ impl Shared {
         let doc = auth.metadata().await.map_err(rejection)?;
         let mut out = Response::new(ProxyBody::full(doc));
         let h = out.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         // Public information, read by browser-based clients too.
         h.insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -171,7 +174,9 @@ impl Shared {
 
     /// A `ping` on `session` with the caller's credential.
     fn ping(&self, session: &SessionEntry) -> Request<Full<Bytes>> {
-        let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"shadowcat-credential-check","method":"ping"}"#);
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"shadowcat-credential-check","method":"ping"}"#,
+        );
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.config.upstream.clone();
@@ -180,7 +185,10 @@ impl Shared {
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Ok(v) = HeaderValue::from_str(session.version.as_str()) {
             h.insert(MCP_PROTOCOL_VERSION, v);
         }

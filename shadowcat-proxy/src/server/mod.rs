@@ -229,7 +229,8 @@ impl ReverseProxy {
 
         let (closing_tx, closing) = watch::channel(false);
         let (aborting_tx, aborting) = watch::channel(false);
-        if config.upstream_cmd.is_some() && config.auth.mode == crate::config::AuthMode::Passthrough {
+        if config.upstream_cmd.is_some() && config.auth.mode == crate::config::AuthMode::Passthrough
+        {
             return Err(ProxyError::Config(
                 "[auth] mode passthrough needs an HTTP upstream that does its own OAuth, not upstream_cmd".into(),
             ));
@@ -804,7 +805,10 @@ impl Shared {
                 access::note(|n| n.upstream = Some(started.elapsed()));
                 if let Some(auth) = &self.auth
                     && auth.is_passthrough()
-                    && matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                    && matches!(
+                        resp.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    )
                 {
                     return Err(self.upstream_refused(auth, resp));
                 }

@@ -152,13 +152,12 @@ impl HttpSource {
                 HttpState::Waiting(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     let last = fw.last_event_id();
-                    let req =
-                        self.env.resume_request(
-                            self.upstream_session.as_ref(),
-                            self.version,
-                            last,
-                            self.authorization.as_ref(),
-                        );
+                    let req = self.env.resume_request(
+                        self.upstream_session.as_ref(),
+                        self.version,
+                        last,
+                        self.authorization.as_ref(),
+                    );
                     metrics::counter!("shadowcat_upstream_reconnects_total").increment(1);
                     tracing::debug!(last_event_id = ?last, "reconnecting to the upstream");
                     self.state = HttpState::Connecting(self.env.connect(req));
