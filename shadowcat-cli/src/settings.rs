@@ -106,11 +106,13 @@ fn resolve_auth(
 ) -> Result<shadowcat_proxy::AuthConfig, CliError> {
     use crate::cli::AuthModeArg;
     use shadowcat_proxy::{AuthConfig, AuthMode, TokenClient, UpstreamCredential};
-    let mut a = AuthConfig::default();
-    a.mode = match args.mode.or(file.mode) {
-        None | Some(AuthModeArg::None) => AuthMode::None,
-        Some(AuthModeArg::Passthrough) => AuthMode::Passthrough,
-        Some(AuthModeArg::Oauth) => AuthMode::OAuth,
+    let mut a = AuthConfig {
+        mode: match args.mode.or(file.mode) {
+            None | Some(AuthModeArg::None) => AuthMode::None,
+            Some(AuthModeArg::Passthrough) => AuthMode::Passthrough,
+            Some(AuthModeArg::Oauth) => AuthMode::OAuth,
+        },
+        ..AuthConfig::default()
     };
     let url = |what: &str, s: String| -> Result<http::Uri, CliError> {
         s.parse()

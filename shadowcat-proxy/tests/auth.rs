@@ -683,9 +683,11 @@ async fn opaque_tokens_are_introspected_and_cached() {
 
 #[tokio::test]
 async fn the_upstream_gets_a_client_credentials_token_never_the_clients() {
-    let mut client = TokenClient::default();
-    client.client_id = "proxy".into();
-    client.client_secret = "proxy secret".into();
+    let client = TokenClient {
+        client_id: "proxy".into(),
+        client_secret: "proxy secret".into(),
+        ..TokenClient::default()
+    };
     let s = Setup::start(move |c| c.auth.upstream = UpstreamCredential::ClientCredentials(client))
         .await;
     let t = s.token(json!({}));
@@ -714,9 +716,11 @@ async fn the_upstream_gets_a_client_credentials_token_never_the_clients() {
 
 #[tokio::test]
 async fn token_exchange_sends_the_exchanged_token_upstream() {
-    let mut client = TokenClient::default();
-    client.client_id = "proxy".into();
-    client.client_secret = "proxy secret".into();
+    let client = TokenClient {
+        client_id: "proxy".into(),
+        client_secret: "proxy secret".into(),
+        ..TokenClient::default()
+    };
     let s =
         Setup::start(move |c| c.auth.upstream = UpstreamCredential::TokenExchange(client)).await;
     let t = s.token(json!({}));

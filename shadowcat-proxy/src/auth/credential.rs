@@ -152,14 +152,18 @@ fn refresh_after(lifetime: Duration, margin: Duration) -> Duration {
         .max(MIN_REFRESH)
 }
 
+/// Exchanged tokens by principal (with when they are due for a new
+/// exchange), and the principals in insertion order.
+type ExchangeCache = (
+    HashMap<Arc<str>, (HeaderValue, Instant)>,
+    VecDeque<Arc<str>>,
+);
+
 /// RFC 8693 token exchange, one upstream token per principal, cached.
 pub(crate) struct Exchanger {
     url: Uri,
     client: TokenClient,
-    cache: Mutex<(
-        HashMap<Arc<str>, (HeaderValue, Instant)>,
-        VecDeque<Arc<str>>,
-    )>,
+    cache: Mutex<ExchangeCache>,
     max_entries: usize,
     margin: Duration,
 }
