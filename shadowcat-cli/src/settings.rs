@@ -92,6 +92,8 @@ struct FileAuthUpstream {
     /// `none`, `bearer`, `client_credentials` or `token_exchange`.
     credential: Option<String>,
     token_url: Option<String>,
+    /// The upstream's authorization server, when not `[auth] issuer`.
+    issuer: Option<String>,
     client_id: Option<String>,
     /// `env:VAR` or `file:PATH`.
     client_secret: Option<String>,
@@ -146,6 +148,7 @@ fn resolve_auth(
         if let Some(u) = up.token_url {
             c.token_url = Some(url("[auth.upstream] token_url", u)?);
         }
+        c.issuer = up.issuer;
         c.client_id = up.client_id.ok_or_else(|| {
             CliError::Config("[auth.upstream] needs client_id for this credential".into())
         })?;

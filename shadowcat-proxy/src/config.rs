@@ -313,8 +313,11 @@ impl std::fmt::Debug for UpstreamCredential {
 /// The proxy as an OAuth client of the upstream's authorization server.
 #[derive(Clone, Default)]
 pub struct TokenClient {
-    /// The token endpoint; default: discovered from the issuer.
+    /// The token endpoint; default: discovered from `issuer`.
     pub token_url: Option<http::Uri>,
+    /// The upstream's authorization server, when it is not the one
+    /// clients use (`[auth] issuer`, the default).
+    pub issuer: Option<String>,
     /// The client id.
     pub client_id: String,
     /// The client secret (sent with HTTP Basic).
@@ -329,6 +332,7 @@ impl std::fmt::Debug for TokenClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenClient")
             .field("token_url", &self.token_url)
+            .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .field("scope", &self.scope)

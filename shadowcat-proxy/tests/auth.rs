@@ -715,6 +715,32 @@ async fn the_upstream_gets_a_client_credentials_token_never_the_clients() {
 }
 
 #[tokio::test]
+async fn client_credentials_come_from_the_upstreams_own_authorization_server() {
+    let upstream_as = AuthServer::start(&[]).await;
+    let client = TokenClient {
+        client_id: "proxy".into(),
+        client_secret: "proxy secret".into(),
+        issuer: Some(upstream_as.issuer()),
+        ..TokenClient::default()
+    };
+    let s = Setup::start(move |c| c.auth.upstream = UpstreamCredential::ClientCredentials(client))
+        .await;
+    s.init_as(&s.token(json!({}))).await;
+    assert_eq!(
+        s.h.upstream.requests()[0].headers["authorization"],
+        "Bearer cc-token-1"
+    );
+    assert_eq!(
+        *upstream_as.state.token_requests.lock(),
+        ["client_credentials"]
+    );
+    assert!(
+        s.auth.state.token_requests.lock().is_empty(),
+        "not the clients' issuer"
+    );
+}
+
+#[tokio::test]
 async fn token_exchange_sends_the_exchanged_token_upstream() {
     let client = TokenClient {
         client_id: "proxy".into(),

@@ -372,13 +372,26 @@ impl Auth {
         let document = Bytes::from(
             metadata::resource_document(&auth.public_url, &issuer, &supported).to_string(),
         );
-        let token_url = |c: &crate::config::TokenClient| {
-            c.token_url
-                .clone()
-                .or_else(|| meta.token_endpoint.clone())
-                .ok_or_else(|| config_error(format!(
-                    "[auth.upstream] needs token_url: the issuer {issuer} announces no token_endpoint"
-                )))
+        let fetcher = Arc::clone(&auth.fetcher);
+        let token_url = async |c: &crate::config::TokenClient| -> Result<Uri, ProxyError> {
+            if let Some(u) = &c.token_url {
+                return Ok(u.clone());
+            }
+            let (named, endpoint) = match &c.issuer {
+                Some(other) => (
+                    other.as_str(),
+                    metadata::discover(&fetcher, other)
+                        .await
+                        .map_err(config_error)?
+                        .token_endpoint,
+                ),
+                None => (issuer.as_str(), meta.token_endpoint.clone()),
+            };
+            endpoint.ok_or_else(|| {
+                config_error(format!(
+                    "[auth.upstream] needs token_url: the issuer {named} announces no token_endpoint"
+                ))
+            })
         };
         let mut exchanger = None;
         let credential = match &config.upstream {
@@ -393,7 +406,7 @@ impl Auth {
             }
             UpstreamCredential::ClientCredentials(c) => credential::client_credentials(
                 Arc::clone(&auth.fetcher),
-                token_url(c)?,
+                token_url(c).await?,
                 c.clone(),
                 limits.token_refresh_margin,
                 closing,
@@ -406,7 +419,7 @@ impl Auth {
             })?,
             UpstreamCredential::TokenExchange(c) => {
                 exchanger = Some(credential::Exchanger::new(
-                    token_url(c)?,
+                    token_url(c).await?,
                     c.clone(),
                     limits.token_exchange_cache_entries,
                     limits.token_refresh_margin,
