@@ -33,7 +33,8 @@ pub struct ReverseProxyConfig {
     /// not empty. A mismatch gets 403. Default empty.
     pub allowed_hosts: Vec<String>,
     /// Sent upstream as `Authorization: Bearer …`. The client's own
-    /// credentials are never forwarded. Default none.
+    /// credentials are never forwarded (but in `[auth]` passthrough).
+    /// Default none.
     pub upstream_bearer: Option<String>,
     /// Every limit the proxy enforces.
     pub limits: Limits,

@@ -58,8 +58,8 @@ mod stdio;
 
 /// Request headers forwarded upstream (besides the mapped session id and
 /// the configured credentials). Everything else, the client's
-/// `Authorization`, `Cookie`, `Proxy-Authorization` and `X-Forwarded-*`
-/// included, stays here. `Last-Event-ID` never passes: the client holds
+/// `Authorization` (but in `[auth] mode = "passthrough"`), `Cookie`,
+/// `Proxy-Authorization` and `X-Forwarded-*` included, stays here. `Last-Event-ID` never passes: the client holds
 /// the proxy's ids; the proxy sends the upstream's own when it resumes.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::ACCEPT,
