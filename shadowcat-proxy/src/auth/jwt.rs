@@ -255,6 +255,16 @@ impl Keys {
                             claims: data.claims,
                         });
                     }
+                    // The signature verified with this key: its verdict
+                    // on the claims stands.
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            jsonwebtoken::errors::ErrorKind::InvalidSignature
+                        ) =>
+                    {
+                        return Err(denied_for(&e));
+                    }
                     Err(e) => last = Some(e),
                 }
             }
