@@ -50,6 +50,44 @@ fn es256_key(kid: &str) -> SigningKey {
     }
 }
 
+/// An RS256 key (the algorithm most issuers sign with).
+fn rs256_key(kid: &str) -> SigningKey {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA keygen");
+    let enc = EncodingKey::from_rsa_der(&pkcs1_of(&pair.serialize_der()));
+    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::RS256).expect("a JWK of the key");
+    jwk.common.key_id = Some(kid.to_owned());
+    SigningKey {
+        kid: kid.to_owned(),
+        enc,
+        jwk: serde_json::to_value(&jwk).unwrap(),
+    }
+}
+
+/// The PKCS#1 key inside a PKCS#8 `PrivateKeyInfo` (its OCTET STRING).
+fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+    // One DER element at `at`: (tag, content start, content end).
+    let tlv = |at: usize| {
+        let tag = pkcs8[at];
+        let first = pkcs8[at + 1] as usize;
+        let (len, start) = if first < 0x80 {
+            (first, at + 2)
+        } else {
+            let n = first & 0x7f;
+            let len = pkcs8[at + 2..at + 2 + n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, at + 2 + n)
+        };
+        (tag, start, start + len)
+    };
+    let (_, body, _) = tlv(0); // SEQUENCE
+    let (_, _, after_version) = tlv(body); // INTEGER version
+    let (_, _, after_alg) = tlv(after_version); // SEQUENCE algorithm
+    let (tag, key, end) = tlv(after_alg); // OCTET STRING privateKey
+    assert_eq!(tag, 0x04, "PKCS#8 holds its key in an OCTET STRING");
+    pkcs8[key..end].to_vec()
+}
+
 /// The authorization server stub.
 #[derive(Default)]
 struct AsState {
@@ -506,6 +544,32 @@ async fn an_unknown_kid_is_accepted_once_the_key_set_has_it() {
         1,
         "only the accepted initialize"
     );
+}
+
+#[tokio::test]
+async fn rs256_tokens_from_an_rsa_key_are_accepted() {
+    let s = Setup::start(|_| {}).await;
+    let rsa = rs256_key("rsa-1");
+    s.auth.publish(&rsa);
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(rsa.kid.clone());
+    let claims = json!({"iss": s.auth.issuer(), "aud": s.audience, "sub": "carol",
+        "exp": now() + 600, "scope": "mcp"});
+    let t = jsonwebtoken::encode(&header, &claims, &rsa.enc).unwrap();
+    s.init_as(&t).await;
+    // The same key cannot be used with another algorithm of its family
+    // when the JWK names one.
+    let mut ps = Header::new(Algorithm::PS256);
+    ps.kid = Some(rsa.kid.clone());
+    let t = jsonwebtoken::encode(&ps, &claims, &rsa.enc).unwrap();
+    let resp = s.post_as(Some(&t), None, &initialize(V)).await;
+    refused(
+        resp,
+        StatusCode::UNAUTHORIZED,
+        "not among the issuer's keys",
+    )
+    .await;
+    assert_eq!(s.h.upstream.requests().len(), 1);
 }
 
 #[tokio::test]
