@@ -960,3 +960,39 @@ async fn passthrough_rebinds_only_after_the_upstream_accepts_the_new_credential(
         .count();
     assert_eq!(pings, 3, "one check per new credential");
 }
+
+#[tokio::test]
+async fn passthrough_check_on_a_session_the_upstream_forgot_is_404() {
+    let h = passthrough().await;
+    let resp = h
+        .post(
+            &[
+                ("mcp-protocol-version", V),
+                ("authorization", "Bearer alice-1"),
+            ],
+            &initialize(V),
+        )
+        .await;
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = body_json(resp).await;
+    h.upstream.forget_sessions();
+    let resp = h
+        .post(
+            &[
+                ("mcp-protocol-version", V),
+                ("mcp-session-id", &sid),
+                ("authorization", "Bearer alice-2"),
+            ],
+            &call(2, "echo", json!({"text": "x"})),
+        )
+        .await;
+    refused(resp, StatusCode::NOT_FOUND, "initialize a new one").await;
+    let id = shadowcat_session::SessionId::parse(&sid).unwrap();
+    assert!(
+        h.store.get(&id).await.unwrap().is_none(),
+        "the session is gone here too"
+    );
+}

@@ -153,6 +153,15 @@ impl Shared {
         let resp = self.send(self.ping(session)).await?;
         let status = resp.status();
         drop(resp);
+        if status == StatusCode::NOT_FOUND && session.upstream_id.is_some() {
+            tracing::info!(session_fp = %session.id.fingerprint(), "upstream no longer knows the session; removing it");
+            self.forget(session).await;
+            return Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                jsonrpc::SERVER_ERROR,
+                "the session expired upstream; initialize a new one (without Mcp-Session-Id)",
+            ));
+        }
         if !status.is_success() {
             let d = Denied::invalid(
                 Reason::Binding,
