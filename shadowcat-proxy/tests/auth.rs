@@ -444,6 +444,11 @@ async fn a_missing_token_gets_401_with_the_resource_metadata() {
         format!(r#"Bearer resource_metadata="{METADATA}", scope="mcp""#)
     );
     assert!(count_labeled("shadowcat_auth_failures_total", "reason=missing") > before);
+    // Every path but the metadata is behind the check, not only /mcp.
+    let resp =
+        s.h.send("GET", "/sse", &[("accept", "text/event-stream")], "")
+            .await;
+    refused(resp, StatusCode::UNAUTHORIZED, "authorization required").await;
     assert!(s.h.upstream.requests().is_empty());
 }
 

@@ -650,6 +650,14 @@ impl Shared {
             return self.resource_metadata(auth, &req).await;
         }
         guard::check_origins(&live.origins, req.headers())?;
+        // [auth]: every path but the metadata is behind this check, and
+        // everything `dispatch` does runs as this caller.
+        let caller = self.caller(req.headers()).await?;
+        crate::auth::as_caller(caller, self.dispatch(req)).await
+    }
+
+    /// A request past the auth check, by path and method.
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
         if req.uri().path() != self.config.path {
             return Err(Rejection::new(
                 StatusCode::NOT_FOUND,
@@ -661,12 +669,6 @@ impl Shared {
                 ),
             ));
         }
-        let caller = self.caller(req.headers()).await?;
-        crate::auth::as_caller(caller, self.dispatch(req)).await
-    }
-
-    /// A request to the MCP endpoint, by method.
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
         let version = version_header(req.headers())?;
         match *req.method() {
             Method::POST => self.post(req, version).await,
