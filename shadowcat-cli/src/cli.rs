@@ -155,10 +155,66 @@ pub(crate) struct ReverseArgs {
     /// [default: 600].
     #[arg(long, env = "SHADOWCAT_MAX_SESSION_CREATES_PER_MINUTE")]
     pub(crate) max_session_creates_per_minute: Option<u32>,
+    /// OAuth in front of the upstream (`[auth]` in the config file).
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
     /// The stdio server and its arguments, after `--` (with
     /// --upstream-cmd).
     #[arg(last = true, value_name = "PROGRAM")]
     pub(crate) program: Vec<OsString>,
+}
+
+/// `[auth]` flags of `shadowcat reverse`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AuthArgs {
+    /// `none`; `passthrough` (the upstream does its own OAuth: the
+    /// client's Authorization goes upstream, sessions are bound to it);
+    /// `oauth` (Shadowcat checks tokens and never forwards them)
+    /// [default: none].
+    #[arg(long = "auth-mode", env = "SHADOWCAT_AUTH_MODE", value_enum)]
+    pub(crate) mode: Option<AuthModeArg>,
+    /// The URL clients use for the MCP endpoint, e.g.
+    /// https://mcp.example.com/mcp (passthrough and oauth).
+    #[arg(long = "public-url", env = "SHADOWCAT_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+    /// The authorization server's issuer (oauth); its metadata and keys
+    /// are discovered from it.
+    #[arg(long = "auth-issuer", env = "SHADOWCAT_AUTH_ISSUER")]
+    pub(crate) issuer: Option<String>,
+    /// The audience tokens must name (RFC 8707) [default: --public-url].
+    #[arg(long = "auth-audience", env = "SHADOWCAT_AUTH_AUDIENCE")]
+    pub(crate) audience: Option<String>,
+    /// A scope every request needs (repeatable).
+    #[arg(
+        long = "auth-required-scope",
+        env = "SHADOWCAT_AUTH_REQUIRED_SCOPES",
+        value_delimiter = ','
+    )]
+    pub(crate) required_scopes: Vec<String>,
+    /// Client id for introspecting tokens that are not JWTs (RFC 7662).
+    #[arg(
+        long = "auth-introspection-client-id",
+        env = "SHADOWCAT_AUTH_INTROSPECTION_CLIENT_ID"
+    )]
+    pub(crate) introspection_client_id: Option<String>,
+    /// Its secret: `env:VAR` or `file:PATH`.
+    #[arg(
+        long = "auth-introspection-client-secret",
+        env = "SHADOWCAT_AUTH_INTROSPECTION_CLIENT_SECRET"
+    )]
+    pub(crate) introspection_client_secret: Option<String>,
+}
+
+/// `--auth-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AuthModeArg {
+    /// No auth.
+    None,
+    /// The upstream does its own OAuth.
+    Passthrough,
+    /// Shadowcat is the OAuth resource server.
+    Oauth,
 }
 
 /// `shadowcat forward` subcommands.

@@ -156,6 +156,8 @@ fn settings_view(s: &ReverseSettings) -> SettingsView {
             ),
             ("bind", s.proxy.bind.to_string()),
             ("path", s.proxy.path.clone()),
+            // Secrets are redacted in its Debug form.
+            ("auth", format!("{:?}", s.proxy.auth)),
             ("admin_bind", format!("{:?}", s.admin_bind)),
             ("drain_timeout_secs", s.drain_timeout.as_secs().to_string()),
             (

@@ -59,6 +59,150 @@ pub(crate) struct FileConfig {
     upstream_cwd: Option<std::path::PathBuf>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+/// `[auth]` in the config file; see `shadowcat_proxy::AuthConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: Option<crate::cli::AuthModeArg>,
+    public_url: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    required_scopes: Option<Vec<String>>,
+    scopes_supported: Option<Vec<String>>,
+    introspection_client_id: Option<String>,
+    /// `env:VAR` or `file:PATH`.
+    introspection_client_secret: Option<String>,
+    /// `"method"` or `"method:tool-glob"` → scopes.
+    scope_map: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    upstream: FileAuthUpstream,
+    jwks_refresh_interval_ms: Option<u64>,
+    introspection_cache_entries: Option<usize>,
+    introspection_cache_ttl_ms: Option<u64>,
+    token_exchange_cache_entries: Option<usize>,
+    fetch_timeout_ms: Option<u64>,
+    max_fetch_bytes: Option<usize>,
+    leeway_secs: Option<u64>,
+    token_refresh_margin_secs: Option<u64>,
+}
+
+/// `[auth.upstream]`: the proxy's own credential toward the upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuthUpstream {
+    /// `none`, `bearer`, `client_credentials` or `token_exchange`.
+    credential: Option<String>,
+    token_url: Option<String>,
+    /// The upstream's authorization server, when not `[auth] issuer`.
+    issuer: Option<String>,
+    client_id: Option<String>,
+    /// `env:VAR` or `file:PATH`.
+    client_secret: Option<String>,
+    scope: Option<String>,
+    resource: Option<String>,
+}
+
+/// `[auth]`: flags over the file.
+fn resolve_auth(
+    args: crate::cli::AuthArgs,
+    file: FileAuth,
+) -> Result<shadowcat_proxy::AuthConfig, CliError> {
+    use crate::cli::AuthModeArg;
+    use shadowcat_proxy::{AuthConfig, AuthMode, TokenClient, UpstreamCredential};
+    let mut a = AuthConfig {
+        mode: match args.mode.or(file.mode) {
+            None | Some(AuthModeArg::None) => AuthMode::None,
+            Some(AuthModeArg::Passthrough) => AuthMode::Passthrough,
+            Some(AuthModeArg::Oauth) => AuthMode::OAuth,
+        },
+        ..AuthConfig::default()
+    };
+    let url = |what: &str, s: String| -> Result<http::Uri, CliError> {
+        s.parse()
+            .map_err(|_| CliError::Config(format!("bad {what} {s:?}: not a URL")))
+    };
+    if let Some(u) = args.public_url.or(file.public_url) {
+        a.public_url = Some(url("public_url", u)?);
+    }
+    a.issuer = args.issuer.or(file.issuer);
+    a.audience = args.audience.or(file.audience);
+    a.required_scopes = if args.required_scopes.is_empty() {
+        file.required_scopes.unwrap_or_default()
+    } else {
+        args.required_scopes
+    };
+    a.scopes_supported = file.scopes_supported;
+    a.introspection_client_id = args
+        .introspection_client_id
+        .or(file.introspection_client_id);
+    if let Some(spec) = args
+        .introspection_client_secret
+        .or(file.introspection_client_secret)
+    {
+        a.introspection_client_secret =
+            Some(read_secret(&spec, "--auth-introspection-client-secret")?);
+    }
+    a.scope_map = file.scope_map.unwrap_or_default().into_iter().collect();
+    let up = file.upstream;
+    let client = |up: FileAuthUpstream| -> Result<TokenClient, CliError> {
+        let mut c = TokenClient::default();
+        if let Some(u) = up.token_url {
+            c.token_url = Some(url("[auth.upstream] token_url", u)?);
+        }
+        c.issuer = up.issuer;
+        c.client_id = up.client_id.ok_or_else(|| {
+            CliError::Config("[auth.upstream] needs client_id for this credential".into())
+        })?;
+        let secret = up.client_secret.ok_or_else(|| {
+            CliError::Config("[auth.upstream] needs client_secret (env:VAR or file:PATH)".into())
+        })?;
+        c.client_secret = read_secret(&secret, "[auth.upstream] client_secret")?;
+        c.scope = up.scope;
+        c.resource = up.resource;
+        Ok(c)
+    };
+    a.upstream = match up.credential.as_deref() {
+        None | Some("none") => UpstreamCredential::None,
+        Some("bearer") => UpstreamCredential::Bearer,
+        Some("client_credentials") => UpstreamCredential::ClientCredentials(client(up)?),
+        Some("token_exchange") => UpstreamCredential::TokenExchange(client(up)?),
+        Some(other) => {
+            return Err(CliError::Config(format!(
+                "[auth.upstream] credential {other:?}: use none, bearer, client_credentials or token_exchange"
+            )));
+        }
+    };
+    let l = &mut a.limits;
+    let ms = Duration::from_millis;
+    if let Some(v) = file.jwks_refresh_interval_ms {
+        l.jwks_refresh_interval = ms(v);
+    }
+    if let Some(v) = file.introspection_cache_entries {
+        l.introspection_cache_entries = v;
+    }
+    if let Some(v) = file.introspection_cache_ttl_ms {
+        l.introspection_cache_ttl = ms(v);
+    }
+    if let Some(v) = file.token_exchange_cache_entries {
+        l.token_exchange_cache_entries = v;
+    }
+    if let Some(v) = file.fetch_timeout_ms {
+        l.fetch_timeout = ms(v);
+    }
+    if let Some(v) = file.max_fetch_bytes {
+        l.max_fetch_bytes = v;
+    }
+    if let Some(v) = file.leeway_secs {
+        l.leeway = Duration::from_secs(v);
+    }
+    if let Some(v) = file.token_refresh_margin_secs {
+        l.token_refresh_margin = Duration::from_secs(v);
+    }
+    Ok(a)
 }
 
 /// `[limits]` in the config file; see `shadowcat_proxy::Limits`.
@@ -286,6 +430,7 @@ impl ReverseSettings {
         if let Some(spec) = args.upstream_bearer.or(file.upstream_bearer) {
             proxy.upstream_bearer = Some(read_secret(&spec, "--upstream-bearer")?);
         }
+        proxy.auth = resolve_auth(args.auth, file.auth)?;
         let l = &mut proxy.limits;
         let f = file.limits;
         let ms = Duration::from_millis;
@@ -487,6 +632,7 @@ mod tests {
             max_cached_sessions: None,
             session_revalidate_interval_ms: None,
             max_session_creates_per_minute: None,
+            auth: crate::cli::AuthArgs::default(),
             program: vec![],
         }
     }
@@ -618,6 +764,72 @@ mod tests {
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.session_revalidate_interval_ms = Some(0);
         assert!(ReverseSettings::resolve(a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn auth_from_file_and_flags() {
+        let literal = "not-a-reference".to_owned();
+        let path =
+            std::env::temp_dir().join(format!("shadowcat-auth-secret-{}", std::process::id()));
+        std::fs::write(&path, "cc-secret\n").unwrap();
+        let file: FileConfig = toml::from_str(&format!(
+            r#"
+            upstream = "http://127.0.0.1:1/mcp"
+            [auth]
+            mode = "oauth"
+            public_url = "https://mcp.example/mcp"
+            issuer = "https://as.example"
+            required_scopes = ["mcp"]
+            introspection_cache_entries = 7
+            [auth.scope_map]
+            "tools/call:delete_*" = ["admin"]
+            [auth.upstream]
+            credential = "client_credentials"
+            client_id = "proxy"
+            client_secret = "file:{}"
+            scope = "upstream"
+            "#,
+            path.display()
+        ))
+        .unwrap();
+        let s = ReverseSettings::resolve(args(None), file).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let a = &s.proxy.auth;
+        assert_eq!(a.mode, shadowcat_proxy::AuthMode::OAuth);
+        assert_eq!(
+            a.public_url.as_ref().unwrap().to_string(),
+            "https://mcp.example/mcp"
+        );
+        assert_eq!(a.issuer.as_deref(), Some("https://as.example"));
+        assert_eq!(a.required_scopes, ["mcp"]);
+        assert_eq!(a.limits.introspection_cache_entries, 7);
+        assert_eq!(
+            a.scope_map,
+            [("tools/call:delete_*".to_owned(), vec!["admin".to_owned()])]
+        );
+        let shadowcat_proxy::UpstreamCredential::ClientCredentials(c) = &a.upstream else {
+            panic!("client credentials expected: {:?}", a.upstream);
+        };
+        assert_eq!(
+            (c.client_id.as_str(), c.client_secret.as_str()),
+            ("proxy", "cc-secret")
+        );
+        // Flags win; a literal secret is refused.
+        let mut flags = args(Some("http://127.0.0.1:1/mcp"));
+        flags.auth.mode = Some(crate::cli::AuthModeArg::Passthrough);
+        flags.auth.public_url = Some("https://p.example/mcp".into());
+        flags.auth.introspection_client_secret = Some(literal);
+        assert!(ReverseSettings::resolve(flags.clone(), FileConfig::default()).is_err());
+        flags.auth.introspection_client_secret = None;
+        let s = ReverseSettings::resolve(flags, FileConfig::default()).unwrap();
+        assert_eq!(s.proxy.auth.mode, shadowcat_proxy::AuthMode::Passthrough);
+        let bad: FileConfig =
+            toml::from_str("[auth]\nmode = \"oauth\"\n[auth.upstream]\ncredential = \"magic\"\n")
+                .unwrap();
+        let mut up = args(Some("http://127.0.0.1:1/mcp"));
+        up.upstream = Some("http://127.0.0.1:1/mcp".into());
+        assert!(ReverseSettings::resolve(up, bad).is_err());
+        assert!(toml::from_str::<FileConfig>("[auth]\nmood = \"oauth\"\n").is_err());
     }
 
     #[test]

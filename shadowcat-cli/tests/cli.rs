@@ -114,6 +114,43 @@ fn start_up_errors_are_one_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn auth_start_up_errors_are_one_line() {
+    let base = |c: &mut Command| {
+        c.args(["reverse", "--upstream", "http://127.0.0.1:9/mcp"])
+            .args(["--store", "memory", "--bind", "127.0.0.1:0"])
+            .args(["--admin-bind", "off"]);
+    };
+    let mut c = shadowcat();
+    base(&mut c);
+    c.env("SHADOWCAT_AUTH_MODE", "oauth");
+    assert_one_line_failure(&run(c), "public_url");
+
+    // Nothing listens on the discard port: discovery fails, naming what
+    // it tried.
+    let mut c = shadowcat();
+    base(&mut c);
+    c.args([
+        "--auth-mode",
+        "oauth",
+        "--public-url",
+        "http://127.0.0.1:8080/mcp",
+    ])
+    .args(["--auth-issuer", "http://127.0.0.1:9"]);
+    assert_one_line_failure(&run(c), "oauth-authorization-server");
+
+    let mut c = shadowcat();
+    base(&mut c);
+    c.args([
+        "--auth-mode",
+        "passthrough",
+        "--public-url",
+        "http://127.0.0.1:8080/mcp",
+    ])
+    .args(["--auth-introspection-client-secret", "literal"]);
+    assert_one_line_failure(&run(c), "env:VAR");
+}
+
 /// Reads the JSON log lines until both listeners have announced their
 /// addresses.
 fn listening_addrs(lines: &mpsc::Receiver<String>) -> (String, String) {

@@ -33,7 +33,8 @@ pub struct ReverseProxyConfig {
     /// not empty. A mismatch gets 403. Default empty.
     pub allowed_hosts: Vec<String>,
     /// Sent upstream as `Authorization: Bearer …`. The client's own
-    /// credentials are never forwarded. Default none.
+    /// credentials are never forwarded (but in `[auth]` passthrough).
+    /// Default none.
     pub upstream_bearer: Option<String>,
     /// Every limit the proxy enforces.
     pub limits: Limits,
@@ -55,6 +56,8 @@ pub struct ReverseProxyConfig {
     /// Where one record per request goes (see [`crate::AccessLog`]).
     /// Default none: no access log, and none of its bookkeeping.
     pub access_log: Option<std::sync::Arc<dyn crate::AccessLog>>,
+    /// Who may use the proxy (`[auth]`). Default: no auth.
+    pub auth: AuthConfig,
 }
 
 impl std::fmt::Debug for ReverseProxyConfig {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for ReverseProxyConfig {
             .field("legacy_sse_path", &self.legacy_sse_path)
             .field("legacy_messages_path", &self.legacy_messages_path)
             .field("access_log", &self.access_log.is_some())
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -104,6 +108,7 @@ impl ReverseProxyConfig {
             legacy_sse_path: Some(DEFAULT_LEGACY_SSE_PATH.to_owned()),
             legacy_messages_path: DEFAULT_LEGACY_MESSAGES_PATH.to_owned(),
             access_log: None,
+            auth: AuthConfig::default(),
         }
     }
 
@@ -304,6 +309,180 @@ impl Default for Limits {
             max_cached_sessions: 10_000,
             session_revalidate_interval: Duration::from_secs(2),
             session_idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// How the reverse proxy treats client credentials (`[auth] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No auth: the client's `Authorization` stays here. The default.
+    #[default]
+    None,
+    /// The upstream does its own OAuth: the client's `Authorization` goes
+    /// upstream, its challenges and metadata come back rewritten to the
+    /// public URL, and sessions are bound to the credential.
+    Passthrough,
+    /// The proxy is the OAuth resource server: it validates tokens (JWT
+    /// against the issuer's keys, or introspection), never forwards them,
+    /// and binds sessions to the principal (issuer, subject).
+    OAuth,
+}
+
+/// What the proxy sends upstream as its own credential in `oauth` mode
+/// (`[auth.upstream] credential`).
+#[derive(Clone, Default)]
+pub enum UpstreamCredential {
+    /// Nothing (or `upstream_bearer`, when set). The default.
+    #[default]
+    None,
+    /// `upstream_bearer`.
+    Bearer,
+    /// An OAuth client-credentials token, fetched before it is needed and
+    /// refreshed before it expires.
+    ClientCredentials(TokenClient),
+    /// An RFC 8693 token exchange of the client's token, per principal.
+    TokenExchange(TokenClient),
+}
+
+impl std::fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamCredential::None => f.write_str("None"),
+            UpstreamCredential::Bearer => f.write_str("Bearer"),
+            UpstreamCredential::ClientCredentials(c) => {
+                f.debug_tuple("ClientCredentials").field(c).finish()
+            }
+            UpstreamCredential::TokenExchange(c) => {
+                f.debug_tuple("TokenExchange").field(c).finish()
+            }
+        }
+    }
+}
+
+/// The proxy as an OAuth client of the upstream's authorization server.
+#[derive(Clone, Default)]
+pub struct TokenClient {
+    /// The token endpoint; default: discovered from `issuer`.
+    pub token_url: Option<http::Uri>,
+    /// The upstream's authorization server, when it is not the one
+    /// clients use (`[auth] issuer`, the default).
+    pub issuer: Option<String>,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret (sent with HTTP Basic).
+    pub client_secret: String,
+    /// `scope` asked for, if any.
+    pub scope: Option<String>,
+    /// `resource` (RFC 8707) asked for: the upstream's URL, if it wants one.
+    pub resource: Option<String>,
+}
+
+impl std::fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClient")
+            .field("token_url", &self.token_url)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scope", &self.scope)
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+/// `[auth]`: who may use the proxy. Every field's doc names its default.
+#[derive(Clone, Default)]
+pub struct AuthConfig {
+    /// The mode. Default [`AuthMode::None`].
+    pub mode: AuthMode,
+    /// The URL clients use for the MCP endpoint, e.g.
+    /// `https://mcp.example.com/mcp`: the protected resource's name and
+    /// where its metadata is announced. Required in `passthrough` and
+    /// `oauth`.
+    pub public_url: Option<http::Uri>,
+    /// The authorization server's issuer (`oauth`). Its metadata is
+    /// discovered at start-up (RFC 8414, then OpenID Connect discovery).
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry (RFC 8707). Default: `public_url`.
+    pub audience: Option<String>,
+    /// Scopes every request needs (403 `insufficient_scope` without).
+    /// Default none.
+    pub required_scopes: Vec<String>,
+    /// `scopes_supported` in the protected-resource metadata. Default:
+    /// `required_scopes`.
+    pub scopes_supported: Option<Vec<String>>,
+    /// Client id for token introspection (RFC 7662) of tokens that are
+    /// not JWTs. Default none: only JWTs are accepted.
+    pub introspection_client_id: Option<String>,
+    /// Its secret (HTTP Basic).
+    pub introspection_client_secret: Option<String>,
+    /// Extra scopes per method, or per `method:tool` glob (`*` matches any
+    /// run of characters), e.g. `("tools/call:delete_*", ["admin"])`.
+    /// Every matching entry applies. Default none.
+    pub scope_map: Vec<(String, Vec<String>)>,
+    /// The proxy's own credential toward the upstream in `oauth` mode.
+    pub upstream: UpstreamCredential,
+    /// The auth limits.
+    pub limits: AuthLimits,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("public_url", &self.public_url)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("required_scopes", &self.required_scopes)
+            .field("introspection_client_id", &self.introspection_client_id)
+            .field("scope_map", &self.scope_map)
+            .field("upstream", &self.upstream)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits of the auth layer.
+#[derive(Debug, Clone)]
+pub struct AuthLimits {
+    /// A token whose `kid` the cached key set lacks makes the proxy fetch
+    /// the set again, at most once per this interval (a flood of made-up
+    /// `kid`s costs the issuer one request per interval). Default 10 s.
+    pub jwks_refresh_interval: Duration,
+    /// Introspection answers kept (the oldest goes past it). Default
+    /// 10,000.
+    pub introspection_cache_entries: usize,
+    /// Longest an introspection answer is trusted (never past the token's
+    /// `exp`). Default 60 s.
+    pub introspection_cache_ttl: Duration,
+    /// Exchanged upstream tokens kept, one per principal (token exchange).
+    /// Default 10,000.
+    pub token_exchange_cache_entries: usize,
+    /// Longest a request to the authorization server (metadata, keys,
+    /// introspection, token) may take. Default 10 s.
+    pub fetch_timeout: Duration,
+    /// Largest answer accepted from the authorization server. Default
+    /// 1 MiB.
+    pub max_fetch_bytes: usize,
+    /// Clock skew allowed on `exp` and `nbf`. Default 60 s.
+    pub leeway: Duration,
+    /// A client-credentials token is refreshed this long before it
+    /// expires. Default 60 s.
+    pub token_refresh_margin: Duration,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            jwks_refresh_interval: Duration::from_secs(10),
+            introspection_cache_entries: 10_000,
+            introspection_cache_ttl: Duration::from_secs(60),
+            token_exchange_cache_entries: 10_000,
+            fetch_timeout: Duration::from_secs(10),
+            max_fetch_bytes: 1 << 20,
+            leeway: Duration::from_secs(60),
+            token_refresh_margin: Duration::from_secs(60),
         }
     }
 }

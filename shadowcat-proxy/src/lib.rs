@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 //!
 //! Modules, by what they are about:
+//! - `auth`: OAuth in front of the proxy (passthrough or resource server).
 //! - `mcp`: MCP's headers, JSON-RPC, protocol revisions.
 //! - `event_id`: the sealed client event ids.
 //! - `collect`: reading a whole body, bounded in bytes and time.
@@ -19,6 +20,7 @@
 //!   readiness), served by the CLI's admin listener.
 //! - [`forward`]: the forward proxies.
 
+mod auth;
 mod collect;
 mod config;
 mod error;
@@ -39,7 +41,10 @@ pub mod admin {
     pub use crate::server::admin::*;
 }
 
-pub use config::{Limits, OriginPolicy, ReverseProxyConfig, UpstreamTransport};
+pub use config::{
+    AuthConfig, AuthLimits, AuthMode, Limits, OriginPolicy, ReverseProxyConfig, TokenClient,
+    UpstreamCredential, UpstreamTransport,
+};
 pub use error::ProxyError;
 pub use event_id::{ClientEventId, IdError};
 pub use mcp::jsonrpc;

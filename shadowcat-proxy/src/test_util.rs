@@ -68,6 +68,8 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The request path.
+    pub path: String,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +101,10 @@ struct State {
     /// Listens answered with a stream so far.
     listens_opened: AtomicU64,
     listen_opened: Notify,
+    /// When set, the bearer tokens accepted; others get 401.
+    bearers: Mutex<Option<HashSet<String>>>,
+    /// The address, for its own metadata URLs.
+    addr: Mutex<Option<SocketAddr>>,
 }
 
 /// What the test tells an open listen stream.
@@ -190,6 +196,7 @@ impl TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
+        *state.addr.lock() = Some(addr);
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
@@ -256,6 +263,19 @@ impl TestUpstream {
     pub fn forget_sessions(&self) {
         self.state.sessions.lock().clear();
     }
+
+    /// Requires `Authorization: Bearer T` with T one of `tokens` on the
+    /// MCP endpoint, as an OAuth-protected server does: anything else gets
+    /// 401 with a `WWW-Authenticate` naming its protected-resource
+    /// metadata, which it serves at
+    /// `/.well-known/oauth-protected-resource/mcp` (authorization server
+    /// [`TestUpstream::AUTHORIZATION_SERVER`]).
+    pub fn require_bearer(&self, tokens: &[&str]) {
+        *self.state.bearers.lock() = Some(tokens.iter().map(|t| (*t).to_owned()).collect());
+    }
+
+    /// The authorization server its metadata names.
+    pub const AUTHORIZATION_SERVER: &'static str = "http://127.0.0.1:9/as";
 
     /// Every session id it ever issued starts with this.
     pub const SESSION_PREFIX: &'static str = "upstream-session-";
@@ -472,8 +492,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
         method: parts.method.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        path: parts.uri.path().to_owned(),
     });
     st.request_seen.notify_waiters();
+    if let Some(refused) = check_bearer(&st, &parts) {
+        return refused;
+    }
     let version = parts
         .headers
         .get("mcp-protocol-version")
@@ -638,6 +662,41 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<UpBody> {
             None,
         ),
     }
+}
+
+/// The bearer check and the metadata of [`TestUpstream::require_bearer`].
+fn check_bearer(st: &State, parts: &http::request::Parts) -> Option<Response<UpBody>> {
+    let bearers = st.bearers.lock().clone()?;
+    let addr = (*st.addr.lock())?;
+    let prm = "/.well-known/oauth-protected-resource/mcp";
+    if parts.uri.path() == prm {
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({
+                "resource": format!("http://{addr}/mcp"),
+                "authorization_servers": [TestUpstream::AUTHORIZATION_SERVER],
+                "scopes_supported": ["mcp"],
+            }),
+            None,
+        ));
+    }
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token.is_some_and(|t| bearers.contains(t)) {
+        return None;
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, -32001, "unauthorized");
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", resource_metadata=\"http://{addr}{prm}\", scope=\"mcp\""
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge).expect("ascii challenge"),
+    );
+    Some(r)
 }
 
 fn stream_name(st: &State) -> String {

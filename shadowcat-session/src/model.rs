@@ -258,6 +258,12 @@ pub struct Session {
     /// stored before keys existed (the proxy then adds one).
     #[serde(default)]
     pub resume_key: Option<ResumeKey>,
+    /// Who the session belongs to, when the proxy checks credentials: a
+    /// principal (issuer and subject) or a keyed fingerprint of the
+    /// credential that created it; never a token. `None`: unbound (no
+    /// auth, or stored before bindings existed).
+    #[serde(default)]
+    pub binding: Option<String>,
 }
 
 impl Session {
@@ -277,6 +283,7 @@ impl Session {
             last_activity: now,
             streams: SmallVec::new(),
             resume_key: None,
+            binding: None,
         }
     }
 
@@ -304,7 +311,8 @@ impl Session {
                 .as_ref()
                 .map_or(0, |s| s.capacity())
             + self.upstream.capacity()
-            + self.protocol_version.capacity();
+            + self.protocol_version.capacity()
+            + self.binding.as_ref().map_or(0, |b| b.capacity());
         let streams_heap = if self.streams.spilled() {
             self.streams.capacity() * std::mem::size_of::<StreamPoint>()
         } else {

@@ -88,6 +88,9 @@ const SESSION_RECORD_V1: u8 = 1;
 /// Version byte of a session record with a resume key: the v1 layout
 /// followed by the key's 16 bytes.
 const SESSION_RECORD_V2: u8 = 2;
+/// Version byte of a session record with a binding: the v1 layout, a key
+/// flag (0 or 1) and the key when 1, then the binding as a string.
+const SESSION_RECORD_V3: u8 = 3;
 
 /// Upper bound on redb's page cache. Session data is small; the cache only
 /// grows with pages actually touched.
@@ -406,7 +409,9 @@ fn encode_session(s: &Session, out: &mut Vec<u8>) {
         out.extend_from_slice(s.as_bytes());
     }
     out.clear();
-    out.push(if s.resume_key.is_some() {
+    out.push(if s.binding.is_some() {
+        SESSION_RECORD_V3
+    } else if s.resume_key.is_some() {
         SESSION_RECORD_V2
     } else {
         SESSION_RECORD_V1
@@ -421,7 +426,17 @@ fn encode_session(s: &Session, out: &mut Vec<u8>) {
             put_str(out, u);
         }
     }
-    if let Some(key) = &s.resume_key {
+    if let Some(binding) = &s.binding {
+        // V3: a key flag, the key, then the binding.
+        match &s.resume_key {
+            Some(key) => {
+                out.push(1);
+                out.extend_from_slice(&key.0);
+            }
+            None => out.push(0),
+        }
+        put_str(out, binding);
+    } else if let Some(key) = &s.resume_key {
         out.extend_from_slice(&key.0);
     }
 }
@@ -463,12 +478,16 @@ struct SessionRecord<'a> {
     protocol_version: &'a str,
     upstream_session_id: Option<&'a str>,
     resume_key: Option<ResumeKey>,
+    binding: Option<&'a str>,
 }
 
 fn decode_session(bytes: &[u8]) -> Option<SessionRecord<'_>> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != SESSION_RECORD_V1 && version != SESSION_RECORD_V2 {
+    if !matches!(
+        version,
+        SESSION_RECORD_V1 | SESSION_RECORD_V2 | SESSION_RECORD_V3
+    ) {
         return None;
     }
     let created_at = r.u64()?;
@@ -479,10 +498,20 @@ fn decode_session(bytes: &[u8]) -> Option<SessionRecord<'_>> {
         1 => Some(r.str()?),
         _ => return None,
     };
-    let resume_key = if version == SESSION_RECORD_V2 {
+    let has_key = match version {
+        SESSION_RECORD_V2 => true,
+        SESSION_RECORD_V3 => r.u8()? == 1,
+        _ => false,
+    };
+    let resume_key = if has_key {
         let (key, rest) = r.0.split_first_chunk::<RESUME_KEY_LEN>()?;
         r.0 = rest;
         Some(ResumeKey(*key))
+    } else {
+        None
+    };
+    let binding = if version == SESSION_RECORD_V3 {
+        Some(r.str()?)
     } else {
         None
     };
@@ -492,6 +521,7 @@ fn decode_session(bytes: &[u8]) -> Option<SessionRecord<'_>> {
         protocol_version,
         upstream_session_id,
         resume_key,
+        binding,
     })
 }
 
@@ -570,6 +600,7 @@ fn load_session(
         last_activity,
         streams: load_streams(points, id)?,
         resume_key: rec.resume_key,
+        binding: rec.binding.map(str::to_owned),
     })
 }
 

@@ -837,6 +837,9 @@ fn encode_session(s: &Session) -> Vec<(std::borrow::Cow<'static, str>, String)> 
     if let Some(key) = &s.resume_key {
         fields.push(("rk".into(), key.to_hex()));
     }
+    if let Some(b) = &s.binding {
+        fields.push(("bind".into(), b.clone()));
+    }
     for p in &s.streams {
         fields.push((point_field(p.stream).into(), encode_point(&p.point)));
     }
@@ -854,6 +857,7 @@ fn decode_session(
     let mut last_activity = None;
     let mut upstream_session_id = None;
     let mut resume_key = None;
+    let mut binding = None;
     let mut streams: SmallVec<[StreamPoint; 1]> = SmallVec::new();
     let millis = |f: &str, v: &str| {
         v.parse::<UnixMillis>()
@@ -866,6 +870,7 @@ fn decode_session(
             "ca" => created_at = Some(millis(&f, &v)?),
             "la" => last_activity = Some(millis(&f, &v)?),
             "usid" => upstream_session_id = Some(v),
+            "bind" => binding = Some(v),
             "rk" => {
                 resume_key = Some(
                     ResumeKey::from_hex(&v)
@@ -898,6 +903,7 @@ fn decode_session(
         last_activity: last_activity.ok_or_else(|| missing("la"))?,
         streams,
         resume_key,
+        binding,
     })
 }
 

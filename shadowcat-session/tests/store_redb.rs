@@ -65,7 +65,7 @@ async fn redb_store_conforms() {
     .await;
     assert_eq!(
         n.load(Ordering::Relaxed),
-        11,
+        12,
         "every check ran on its own file"
     );
 }

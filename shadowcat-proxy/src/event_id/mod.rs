@@ -28,7 +28,7 @@ use bytes::{BufMut, BytesMut};
 use shadowcat_session::{ResumeKey, SessionId};
 use shadowcat_transport::sse::put_decimal;
 
-mod siphash;
+pub(crate) mod siphash;
 
 use siphash::SipHasher24;
 

@@ -171,8 +171,8 @@ impl Relay {
             MCP_PROTOCOL_VERSION,
             HeaderValue::from_static(self.version.lock().as_str()),
         );
-        if let Some(b) = &self.env.bearer {
-            h.insert(header::AUTHORIZATION, b.clone());
+        if let Some(b) = self.env.bearer.current() {
+            h.insert(header::AUTHORIZATION, b);
         }
         req
     }
@@ -207,6 +207,7 @@ impl Relay {
             stream: StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed)),
             sealer: None,
             upstream_session: self.upstream_session.lock().clone(),
+            authorization: None,
             version: *self.version.lock(),
             sink: None,
             resume_after: None,
@@ -415,7 +416,10 @@ pub async fn relay_http(
             crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
         ),
         uri: config.upstream.clone(),
-        bearer,
+        bearer: bearer.map_or(
+            crate::auth::Credential::None,
+            crate::auth::Credential::Fixed,
+        ),
         response_timeout: config.response_timeout,
         reconnect: config.reconnect,
         replay: ReplayLimits::default(),

@@ -72,7 +72,7 @@ pub(crate) struct SessionEnder {
 struct Upstream {
     pool: Arc<UpstreamPool>,
     uri: http::Uri,
-    bearer: Option<HeaderValue>,
+    bearer: crate::auth::Credential,
     timeout: Duration,
 }
 
@@ -82,7 +82,7 @@ impl SessionEnder {
     pub(crate) fn start(
         pool: Arc<UpstreamPool>,
         uri: http::Uri,
-        bearer: Option<HeaderValue>,
+        bearer: crate::auth::Credential,
         sessions: &Arc<Sessions>,
         stdio: Option<&Arc<StdioBridge>>,
         limits: &crate::Limits,
@@ -231,8 +231,8 @@ async fn send(upstream: &Upstream, ending: Ending) -> &'static str {
     if let Some(v) = ending.version {
         h.insert(MCP_PROTOCOL_VERSION, v);
     }
-    if let Some(bearer) = &upstream.bearer {
-        h.insert(header::AUTHORIZATION, bearer.clone());
+    if let Some(bearer) = upstream.bearer.current() {
+        h.insert(header::AUTHORIZATION, bearer);
     }
     let exchange = async {
         let resp = upstream.pool.request(req).await?;

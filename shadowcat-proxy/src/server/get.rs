@@ -139,9 +139,14 @@ impl Shared {
             },
         };
         let slot = self.stream_slot(session)?;
-        let req =
-            self.env
-                .resume_request(session.upstream_id.as_ref(), session.version, Some(&up_id));
+        let req = self.env.resume_request(
+            session.upstream_id.as_ref(),
+            session.version,
+            Some(&up_id),
+            crate::auth::caller()
+                .and_then(|c| c.upstream.clone())
+                .as_ref(),
+        );
         let resp = match self.send(req).await {
             Ok(r) => r,
             Err(rej) => return Err(gap(rej.status, rej.message.into_owned())),

@@ -447,6 +447,8 @@ impl Shared {
             sink: None,
             resume_after: Some(client.id.clone()),
             legacy: true,
+            // Legacy clients are refused while [auth] is on.
+            authorization: None,
         };
         let pump = Pump::new(
             PumpSource::Queue(Arc::clone(&client.queue)),

@@ -616,7 +616,7 @@ mod tests {
         let env = Arc::new(StreamEnv {
             pool,
             uri: "http://127.0.0.1:9/mcp".parse().unwrap(),
-            bearer: None,
+            bearer: crate::auth::Credential::None,
             response_timeout: Duration::from_secs(1),
             reconnect: Default::default(),
             replay: Default::default(),

@@ -46,6 +46,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 mod conns;
+mod credentials;
 mod delete;
 pub(crate) mod ender;
 mod get;
@@ -59,8 +60,8 @@ mod stdio;
 
 /// Request headers forwarded upstream (besides the mapped session id and
 /// the configured credentials). Everything else, the client's
-/// `Authorization`, `Cookie`, `Proxy-Authorization` and `X-Forwarded-*`
-/// included, stays here. `Last-Event-ID` never passes: the client holds
+/// `Authorization` (but in `[auth] mode = "passthrough"`), `Cookie`,
+/// `Proxy-Authorization` and `X-Forwarded-*` included, stays here. `Last-Event-ID` never passes: the client holds
 /// the proxy's ids; the proxy sends the upstream's own when it resumes.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 5] = [
     header::ACCEPT,
@@ -129,7 +130,10 @@ struct Shared {
     /// once the upstream turned out to be legacy (`legacy_found`).
     legacy_up: Option<Arc<StdioBridge>>,
     legacy_found: std::sync::atomic::AtomicBool,
-    bearer: Option<HeaderValue>,
+    /// The proxy's own credential toward the upstream.
+    bearer: crate::auth::Credential,
+    /// `[auth]`, unless the mode is `none`.
+    auth: Option<Arc<crate::auth::Auth>>,
     writer: Option<WriterHandle>,
     closing: watch::Receiver<bool>,
     /// Set when the drain timeout ended: requests still in flight are
@@ -249,6 +253,15 @@ impl ReverseProxy {
 
         let (closing_tx, closing) = watch::channel(false);
         let (aborting_tx, aborting) = watch::channel(false);
+        if config.upstream_cmd.is_some() && config.auth.mode == crate::config::AuthMode::Passthrough
+        {
+            return Err(ProxyError::Config(
+                "[auth] mode passthrough needs an HTTP upstream that does its own OAuth, not upstream_cmd".into(),
+            ));
+        }
+        let (auth, bearer) =
+            crate::auth::Auth::start(&config.auth, &config.upstream, bearer, closing.clone())
+                .await?;
         let hosts = HostCheck::new(&config, local_addr);
         let label = match &config.upstream_cmd {
             Some(cmd) => cmd.label(),
@@ -274,7 +287,7 @@ impl ReverseProxy {
             let link = crate::upstream::legacy::LegacyLink {
                 pool: Arc::clone(&pool),
                 uri: config.upstream.clone(),
-                bearer: bearer.clone(),
+                bearer: bearer.current(),
                 timeout: config.limits.upstream_response_timeout,
                 probe_timeout: config.limits.upstream_connect_timeout,
                 reconnect: config.limits.reconnect,
@@ -340,6 +353,7 @@ impl ReverseProxy {
             sessions,
             stdio,
             bearer,
+            auth,
             writer,
             closing,
             aborting,
@@ -705,12 +719,35 @@ impl Shared {
         if let Some(hosts) = &live.hosts {
             hosts.check(req.headers())?;
         }
+        if let Some(auth) = &self.auth
+            && auth.is_metadata_path(req.uri().path())
+        {
+            return self.resource_metadata(auth, &req).await;
+        }
         guard::check_origins(&live.origins, req.headers())?;
+        // [auth]: every path but the metadata is behind this check, and
+        // everything `dispatch` does runs as this caller.
+        let caller = self.caller(req.headers()).await?;
+        crate::auth::as_caller(caller, self.dispatch(req)).await
+    }
+
+    /// A request past the auth check, by path and method.
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Rejection> {
         if let Some(sse) = &self.config.legacy_sse_path {
-            if req.uri().path() == sse {
-                return self.legacy_sse(req).await;
-            }
-            if req.uri().path() == self.config.legacy_messages_path {
+            let path = req.uri().path();
+            if path == sse || path == self.config.legacy_messages_path {
+                if self.auth.is_some() {
+                    // Legacy sessions are not bound to a caller, and their
+                    // messages are forwarded by tasks of their own.
+                    return Err(Rejection::new(
+                        StatusCode::FORBIDDEN,
+                        jsonrpc::INVALID_REQUEST,
+                        "the legacy HTTP+SSE transport is not served when [auth] is on; use Streamable HTTP at the MCP endpoint",
+                    ));
+                }
+                if path == sse {
+                    return self.legacy_sse(req).await;
+                }
                 return self.legacy_post(req).await;
             }
         }
@@ -759,6 +796,7 @@ impl Shared {
         match self.sessions.lookup(&id).await {
             Ok(Some(entry)) => {
                 access::note(|n| n.session_fp = Some(entry.id.fingerprint().to_string()));
+                self.check_binding(&entry, headers).await?;
                 Ok(entry)
             }
             Ok(None) => Err(Rejection::new(
@@ -847,8 +885,8 @@ impl Shared {
         if let Some(uid) = session.and_then(|s| s.upstream_id.as_ref()) {
             h.insert(MCP_SESSION_ID, uid.clone());
         }
-        if let Some(bearer) = &self.bearer {
-            h.insert(header::AUTHORIZATION, bearer.clone());
+        if let Some(v) = self.upstream_authorization() {
+            h.insert(header::AUTHORIZATION, v);
         }
         req
     }
@@ -860,6 +898,15 @@ impl Shared {
         match tokio::time::timeout_at(deadline, self.pool.request(req)).await {
             Ok(Ok(mut resp)) => {
                 access::note(|n| n.upstream = Some(started.elapsed()));
+                if let Some(auth) = &self.auth
+                    && auth.is_passthrough()
+                    && matches!(
+                        resp.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    )
+                {
+                    return Err(self.upstream_refused(auth, resp));
+                }
                 resp.extensions_mut().insert(Deadline(deadline));
                 Ok(resp)
             }
@@ -1206,6 +1253,7 @@ impl Shared {
             stream,
             sealer: Some(StreamSealer::new(&session.key, &session.id, stream.0)),
             upstream_session: session.upstream_id.clone(),
+            authorization: crate::auth::caller().and_then(|c| c.upstream.clone()),
             version: session.version,
             sink,
             resume_after,

@@ -61,6 +61,8 @@ impl Shared {
             RpcBody::Single(m) => m.id.clone(),
             RpcBody::Batch(_) => None,
         };
+        self.check_calls(&msg, &parts.headers)
+            .map_err(|r| r.with_id(rpc_id.clone()))?;
         let stateless = version.is_some_and(ProtocolVersion::is_stateless)
             || msg
                 .messages()
@@ -202,7 +204,9 @@ impl Shared {
         let max = self.live().limits.max_sessions;
         let session = match self
             .sessions
-            .create(upstream_id.clone(), version, max)
+            .create_bound(upstream_id.clone(), version, max, |key| {
+                self.new_binding(key, headers)
+            })
             .await
         {
             Ok(s) => s,

@@ -39,7 +39,13 @@ impl Shared {
                 bridge.check_room().map_err(|e| bridge_rejection(&e))?;
                 self.check_session_room()?;
                 let max = self.live().limits.max_sessions;
-                let session = match self.sessions.create(None, version, max).await {
+                let session = match self
+                    .sessions
+                    .create_bound(None, version, max, |key| {
+                        self.new_binding(key, &http::HeaderMap::new())
+                    })
+                    .await
+                {
                     Ok(s) => s,
                     Err(e) => return Err(self.create_failed(&e)),
                 };

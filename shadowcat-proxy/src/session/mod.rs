@@ -53,6 +53,9 @@ pub(crate) struct SessionEntry {
     pub(crate) key: ResumeKey,
     /// The session's resumable streams on this instance.
     pub(crate) streams: Arc<StreamRegistry>,
+    /// Who the session belongs to (see `Session::binding`); replaced when
+    /// a passthrough upstream accepted a new credential.
+    binding: parking_lot::RwLock<Option<Arc<str>>>,
     next_stream: AtomicU32,
 }
 
@@ -89,8 +92,14 @@ impl SessionEntry {
             open_streams: Arc::new(AtomicU32::new(0)),
             key,
             streams: Arc::default(),
+            binding: parking_lot::RwLock::new(s.binding.as_deref().map(Arc::from)),
             next_stream: AtomicU32::new(stream_base()),
         })
+    }
+
+    /// Who the session belongs to, if it is bound.
+    pub(crate) fn binding(&self) -> Option<Arc<str>> {
+        self.binding.read().clone()
     }
 
     /// A new stream number for this session: a GET stream's has
@@ -538,16 +547,31 @@ impl Sessions {
     /// Creates a session mapped to `upstream_id` and stores it, unless the
     /// store holds `max_sessions` already ([`CreateError::Full`]; exact
     /// under concurrency: the store counts and creates in one step).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) async fn create(
         &self,
         upstream_id: Option<HeaderValue>,
         version: ProtocolVersion,
         max_sessions: u64,
     ) -> Result<Arc<SessionEntry>, CreateError> {
+        self.create_bound(upstream_id, version, max_sessions, |_| None)
+            .await
+    }
+
+    /// [`Sessions::create`] for a session bound to what `binding` makes
+    /// of the new session's key.
+    pub(crate) async fn create_bound(
+        &self,
+        upstream_id: Option<HeaderValue>,
+        version: ProtocolVersion,
+        max_sessions: u64,
+        binding: impl FnOnce(&ResumeKey) -> Option<String>,
+    ) -> Result<Arc<SessionEntry>, CreateError> {
         let id = SessionId::generate().map_err(|e| CreateError::Random(e.to_string()))?;
         let key = ResumeKey::generate().map_err(|e| CreateError::Random(e.to_string()))?;
         let mut session = Session::new(id.clone(), self.upstream_label.clone(), version.as_str());
         session.resume_key = Some(key);
+        session.binding = binding(&key);
         session.upstream_session_id = upstream_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -567,9 +591,27 @@ impl Sessions {
             open_streams: Arc::new(AtomicU32::new(0)),
             key,
             streams: Arc::default(),
+            binding: parking_lot::RwLock::new(session.binding.as_deref().map(Arc::from)),
             next_stream: AtomicU32::new(stream_base()),
         });
         Ok(self.cache_insert(entry))
+    }
+
+    /// Binds `entry`'s session to `binding`, here and in the store (a
+    /// read and a whole-session write: rare, after a credential change).
+    pub(crate) async fn rebind(
+        &self,
+        entry: &SessionEntry,
+        binding: String,
+    ) -> Result<(), StoreError> {
+        let Some(mut stored) = self.store.get(&entry.id).await? else {
+            return Err(StoreError::NotFound(entry.id.clone()));
+        };
+        let new: Arc<str> = Arc::from(binding.as_str());
+        stored.binding = Some(binding);
+        self.store.update(&stored).await?;
+        *entry.binding.write() = Some(new);
+        Ok(())
     }
 
     /// Removes a session from the cache, the writer and the store. True

@@ -244,7 +244,7 @@ impl<'a> Harness<'a> {
                 crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
             ),
             uri: http::Uri::from_static("http://127.0.0.1:9/mcp"),
-            bearer: None,
+            bearer: crate::auth::Credential::None,
             response_timeout: NEVER,
             reconnect: ReconnectConfig::default(),
             replay: params.limits,
@@ -265,6 +265,7 @@ impl<'a> Harness<'a> {
             stream: id,
             sealer: Some(StreamSealer::new(&key, &session, id.0)),
             upstream_session: None,
+            authorization: None,
             version: if params.priming {
                 ProtocolVersion::V2025_11_25
             } else {

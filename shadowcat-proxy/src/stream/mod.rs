@@ -122,7 +122,8 @@ pub(crate) struct StreamEnv {
     /// Connections to the upstream (reconnects go there too).
     pub(crate) pool: Arc<UpstreamPool>,
     pub(crate) uri: http::Uri,
-    pub(crate) bearer: Option<HeaderValue>,
+    /// The proxy's own credential toward the upstream.
+    pub(crate) bearer: crate::auth::Credential,
     pub(crate) response_timeout: Duration,
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) replay: ReplayLimits,
@@ -140,12 +141,14 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Str
 
 impl StreamEnv {
     /// A GET toward the upstream for `session`'s stream, resuming after
-    /// `last_event_id` when given.
+    /// `last_event_id` when given; with `authorization` when given, else
+    /// the proxy's own credential.
     pub(crate) fn resume_request(
         &self,
         upstream_session: Option<&HeaderValue>,
         version: ProtocolVersion,
         last_event_id: Option<&str>,
+        authorization: Option<&HeaderValue>,
     ) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(Bytes::new()));
         *req.method_mut() = Method::GET;
@@ -166,8 +169,8 @@ impl StreamEnv {
         if let Some(uid) = upstream_session {
             h.insert(crate::mcp::MCP_SESSION_ID, uid.clone());
         }
-        if let Some(bearer) = &self.bearer {
-            h.insert(header::AUTHORIZATION, bearer.clone());
+        if let Some(v) = authorization.cloned().or_else(|| self.bearer.current()) {
+            h.insert(header::AUTHORIZATION, v);
         }
         req
     }

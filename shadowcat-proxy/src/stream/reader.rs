@@ -374,6 +374,9 @@ pub(crate) struct PumpSpec {
     /// `None`: one JSON-RPC message per line instead of SSE.
     pub(crate) sealer: Option<StreamSealer>,
     pub(crate) upstream_session: Option<http::HeaderValue>,
+    /// What reconnects send as `Authorization` (default: the proxy's own
+    /// credential).
+    pub(crate) authorization: Option<http::HeaderValue>,
     pub(crate) version: ProtocolVersion,
     pub(crate) sink: Option<WriterSink>,
     /// The upstream event id the stream resumes after, if it does. On a
@@ -396,6 +399,7 @@ impl Pump {
                 body,
                 env,
                 spec.upstream_session,
+                spec.authorization,
                 spec.version,
                 request,
             )),

@@ -94,6 +94,7 @@ pub(crate) struct HttpSource {
     policy: ReconnectPolicy,
     env: Arc<StreamEnv>,
     upstream_session: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
     version: ProtocolVersion,
     /// A request's stream: complete once its response went out.
     request: bool,
@@ -104,6 +105,7 @@ impl HttpSource {
         body: UpstreamBody,
         env: Arc<StreamEnv>,
         upstream_session: Option<HeaderValue>,
+        authorization: Option<HeaderValue>,
         version: ProtocolVersion,
         request: bool,
     ) -> Self {
@@ -112,6 +114,7 @@ impl HttpSource {
             policy: ReconnectPolicy::new(env.reconnect),
             env,
             upstream_session,
+            authorization,
             version,
             request,
         }
@@ -149,9 +152,12 @@ impl HttpSource {
                 HttpState::Waiting(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
                     let last = fw.last_event_id();
-                    let req =
-                        self.env
-                            .resume_request(self.upstream_session.as_ref(), self.version, last);
+                    let req = self.env.resume_request(
+                        self.upstream_session.as_ref(),
+                        self.version,
+                        last,
+                        self.authorization.as_ref(),
+                    );
                     metrics::counter!("shadowcat_upstream_reconnects_total").increment(1);
                     tracing::debug!(last_event_id = ?last, "reconnecting to the upstream");
                     self.state = HttpState::Connecting(self.env.connect(req));

@@ -52,6 +52,44 @@ where
     batch_end_stream_and_touch(make().await).await;
     expire_idle_removes_only_idle(make().await).await;
     long_and_odd_values_survive(make().await).await;
+    bindings_are_kept_and_replaced(make().await).await;
+}
+
+/// A session's binding (who it belongs to) survives create, update and
+/// the writer's batches, with or without a resume key; a record without
+/// one loads as unbound.
+async fn bindings_are_kept_and_replaced(store: Arc<dyn SessionStore>) {
+    let kind = store.kind();
+    let mut s = session("u");
+    s.binding = Some("principal https://as.example alice".into());
+    store.create(&s).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap(), s, "{kind}");
+    store
+        .apply_batch(&[set(&s.id, 1, point("e-1", 1))])
+        .await
+        .unwrap();
+    let got = store.get(&s.id).await.unwrap().unwrap();
+    assert_eq!(got.binding, s.binding, "{kind}: a batch keeps the binding");
+    let mut rebound = got.clone();
+    rebound.binding = Some("credential 0123456789abcdef".into());
+    store.update(&rebound).await.unwrap();
+    assert_eq!(store.get(&s.id).await.unwrap().unwrap(), rebound, "{kind}");
+    let mut keyless = session("u");
+    keyless.resume_key = None;
+    keyless.binding = Some("credential fedcba9876543210".into());
+    store.create(&keyless).await.unwrap();
+    assert_eq!(
+        store.get(&keyless.id).await.unwrap().unwrap(),
+        keyless,
+        "{kind}"
+    );
+    let plain = session("u");
+    store.create(&plain).await.unwrap();
+    assert_eq!(
+        store.get(&plain.id).await.unwrap().unwrap().binding,
+        None,
+        "{kind}"
+    );
 }
 
 async fn create_get_roundtrip(store: Arc<dyn SessionStore>) {
