@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle};
 use tokio::net::{TcpListener, TcpSocket};
@@ -142,6 +142,8 @@ struct Shared {
     create_limit: Option<ratelimit::CreateLimiter>,
     /// Ends sessions upstream that ended here without a client's DELETE.
     ender: Arc<ender::SessionEnder>,
+    /// The listener's certificate, when it serves TLS.
+    listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 impl ReverseProxy {
@@ -249,12 +251,24 @@ impl ReverseProxy {
             ),
             None => None,
         };
+        let upstream_tls = match &config.upstream_cmd {
+            Some(_) => None,
+            None => crate::tls::UpstreamTls::for_uri(&config.upstream, &config.upstream_tls)?,
+        };
+        let listener_tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::tls::ListenerTls::load(files)?)),
+            None => None,
+        };
         let pool = UpstreamPool::with_max_idle(
             &config.upstream,
             config.limits.upstream_connect_timeout,
             config.limits.upstream_read_buffer,
             config.limits.upstream_max_idle_connections,
+            upstream_tls,
         );
+        if config.upstream_cmd.is_none() && config.upstream.scheme_str() == Some("https") {
+            check_tls_upstream(&pool, &config.upstream).await?;
+        }
         let ender = ender::SessionEnder::start(
             Arc::clone(&pool),
             config.upstream.clone(),
@@ -307,6 +321,7 @@ impl ReverseProxy {
                 })?,
                 create_limit,
                 ender,
+                listener_tls,
             }),
             closing_tx,
             aborting_tx,
@@ -360,6 +375,18 @@ impl ReverseProxy {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams);
+        let tls_serve = shared.listener_tls.as_ref().map(|tls| {
+            Arc::new(TlsServe {
+                tls: Arc::clone(tls),
+                http1: http.clone(),
+                h2,
+                handshake_timeout: limits.tls_handshake_timeout,
+            })
+        });
         let graceful = GracefulShutdown::new();
         // Ready from here: the listener was bound and accepts from the
         // loop below (connections queue in the backlog meanwhile).
@@ -378,7 +405,12 @@ impl ReverseProxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if open.load(Ordering::Relaxed) >= limits.max_connections {
-                            refuse(stream, peer, &refusal, &refusing);
+                            if tls_serve.is_some() {
+                                // No plain 503 before a handshake: closed.
+                                conns::refuse_tls(stream, peer);
+                            } else {
+                                refuse(stream, peer, &refusal, &refusing);
+                            }
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
@@ -389,6 +421,10 @@ impl ReverseProxy {
                             let shared = Arc::clone(&shared);
                             async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
                         });
+                        if let Some(tls) = &tls_serve {
+                            tokio::spawn(Arc::clone(tls).serve(stream, peer, svc, graceful.watcher(), guard));
+                            continue;
+                        }
                         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                         tokio::spawn(async move {
                             let _guard = guard;
@@ -452,6 +488,82 @@ impl ReverseProxy {
     ) -> Result<ServeReport, ProxyError> {
         self.serve_with_drain(shutdown, Duration::from_secs(10))
             .await
+    }
+}
+
+/// Connects once to an `https` upstream at start: a certificate that does
+/// not verify is a start-up error naming the host and the reason; an
+/// upstream that does not answer yet is only logged.
+async fn check_tls_upstream(pool: &UpstreamPool, uri: &http::Uri) -> Result<(), ProxyError> {
+    match pool.probe().await {
+        Ok(()) => Ok(()),
+        Err(crate::upstream::http::UpstreamError::Tls { host, reason }) => {
+            Err(ProxyError::Tls(crate::tls::TlsError::Handshake { host, reason }))
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %uri, error = %e, "the https upstream could not be reached at start; its certificate is checked on the first request");
+            Ok(())
+        }
+    }
+}
+
+/// What serving one TLS connection needs.
+struct TlsServe {
+    tls: Arc<crate::tls::ListenerTls>,
+    http1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+impl TlsServe {
+    /// The handshake (within its timeout, with the certificate current at
+    /// accept time), then HTTP/2 or HTTP/1.1 as ALPN chose.
+    async fn serve<S>(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        svc: S,
+        watcher: hyper_util::server::graceful::Watcher,
+        guard: OpenConnection,
+    ) where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let _guard = guard;
+        let acceptor = self.tls.acceptor();
+        let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::counter!("shadowcat_tls_handshake_failures_total", "reason" => "error")
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "TLS handshake with a client failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("shadowcat_tls_handshake_failures_total", "reason" => "timeout")
+                    .increment(1);
+                tracing::debug!(%peer, timeout = ?self.handshake_timeout, "TLS handshake with a client timed out (tls_handshake_timeout)");
+                return;
+            }
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let io = TokioIo::new(tls);
+        let ended = if h2 {
+            metrics::counter!("shadowcat_tls_connections_total", "protocol" => "h2").increment(1);
+            watcher.watch(self.h2.serve_connection(io, svc)).await
+        } else {
+            metrics::counter!("shadowcat_tls_connections_total", "protocol" => "http/1.1")
+                .increment(1);
+            watcher.watch(self.http1.serve_connection(io, svc)).await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
     }
 }
 
@@ -628,7 +740,7 @@ impl Shared {
         guard::check_head(&req, self.config.limits.max_header_bytes)?;
         let live = self.live();
         if let Some(hosts) = &live.hosts {
-            hosts.check(req.headers())?;
+            hosts.check(req.headers(), req.uri().authority().map(|a| a.as_str()))?;
         }
         guard::check_origins(&live.origins, req.headers())?;
         if req.uri().path() != self.config.path {
@@ -781,10 +893,22 @@ impl Shared {
                 Ok(resp)
             }
             Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "request" };
+                let kind = if e.is_tls() {
+                    "tls"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "request"
+                };
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
                 tracing::warn!(upstream = %self.config.upstream, error = %e, "upstream request failed");
-                if e.is_connect_timeout() {
+                if e.is_tls() {
+                    Err(Rejection::new(
+                        StatusCode::BAD_GATEWAY,
+                        jsonrpc::INTERNAL_ERROR,
+                        format!("the upstream MCP server could not be reached: {e}"),
+                    ))
+                } else if e.is_connect_timeout() {
                     Err(Rejection::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         jsonrpc::INTERNAL_ERROR,
