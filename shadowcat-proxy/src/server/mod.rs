@@ -1332,6 +1332,10 @@ mod tests {
         );
         assert!(
             crate::upstream::http::check_upstream(&"https://example.test/mcp".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            crate::upstream::http::check_upstream(&"ftp://example.test/mcp".parse().unwrap())
                 .is_err()
         );
         assert!(crate::upstream::http::check_upstream(&"/mcp".parse().unwrap()).is_err());
