@@ -78,6 +78,7 @@ struct FileLimits {
     upstream_connect_timeout_ms: Option<u64>,
     tls_handshake_timeout_ms: Option<u64>,
     h2_max_concurrent_streams: Option<u32>,
+    tls_max_record_bytes: Option<usize>,
     upstream_response_timeout_ms: Option<u64>,
     max_sessions: Option<u64>,
     max_session_creates_per_minute: Option<u32>,
@@ -337,6 +338,9 @@ impl ReverseSettings {
                 ));
             }
             l.h2_max_concurrent_streams = v;
+        }
+        if let Some(v) = f.tls_max_record_bytes {
+            l.tls_max_record_bytes = v;
         }
         if let Some(v) = f.upstream_response_timeout_ms {
             l.upstream_response_timeout = ms(v);
@@ -632,6 +636,7 @@ mod tests {
             [limits]
             tls_handshake_timeout_ms = 2500
             h2_max_concurrent_streams = 32
+            tls_max_record_bytes = 1400
             "#,
         )
         .unwrap();
@@ -652,6 +657,7 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(s.proxy.limits.h2_max_concurrent_streams, 32);
+        assert_eq!(s.proxy.limits.tls_max_record_bytes, 1400);
         let mut a = args(Some("http://127.0.0.1:2/mcp"));
         a.tls_cert = Some("/etc/cert.pem".into());
         let e = ReverseSettings::resolve(a, FileConfig::default()).unwrap_err();

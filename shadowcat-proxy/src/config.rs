@@ -141,6 +141,11 @@ pub struct Limits {
     /// With a TLS listener, most HTTP/2 streams (requests) open at once on
     /// one connection. Default 256.
     pub h2_max_concurrent_streams: u32,
+    /// With a TLS listener, most plaintext bytes per TLS record (512 to
+    /// 16,384). A client decrypts nothing of a record before all of it
+    /// arrived, so small records let a resumed stream's replay burst reach
+    /// it event by event. Default 4,096.
+    pub tls_max_record_bytes: usize,
     /// How long to wait for the upstream's response head (status and
     /// headers; an SSE stream may then run as long as it likes, a JSON
     /// answer must be complete within it too); then 504. Default 60 s.
@@ -251,6 +256,7 @@ impl Default for Limits {
             upstream_connect_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 256,
+            tls_max_record_bytes: 4096,
             upstream_response_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
             max_session_creates_per_minute: 600,

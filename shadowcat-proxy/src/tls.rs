@@ -265,6 +265,8 @@ fn describe(e: &rustls::Error, host: &str) -> String {
 /// started after a reload use the new certificate, open connections keep
 /// theirs.
 pub(crate) struct ListenerTls {
+    /// Largest plaintext per TLS record.
+    max_record: usize,
     files: RwLock<ListenerTlsConfig>,
     current: RwLock<(TlsAcceptor, Vec<u8>)>,
 }
@@ -277,7 +279,10 @@ impl std::fmt::Debug for ListenerTls {
     }
 }
 
-fn server_config(files: &ListenerTlsConfig) -> Result<(TlsAcceptor, Vec<u8>), TlsError> {
+fn server_config(
+    files: &ListenerTlsConfig,
+    max_record: usize,
+) -> Result<(TlsAcceptor, Vec<u8>), TlsError> {
     let certs = read_certs("TLS certificate", &files.cert_file)?;
     let leaf = certs[0].as_ref().to_vec();
     let key = read_key("TLS key", &files.key_file)?;
@@ -294,15 +299,20 @@ fn server_config(files: &ListenerTlsConfig) -> Result<(TlsAcceptor, Vec<u8>), Tl
             source,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Small records: a client decrypts (and sees) each event as it comes,
+    // not once 16 KiB of a replay burst arrived.
+    config.max_fragment_size = Some(max_record);
     Ok((TlsAcceptor::from(Arc::new(config)), leaf))
 }
 
 impl ListenerTls {
-    /// Reads the certificate and key.
-    pub(crate) fn load(files: &ListenerTlsConfig) -> Result<Self, TlsError> {
+    /// Reads the certificate and key; records carry at most `max_record`
+    /// bytes of plaintext.
+    pub(crate) fn load(files: &ListenerTlsConfig, max_record: usize) -> Result<Self, TlsError> {
         Ok(ListenerTls {
-            current: RwLock::new(server_config(files)?),
+            current: RwLock::new(server_config(files, max_record)?),
             files: RwLock::new(files.clone()),
+            max_record,
         })
     }
 
@@ -315,7 +325,7 @@ impl ListenerTls {
     /// answer tells whether the certificate changed; on failure the old
     /// certificate stays and the error is logged and counted.
     pub(crate) fn reload(&self, files: &ListenerTlsConfig) -> Result<bool, TlsError> {
-        match server_config(files) {
+        match server_config(files, self.max_record) {
             Ok((acceptor, leaf)) => {
                 let mut current = self.current.write();
                 let changed = current.1 != leaf || *self.files.read() != *files;

@@ -35,6 +35,9 @@ use serde_json::Value;
 
 use crate::{cargo, root};
 
+#[path = "interop_tls.rs"]
+mod tls;
+
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a set-up step (npm ci, pip install, cargo build) may take.
@@ -104,6 +107,21 @@ const SCENARIOS: &[Scenario] = &[
         run: ts_sdk_chaos_small_buffer,
     },
     Scenario {
+        name: "ts-sdk-tls-h1",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h1,
+    },
+    Scenario {
+        name: "ts-sdk-tls-h2",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h2,
+    },
+    Scenario {
+        name: "ts-sdk-chaos-tls",
+        needs: Needs::Node,
+        run: tls::ts_sdk_chaos_tls,
+    },
+    Scenario {
         name: "everything-http",
         needs: Needs::Node,
         run: everything_http,
@@ -167,6 +185,7 @@ pub(crate) fn run() -> Result<(), String> {
         python_venv(&paths)?;
     }
     build_shadowcat()?;
+    tls::build_cert_tool()?;
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for scenario in selected {

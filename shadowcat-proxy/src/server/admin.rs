@@ -352,6 +352,7 @@ impl Admin {
         fixed_fields!(
             tls_handshake_timeout,
             h2_max_concurrent_streams,
+            tls_max_record_bytes,
             max_header_bytes,
             max_connections,
             max_headers,

@@ -255,8 +255,23 @@ impl ReverseProxy {
             Some(_) => None,
             None => crate::tls::UpstreamTls::for_uri(&config.upstream, &config.upstream_tls)?,
         };
+        if !(512..=16384).contains(&config.limits.tls_max_record_bytes) {
+            return Err(ProxyError::Config(
+                "tls_max_record_bytes must be between 512 and 16384".into(),
+            ));
+        }
+        if config.limits.tls_handshake_timeout.is_zero()
+            || config.limits.h2_max_concurrent_streams == 0
+        {
+            return Err(ProxyError::Config(
+                "tls_handshake_timeout and h2_max_concurrent_streams must be above zero".into(),
+            ));
+        }
         let listener_tls = match &config.tls {
-            Some(files) => Some(Arc::new(crate::tls::ListenerTls::load(files)?)),
+            Some(files) => Some(Arc::new(crate::tls::ListenerTls::load(
+                files,
+                config.limits.tls_max_record_bytes,
+            )?)),
             None => None,
         };
         let pool = UpstreamPool::with_max_idle(
