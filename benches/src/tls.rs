@@ -35,7 +35,8 @@ pub fn write_certs(dir: &Path) -> Result<CertFiles, String> {
     let issuer = Issuer::new(ca, ca_key);
     let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
         .map_err(|e| fail("server", &e))?;
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().map_err(|e| fail("server key", &e))?;
     let cert = leaf

@@ -283,7 +283,10 @@ impl ReverseSettings {
             client_cert: args.upstream_client_cert.or(file.upstream_client_cert),
             client_key: args.upstream_client_key.or(file.upstream_client_key),
         };
-        proxy.tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        proxy.tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
             (Some(cert_file), Some(key_file)) => Some(shadowcat_proxy::ListenerTlsConfig {
                 cert_file,
                 key_file,
@@ -647,10 +650,17 @@ mod tests {
         assert_eq!(s.proxy.upstream.scheme_str(), Some("https"));
         let up = &s.proxy.upstream_tls;
         assert_eq!(up.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
-        assert_eq!(up.client_cert.as_deref(), Some(Path::new("/etc/client.pem")));
+        assert_eq!(
+            up.client_cert.as_deref(),
+            Some(Path::new("/etc/client.pem"))
+        );
         assert_eq!(up.client_key.as_deref(), Some(Path::new("/etc/client.key")));
         let tls = s.proxy.tls.unwrap();
-        assert_eq!(tls.cert_file, Path::new("/etc/flag-cert.pem"), "the flag wins");
+        assert_eq!(
+            tls.cert_file,
+            Path::new("/etc/flag-cert.pem"),
+            "the flag wins"
+        );
         assert_eq!(tls.key_file, Path::new("/etc/flag-key.pem"));
         assert_eq!(
             s.proxy.limits.tls_handshake_timeout,

@@ -40,7 +40,8 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("shadowcat-cli-tls-{name}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("shadowcat-cli-tls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)
@@ -79,9 +80,10 @@ async fn h2(
     let (_, session) = tls.get_ref();
     assert_eq!(session.alpn_protocol(), Some(b"h2".as_slice()));
     let serial = serial_of(session.peer_certificates().unwrap()[0].as_ref()).unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     (send, serial)
 }
@@ -180,7 +182,11 @@ async fn sighup_swaps_the_listener_certificate_while_an_h2_stream_stays_open() {
         .env("SHADOWCAT_CONFIG", &cfg)
         .env("SHADOWCAT_UPSTREAM_CA", &ca_file)
         .args(["--log-format", "json", "--store", "memory"])
-        .args(["reverse", "--upstream", &upstream.url_for("localhost").to_string()])
+        .args([
+            "reverse",
+            "--upstream",
+            &upstream.url_for("localhost").to_string(),
+        ])
         .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -218,7 +224,10 @@ async fn sighup_swaps_the_listener_certificate_while_an_h2_stream_stays_open() {
     assert_eq!(serial, 100);
     let resp = post(&mut old, addr, None, &initialize()).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let _ = resp.into_body().collect().await;
     let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
         "params":{"name":"progress","arguments":{"count":500,"gated":true}}});

@@ -95,7 +95,11 @@ struct TlsSlot(Mutex<Option<tokio_rustls::TlsAcceptor>>);
 
 impl std::fmt::Debug for TlsSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.lock().is_some() { "https" } else { "http" })
+        f.write_str(if self.0.lock().is_some() {
+            "https"
+        } else {
+            "http"
+        })
     }
 }
 
@@ -974,10 +978,9 @@ pub mod certs {
             validity: Validity,
             usage: ExtendedKeyUsagePurpose,
         ) -> TestCert {
-            let mut params = CertificateParams::new(
-                names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-            )
-            .expect("leaf params");
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                    .expect("leaf params");
             params
                 .distinguished_name
                 .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
@@ -1049,13 +1052,12 @@ pub mod certs {
             let (certs, key) = self.chain();
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.der()).expect("the CA is a root");
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .build()
-                .expect("a client verifier");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .expect("a client verifier");
             let mut config = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .expect("TLS versions")

@@ -78,9 +78,7 @@ pub enum TlsError {
     #[error("--upstream-client-cert and --upstream-client-key go together")]
     ClientPair,
     /// Nothing to verify an upstream with.
-    #[error(
-        "no trust roots: the system has no CA certificates and no --upstream-ca was given"
-    )]
+    #[error("no trust roots: the system has no CA certificates and no --upstream-ca was given")]
     NoRoots,
     /// The TLS handshake with the upstream failed.
     #[error("TLS with the upstream {host} failed: {reason}")]
@@ -336,8 +334,7 @@ impl ListenerTls {
                 Ok(changed)
             }
             Err(e) => {
-                metrics::counter!("shadowcat_tls_reloads_total", "result" => "error")
-                    .increment(1);
+                metrics::counter!("shadowcat_tls_reloads_total", "result" => "error").increment(1);
                 tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use");
                 Err(e)
             }

@@ -206,7 +206,10 @@ impl TlsClient {
     async fn init(&mut self) -> String {
         let resp = self.post(None, &initialize("2025-11-25")).await;
         assert_eq!(resp.status(), StatusCode::OK);
-        let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let sid = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let _ = body_bytes(resp).await;
         sid
     }
@@ -249,7 +252,10 @@ async fn plain_post(addr: SocketAddr, sid: Option<&str>, body: &Value) -> Respon
 async fn plain_init(addr: SocketAddr) -> String {
     let resp = plain_post(addr, None, &initialize("2025-11-25")).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let _ = body_bytes(resp).await;
     sid
 }
@@ -266,7 +272,9 @@ async fn https_upstream_with_a_private_ca_streams_and_reuses_connections() {
     let dir = Dir::new("private-ca");
     let ca = TestCa::new("test CA");
     let server = ca.server(&NAMES, 10, Validity::Current);
-    let upstream = TestUpstream::start_tls(server.server_config()).await.unwrap();
+    let upstream = TestUpstream::start_tls(server.server_config())
+        .await
+        .unwrap();
     let mut config = config_for(upstream.url_for("localhost"));
     config.upstream_tls = upstream_tls(&dir, &ca);
     let proxy = start(config).await;
@@ -292,7 +300,11 @@ async fn https_upstream_with_a_private_ca_streams_and_reuses_connections() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut tally = Tally::new();
-    assert!(tally.read(&mut SseClient::new(resp.into_body()), u64::MAX).await);
+    assert!(
+        tally
+            .read(&mut SseClient::new(resp.into_body()), u64::MAX)
+            .await
+    );
     tally.assert_exactly_once(300);
     assert!(upstream.resumes() >= 2, "the proxy resumed over TLS");
     // Request/response traffic reused pooled TLS connections: the probe's,
@@ -308,7 +320,9 @@ async fn start_up_error(ca: &TestCa, cert: &TestCert, host: &str) -> String {
     let upstream = TestUpstream::start_tls(cert.server_config()).await.unwrap();
     let mut config = config_for(upstream.url_for(host));
     config.upstream_tls = upstream_tls(&dir, ca);
-    let e = bind(config).await.expect_err("a bad certificate fails start-up");
+    let e = bind(config)
+        .await
+        .expect_err("a bad certificate fails start-up");
     assert_eq!(upstream.requests().len(), 0, "the upstream saw no request");
     e.to_string()
 }
@@ -385,7 +399,12 @@ async fn upstream_certificate_problems_per_request_are_502_naming_host_and_reaso
         });
         assert!(upstream.wait_requests(before + 1, WAIT).await);
         let failures = upstream.tls_failures();
-        let resp = plain_post(proxy.addr, Some(&sid), &call(1, "echo", json!({"text": "x"}))).await;
+        let resp = plain_post(
+            proxy.addr,
+            Some(&sid),
+            &call(1, "echo", json!({"text": "x"})),
+        )
+        .await;
         let msg = support::assert_rpc_error(resp, StatusCode::BAD_GATEWAY, -32603).await;
         eprintln!("per request: {msg}");
         assert!(msg.contains("localhost"), "names the host: {msg}");
@@ -421,7 +440,12 @@ async fn mtls_upstream_works_with_the_client_certificate_and_fails_without() {
     };
     let with = start(config).await;
     let sid = plain_init(with.addr).await;
-    let resp = plain_post(with.addr, Some(&sid), &call(2, "echo", json!({"text": "m"}))).await;
+    let resp = plain_post(
+        with.addr,
+        Some(&sid),
+        &call(2, "echo", json!({"text": "m"})),
+    )
+    .await;
     assert_eq!(body_json(resp).await["result"]["content"][0]["text"], "m");
 
     let seen = upstream.requests().len();
@@ -441,8 +465,15 @@ async fn mtls_upstream_works_with_the_client_certificate_and_fails_without() {
     };
     assert!(msg.contains("localhost"), "names the host: {msg}");
     eprintln!("mTLS without a client certificate: {msg}");
-    assert!(msg.contains("client certificate"), "names the reason: {msg}");
-    assert_eq!(upstream.requests().len(), seen, "the upstream served nothing");
+    assert!(
+        msg.contains("client certificate"),
+        "names the reason: {msg}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        seen,
+        "the upstream served nothing"
+    );
 }
 
 /// A proxy with a TLS listener (certificate `serial`) before a plain test
@@ -474,7 +505,10 @@ async fn tls_listener_serves_http1_and_h2() {
     let (_upstream, proxy, _) = tls_proxy(&dir, &ca, 50, |_| {}).await;
     for (alpn, want) in [
         (&[b"http/1.1".as_slice()][..], b"http/1.1".as_slice()),
-        (&[b"h2".as_slice(), b"http/1.1".as_slice()][..], b"h2".as_slice()),
+        (
+            &[b"h2".as_slice(), b"http/1.1".as_slice()][..],
+            b"h2".as_slice(),
+        ),
     ] {
         let mut client = TlsClient::connect(proxy.addr, &ca, alpn).await;
         assert_eq!(client.alpn.as_deref(), Some(want));
@@ -486,7 +520,11 @@ async fn tls_listener_serves_http1_and_h2() {
             .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let mut tally = Tally::new();
-        assert!(tally.read(&mut SseClient::new(resp.into_body()), u64::MAX).await);
+        assert!(
+            tally
+                .read(&mut SseClient::new(resp.into_body()), u64::MAX)
+                .await
+        );
         tally.assert_exactly_once(50);
         // A refusal keeps its JSON-RPC body over h2 (no Connection header
         // there).
@@ -501,12 +539,17 @@ async fn tls_listener_serves_http1_and_h2() {
         let resp = client
             .send(
                 "DELETE",
-                &[("mcp-session-id", &sid), ("mcp-protocol-version", "2025-11-25")],
+                &[
+                    ("mcp-session-id", &sid),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
                 "",
             )
             .await;
         assert!(resp.status().is_success(), "{}", resp.status());
-        let resp = client.post(Some(&sid), &call(4, "echo", json!({"text": "x"}))).await;
+        let resp = client
+            .post(Some(&sid), &call(4, "echo", json!({"text": "x"})))
+            .await;
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "the session ended");
     }
 }
@@ -600,7 +643,10 @@ async fn reload_swaps_the_certificate_while_a_stream_stays_open() {
         "{report:?}"
     );
     let again = TlsClient::connect(proxy.addr, &ca, &[b"h2"]).await;
-    assert_eq!(again.serial, 71, "a bad file keeps the last good certificate");
+    assert_eq!(
+        again.serial, 71,
+        "a bad file keeps the last good certificate"
+    );
 
     // The stream opened before the swap runs to its end.
     upstream.release();

@@ -9,14 +9,21 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::{
-    CHAOS_MIN_CUTS, CHAOS_STEPS, Ctx, check_resumes, chaos_seed, free_port, key_values,
-    last_line, metric, metrics, upstream_resumes,
+    CHAOS_MIN_CUTS, CHAOS_STEPS, Ctx, chaos_seed, check_resumes, free_port, key_values, last_line,
+    metric, metrics, upstream_resumes,
 };
 
 /// `cargo build -p benches --bin tls-certs`.
 pub(super) fn build_cert_tool() -> Result<(), String> {
     let mut build = crate::cargo();
-    build.args(["build", "--locked", "--package", "benches", "--bin", "tls-certs"]);
+    build.args([
+        "build",
+        "--locked",
+        "--package",
+        "benches",
+        "--bin",
+        "tls-certs",
+    ]);
     crate::step("build tls-certs", build)
 }
 
@@ -74,7 +81,14 @@ fn tls_shadowcat(ctx: &mut Ctx, certs: &Certs, port: u16, upstream: &str) -> Res
 
 /// `node --import ts/tls-fetch.mjs ts/client.mjs CHECK URL SETTINGS...`,
 /// trusting the test CA, over HTTP/2 when `h2`.
-fn tls_client(ctx: &Ctx, certs: &Certs, h2: bool, check: &str, url: &str, settings: &[&str]) -> Command {
+fn tls_client(
+    ctx: &Ctx,
+    certs: &Certs,
+    h2: bool,
+    check: &str,
+    url: &str,
+    settings: &[&str],
+) -> Command {
     let mut cmd = ctx.node();
     cmd.arg("--import")
         .arg(ctx.paths.file("ts/tls-fetch.mjs"))
@@ -90,7 +104,10 @@ fn tls_client(ctx: &Ctx, certs: &Certs, h2: bool, check: &str, url: &str, settin
 fn tls_connections(admin: u16) -> Result<(f64, f64), String> {
     let text = metrics(admin)?;
     Ok((
-        metric(&text, r#"shadowcat_tls_connections_total{protocol="http/1.1"}"#),
+        metric(
+            &text,
+            r#"shadowcat_tls_connections_total{protocol="http/1.1"}"#,
+        ),
         metric(&text, r#"shadowcat_tls_connections_total{protocol="h2"}"#),
     ))
 }
@@ -104,7 +121,11 @@ fn sdk_over_tls(ctx: &mut Ctx, h2: bool) -> Result<String, String> {
     let cmd = tls_client(ctx, &certs, h2, "sdk-server", &url, &[]);
     let out = ctx.run("ts-client-sdk-server", cmd)?;
     let (h1s, h2s) = tls_connections(admin)?;
-    let ok = if h2 { h2s > 0.0 } else { h1s > 0.0 && h2s == 0.0 };
+    let ok = if h2 {
+        h2s > 0.0
+    } else {
+        h1s > 0.0 && h2s == 0.0
+    };
     if !ok {
         return Err(format!(
             "Shadowcat served {h1s} HTTP/1.1 and {h2s} HTTP/2 TLS connections; expected {}",

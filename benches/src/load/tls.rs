@@ -142,7 +142,10 @@ async fn tls_shadowcat(
         .arg("--config")
         .arg(&config)
         .arg("--store")
-        .arg(format!("file:{}", dir.join("tls-shadowcat-tls.redb").display()))
+        .arg(format!(
+            "file:{}",
+            dir.join("tls-shadowcat-tls.redb").display()
+        ))
         .arg("reverse")
         .arg("--upstream")
         .arg(format!("https://{upstream}/mcp"))
@@ -160,7 +163,9 @@ async fn tls_shadowcat(
     let mut proc = Proc::spawn("shadowcat-tls", cmd, dir.join("shadowcat-tls-tls.log"))
         .map_err(|e| e.to_string())?;
     proc.wait_listening(addr).await.map_err(|e| e.to_string())?;
-    proc.wait_listening(admin).await.map_err(|e| e.to_string())?;
+    proc.wait_listening(admin)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Shadowcat { proc, addr, admin })
 }
 

@@ -222,7 +222,10 @@ mod tests {
         let c = check("127.0.0.1:8080", &[]).unwrap();
         let mut h = HeaderMap::new();
         assert!(c.check(&h, None).is_err(), "no Host");
-        assert!(c.check(&h, Some("localhost:8080")).is_ok(), "HTTP/2 :authority");
+        assert!(
+            c.check(&h, Some("localhost:8080")).is_ok(),
+            "HTTP/2 :authority"
+        );
         assert!(c.check(&h, Some("evil.example")).is_err());
         h.append(header::HOST, HeaderValue::from_static("localhost"));
         assert!(c.check(&h, None).is_ok());

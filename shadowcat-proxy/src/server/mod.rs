@@ -513,7 +513,10 @@ async fn check_tls_upstream(pool: &UpstreamPool, uri: &http::Uri) -> Result<(), 
     match pool.probe().await {
         Ok(()) => Ok(()),
         Err(crate::upstream::http::UpstreamError::Tls { host, reason }) => {
-            Err(ProxyError::Tls(crate::tls::TlsError::Handshake { host, reason }))
+            Err(ProxyError::Tls(crate::tls::TlsError::Handshake {
+                host,
+                reason,
+            }))
         }
         Err(e) => {
             tracing::warn!(upstream = %uri, error = %e, "the https upstream could not be reached at start; its certificate is checked on the first request");

@@ -320,10 +320,7 @@ impl UpstreamPool {
                         may_reuse = false;
                     }
                     _ => {
-                        return Err(UpstreamError::from_hyper(
-                            e.into_error(),
-                            self.tls.as_ref(),
-                        ));
+                        return Err(UpstreamError::from_hyper(e.into_error(), self.tls.as_ref()));
                     }
                 },
             }
@@ -422,9 +419,8 @@ impl UpstreamPool {
             Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
             Err(e) => {
                 metrics::counter!("shadowcat_upstream_tls_failures_total").increment(1);
-                let reason = crate::tls::reason(&e, &tls.host).unwrap_or_else(|| {
-                    format!("the connection ended during the handshake ({e})")
-                });
+                let reason = crate::tls::reason(&e, &tls.host)
+                    .unwrap_or_else(|| format!("the connection ended during the handshake ({e})"));
                 Err(UpstreamError::Tls {
                     host: tls.host.clone(),
                     reason,
