@@ -393,7 +393,11 @@ impl ReverseProxy {
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.h2_max_concurrent_streams);
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            // What one h2 stream holds unsent, as an HTTP/1.1 connection's
+            // socket buffer does (hyper's default is ~400 KB): keeps what
+            // may be in flight within the replay retention.
+            .max_send_buf_size(limits.client_send_buffer.clamp(16 << 10, 4 << 20));
         let tls_serve = shared.listener_tls.as_ref().map(|tls| {
             Arc::new(TlsServe {
                 tls: Arc::clone(tls),
