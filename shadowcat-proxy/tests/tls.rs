@@ -693,3 +693,30 @@ async fn silent_handshakes_time_out_and_the_connection_cap_holds() {
     let sid = a.init().await;
     echo(&mut a, &sid, "still here").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_finishes_the_handshake_is_a_504_not_a_hang() {
+    let dir = Dir::new("silent-upstream");
+    let ca = TestCa::new("test CA");
+    // Accepts TCP, then says nothing: no ServerHello ever comes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    let mut config = config_for(format!("https://localhost:{port}/mcp").parse().unwrap());
+    config.upstream_tls = upstream_tls(&dir, &ca);
+    config.limits.upstream_connect_timeout = Duration::from_millis(300);
+    // At start the probe times out: logged, not fatal (the upstream may
+    // come up later).
+    let proxy = start(config).await;
+    let started = std::time::Instant::now();
+    let resp = plain_post(proxy.addr, None, &initialize("2025-11-25")).await;
+    let msg = support::assert_rpc_error(resp, StatusCode::GATEWAY_TIMEOUT, -32603).await;
+    assert!(msg.contains("300ms"), "names the timeout: {msg}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    held.abort();
+}
