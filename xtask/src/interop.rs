@@ -117,6 +117,11 @@ const SCENARIOS: &[Scenario] = &[
         run: tls::ts_sdk_tls_h2,
     },
     Scenario {
+        name: "ts-sdk-tls-h2-resume",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h2_resume,
+    },
+    Scenario {
         name: "ts-sdk-chaos-tls",
         needs: Needs::Node,
         run: tls::ts_sdk_chaos_tls,

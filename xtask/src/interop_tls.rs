@@ -149,6 +149,39 @@ pub(super) fn ts_sdk_tls_h2(ctx: &mut Ctx) -> Result<String, String> {
     sdk_over_tls(ctx, true)
 }
 
+/// `ts-sdk-no-eventstore-resume` over HTTP/2 and TLS both ways: the SDK
+/// client's stream is cut after 10 events (its h2 stream aborted) and the
+/// SDK resumes with GET + `Last-Event-ID`; Shadowcat serves it from its
+/// buffer, exactly once, and the server (no event store) is never asked.
+pub(super) fn ts_sdk_tls_h2_resume(ctx: &mut Ctx) -> Result<String, String> {
+    let certs = certs(ctx)?;
+    let upstream = ts_https_server(ctx, &certs, &["--no-event-store"])?;
+    let port = free_port()?;
+    let admin = tls_shadowcat(ctx, &certs, port, &upstream)?;
+    let url = format!("https://127.0.0.1:{port}/mcp");
+    let cmd = tls_client(
+        ctx,
+        &certs,
+        true,
+        "resume",
+        &url,
+        &["steps=40", "delayMs=5", "cutAfter=10"],
+    );
+    let out = ctx.run("ts-client-resume", cmd)?;
+    let resumes = check_resumes(admin, Some(1.0), Some(0.0))?;
+    let seen_upstream = upstream_resumes(ctx);
+    if !seen_upstream.is_empty() {
+        return Err(format!(
+            "the upstream (no event store) was asked to resume: {seen_upstream:?}"
+        ));
+    }
+    let (_, h2s) = tls_connections(admin)?;
+    if h2s == 0.0 {
+        return Err("Shadowcat served no HTTP/2 connection".into());
+    }
+    Ok(format!("{}; {resumes}; over HTTP/2", last_line(&out)))
+}
+
 /// `ts-sdk-chaos-no-eventstore` with TLS on both sides: the client trusts
 /// the test CA and speaks TLS through the cutting relay (which cuts the
 /// TLS connections) to Shadowcat's TLS listener; Shadowcat reaches the SDK
