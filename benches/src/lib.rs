@@ -13,3 +13,4 @@ pub mod payloads {
 }
 
 pub mod hostile;
+pub mod tls;

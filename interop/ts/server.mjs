@@ -1,7 +1,7 @@
 // A stateful MCP server on the TypeScript SDK (Streamable HTTP, with the
 // SDK's InMemoryEventStore so streams are resumable), for the interop suite.
 //
-// usage: node ts/server.mjs PORT [--no-event-store] [--log-requests]
+// usage: node ts/server.mjs PORT [--no-event-store] [--log-requests] [--tls-cert FILE --tls-key FILE]
 // Listens on 127.0.0.1:PORT/mcp and prints `listening PORT` once ready.
 //   --no-event-store  no event store: no event ids, no priming events, and a
 //                     GET with Last-Event-ID cannot resume (the SDK answers 400)
@@ -10,9 +10,14 @@
 //                     hex digits of the bearer token's SHA-256, or `none`;
 //                     C and A: claims of a JWT bearer, unverified), so a
 //                     check can tell which credential reached the upstream
+//   --tls-cert FILE --tls-key FILE
+//                     serve HTTPS (Node's `https`) with this PEM certificate
+//                     and key
 // Every GET with a Last-Event-ID prints `resume ID` on stdout, so a check can
 // tell whether (and from where) a stream was resumed upstream.
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
 import { createHash, randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
@@ -20,11 +25,18 @@ import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/in
 import { CreateMessageResultSchema, ElicitResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
-const [portArg, ...flags] = process.argv.slice(2);
+const [portArg, ...rest] = process.argv.slice(2);
 const port = Number(portArg);
+const flags = [];
+const files = {};
+for (let i = 0; i < rest.length; i++) {
+  if (rest[i] === '--tls-cert' || rest[i] === '--tls-key') files[rest[i]] = rest[++i];
+  else flags.push(rest[i]);
+}
 const unknown = flags.filter((f) => f !== '--no-event-store' && f !== '--log-requests');
-if (!Number.isInteger(port) || port <= 0 || unknown.length > 0) {
-  console.error('usage: node ts/server.mjs PORT [--no-event-store] [--log-requests]');
+const tls = files['--tls-cert'] !== undefined;
+if (!Number.isInteger(port) || port <= 0 || unknown.length > 0 || tls !== (files['--tls-key'] !== undefined)) {
+  console.error('usage: node ts/server.mjs PORT [--no-event-store] [--log-requests] [--tls-cert FILE --tls-key FILE]');
   process.exit(2);
 }
 const withEventStore = !flags.includes('--no-event-store');
@@ -157,7 +169,7 @@ function logRequest(req, body) {
   );
 }
 
-const http = createServer(async (req, res) => {
+const handler = async (req, res) => {
   try {
     if (new URL(req.url, 'http://127.0.0.1').pathname !== '/mcp') return reply(res, 404, 'not found');
     const sessionId = req.headers['mcp-session-id'];
@@ -193,7 +205,11 @@ const http = createServer(async (req, res) => {
     if (!res.headersSent) reply(res, 500, 'internal error');
     else res.end();
   }
-});
+};
+
+const http = tls
+  ? createHttpsServer({ cert: readFileSync(files['--tls-cert']), key: readFileSync(files['--tls-key']) }, handler)
+  : createServer(handler);
 
 http.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
 

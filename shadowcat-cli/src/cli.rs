@@ -102,6 +102,24 @@ pub(crate) struct ReverseArgs {
     /// bearer token. Client credentials are never forwarded.
     #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER")]
     pub(crate) upstream_bearer: Option<String>,
+    /// A PEM bundle of CA certificates to trust for an https upstream,
+    /// besides the system's roots.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CA")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+    /// A PEM client certificate (chain) for an https upstream that wants
+    /// one (mTLS); with --upstream-client-key.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CLIENT_CERT")]
+    pub(crate) upstream_client_cert: Option<PathBuf>,
+    /// The PEM private key of --upstream-client-cert.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CLIENT_KEY")]
+    pub(crate) upstream_client_key: Option<PathBuf>,
+    /// Serve clients over TLS with this PEM certificate chain (HTTP/2 and
+    /// HTTP/1.1 by ALPN); with --tls-key. Read again on SIGHUP.
+    #[arg(long, env = "SHADOWCAT_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SHADOWCAT_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// A browser Origin to allow (repeatable; `*` allows any). Default:
     /// loopback origins only.
     #[arg(
@@ -246,6 +264,17 @@ pub(crate) struct ForwardStdioArgs {
     /// bearer token.
     #[arg(long, env = "SHADOWCAT_UPSTREAM_BEARER", requires = "upstream")]
     pub(crate) upstream_bearer: Option<String>,
+    /// A PEM bundle of CA certificates to trust for an https --upstream,
+    /// besides the system's roots.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CA", requires = "upstream")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+    /// A PEM client certificate (chain) for an https --upstream (mTLS);
+    /// with --upstream-client-key.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CLIENT_CERT", requires = "upstream")]
+    pub(crate) upstream_client_cert: Option<PathBuf>,
+    /// The PEM private key of --upstream-client-cert.
+    #[arg(long, env = "SHADOWCAT_UPSTREAM_CLIENT_KEY", requires = "upstream")]
+    pub(crate) upstream_client_key: Option<PathBuf>,
     /// The stdio MCP server to run, after `--`.
     #[arg(
         last = true,

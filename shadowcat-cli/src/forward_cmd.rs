@@ -80,6 +80,11 @@ async fn http(
         .map_err(|_| CliError::Config(format!("bad upstream URL {url:?}: not a URL")))?;
     shadowcat_proxy::check_upstream(&uri)?;
     let mut config = HttpForwardConfig::new(uri);
+    config.tls = shadowcat_proxy::UpstreamTlsConfig {
+        ca_file: args.upstream_ca.clone(),
+        client_cert: args.upstream_client_cert.clone(),
+        client_key: args.upstream_client_key.clone(),
+    };
     if let Some(spec) = &args.upstream_bearer {
         config.bearer = Some(crate::settings::read_secret(spec, "--upstream-bearer")?);
     }

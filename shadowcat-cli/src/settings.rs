@@ -47,6 +47,14 @@ pub(crate) struct FileConfig {
     /// SIGHUP applies a changed one.
     log_level: Option<String>,
     upstream_bearer: Option<String>,
+    /// PEM CA bundle trusted for an https upstream, besides the system's.
+    upstream_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key for an https upstream (mTLS).
+    upstream_client_cert: Option<std::path::PathBuf>,
+    upstream_client_key: Option<std::path::PathBuf>,
+    /// PEM certificate and key of the TLS listener (read again on SIGHUP).
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
     allowed_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     drain_timeout_secs: Option<u64>,
@@ -217,6 +225,9 @@ struct FileLimits {
     max_connections: Option<usize>,
     max_response_bytes: Option<usize>,
     upstream_connect_timeout_ms: Option<u64>,
+    tls_handshake_timeout_ms: Option<u64>,
+    h2_max_concurrent_streams: Option<u32>,
+    tls_max_record_bytes: Option<usize>,
     upstream_response_timeout_ms: Option<u64>,
     max_sessions: Option<u64>,
     max_session_creates_per_minute: Option<u32>,
@@ -431,6 +442,27 @@ impl ReverseSettings {
             proxy.upstream_bearer = Some(read_secret(&spec, "--upstream-bearer")?);
         }
         proxy.auth = resolve_auth(args.auth, file.auth)?;
+        proxy.upstream_tls = shadowcat_proxy::UpstreamTlsConfig {
+            ca_file: args.upstream_ca.or(file.upstream_ca),
+            client_cert: args.upstream_client_cert.or(file.upstream_client_cert),
+            client_key: args.upstream_client_key.or(file.upstream_client_key),
+        };
+        proxy.tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert_file), Some(key_file)) => Some(shadowcat_proxy::ListenerTlsConfig {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::Config(
+                    "--tls-cert and --tls-key go together (tls_cert and tls_key in the config file)"
+                        .into(),
+                ));
+            }
+        };
         let l = &mut proxy.limits;
         let f = file.limits;
         let ms = Duration::from_millis;
@@ -457,6 +489,25 @@ impl ReverseSettings {
         }
         if let Some(v) = f.upstream_connect_timeout_ms {
             l.upstream_connect_timeout = ms(v);
+        }
+        if let Some(v) = f.tls_handshake_timeout_ms {
+            if v == 0 {
+                return Err(CliError::Config(
+                    "tls_handshake_timeout_ms must be at least 1".into(),
+                ));
+            }
+            l.tls_handshake_timeout = ms(v);
+        }
+        if let Some(v) = f.h2_max_concurrent_streams {
+            if v == 0 {
+                return Err(CliError::Config(
+                    "h2_max_concurrent_streams must be at least 1".into(),
+                ));
+            }
+            l.h2_max_concurrent_streams = v;
+        }
+        if let Some(v) = f.tls_max_record_bytes {
+            l.tls_max_record_bytes = v;
         }
         if let Some(v) = f.upstream_response_timeout_ms {
             l.upstream_response_timeout = ms(v);
@@ -622,6 +673,11 @@ mod tests {
             admin_token: None,
             access_log: None,
             upstream_bearer: None,
+            upstream_ca: None,
+            upstream_client_cert: None,
+            upstream_client_key: None,
+            tls_cert: None,
+            tls_key: None,
             allowed_origins: vec![],
             allowed_hosts: vec![],
             max_connections: None,
@@ -736,6 +792,54 @@ mod tests {
             s.sweeper.max_idle,
             Duration::from_secs(DEFAULT_SESSION_IDLE_SECS)
         );
+    }
+
+    #[test]
+    fn tls_from_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream = "https://mcp.example/mcp"
+            upstream_ca = "/etc/ca.pem"
+            upstream_client_cert = "/etc/client.pem"
+            upstream_client_key = "/etc/client.key"
+            tls_cert = "/etc/file-cert.pem"
+            tls_key = "/etc/file-key.pem"
+            [limits]
+            tls_handshake_timeout_ms = 2500
+            h2_max_concurrent_streams = 32
+            tls_max_record_bytes = 1400
+            "#,
+        )
+        .unwrap();
+        let mut a = args(None);
+        a.tls_cert = Some("/etc/flag-cert.pem".into());
+        a.tls_key = Some("/etc/flag-key.pem".into());
+        let s = ReverseSettings::resolve(a, file).unwrap();
+        assert_eq!(s.proxy.upstream.scheme_str(), Some("https"));
+        let up = &s.proxy.upstream_tls;
+        assert_eq!(up.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(
+            up.client_cert.as_deref(),
+            Some(Path::new("/etc/client.pem"))
+        );
+        assert_eq!(up.client_key.as_deref(), Some(Path::new("/etc/client.key")));
+        let tls = s.proxy.tls.unwrap();
+        assert_eq!(
+            tls.cert_file,
+            Path::new("/etc/flag-cert.pem"),
+            "the flag wins"
+        );
+        assert_eq!(tls.key_file, Path::new("/etc/flag-key.pem"));
+        assert_eq!(
+            s.proxy.limits.tls_handshake_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(s.proxy.limits.h2_max_concurrent_streams, 32);
+        assert_eq!(s.proxy.limits.tls_max_record_bytes, 1400);
+        let mut a = args(Some("http://127.0.0.1:2/mcp"));
+        a.tls_cert = Some("/etc/cert.pem".into());
+        let e = ReverseSettings::resolve(a, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
     }
 
     #[test]

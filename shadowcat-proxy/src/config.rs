@@ -15,9 +15,16 @@ use crate::upstream::stdio::StdioUpstream;
 /// field's doc names its default.
 #[derive(Clone)]
 pub struct ReverseProxyConfig {
-    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:3001/mcp`. Only
-    /// `http` upstreams are supported.
+    /// The upstream MCP endpoint, e.g. `http://127.0.0.1:3001/mcp` or
+    /// `https://mcp.example/mcp`.
     pub upstream: http::Uri,
+    /// TLS toward an `https` upstream: extra trusted CAs, a client
+    /// certificate. Default: the system's roots, no client certificate.
+    pub upstream_tls: crate::tls::UpstreamTlsConfig,
+    /// Serve clients over TLS (HTTP/2 and HTTP/1.1 by ALPN) with this
+    /// certificate and key, read again on [`crate::admin::Admin::reload`].
+    /// Default none: plain HTTP/1.1.
+    pub tls: Option<crate::tls::ListenerTlsConfig>,
     /// Where the proxy listens. Default `127.0.0.1:8080` (loopback: bind to
     /// another address only on purpose).
     pub bind: SocketAddr,
@@ -64,6 +71,8 @@ impl std::fmt::Debug for ReverseProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReverseProxyConfig")
             .field("upstream", &self.upstream)
+            .field("upstream_tls", &self.upstream_tls)
+            .field("tls", &self.tls)
             .field("bind", &self.bind)
             .field("path", &self.path)
             .field("allowed_origins", &self.allowed_origins)
@@ -97,6 +106,8 @@ impl ReverseProxyConfig {
     pub fn new(upstream: http::Uri) -> Self {
         ReverseProxyConfig {
             upstream,
+            upstream_tls: Default::default(),
+            tls: None,
             bind: DEFAULT_BIND.parse().expect("default bind address parses"),
             path: DEFAULT_PATH.to_owned(),
             allowed_origins: OriginPolicy::default(),
@@ -175,9 +186,20 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// Most request headers accepted. Default 100.
     pub max_headers: usize,
-    /// How long to wait for a TCP connection to the upstream; then 504.
-    /// Default 5 s.
+    /// How long to wait for a connection to the upstream (TCP, and the
+    /// TLS handshake for `https`); then 504. Default 5 s.
     pub upstream_connect_timeout: Duration,
+    /// With a TLS listener, how long a client has to complete the TLS
+    /// handshake; then the connection is closed. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// With a TLS listener, most HTTP/2 streams (requests) open at once on
+    /// one connection. Default 256.
+    pub h2_max_concurrent_streams: u32,
+    /// With a TLS listener, most plaintext bytes per TLS record (512 to
+    /// 16,384). A client decrypts nothing of a record before all of it
+    /// arrived, so small records let a resumed stream's replay burst reach
+    /// it event by event. Default 4,096.
+    pub tls_max_record_bytes: usize,
     /// How long to wait for the upstream's response head (status and
     /// headers; an SSE stream may then run as long as it likes, a JSON
     /// answer must be complete within it too); then 504. Default 60 s.
@@ -286,6 +308,9 @@ impl Default for Limits {
             max_response_bytes: 16 << 20,
             max_headers: 100,
             upstream_connect_timeout: Duration::from_secs(5),
+            tls_handshake_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 256,
+            tls_max_record_bytes: 4096,
             upstream_response_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
             max_session_creates_per_minute: 600,

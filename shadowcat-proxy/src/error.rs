@@ -25,6 +25,10 @@ pub enum ProxyError {
     /// A configuration value is not usable.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// A TLS setting is not usable (a file, a certificate, a key), or the
+    /// upstream's certificate did not verify at start.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Accepting connections failed for good.
     #[error("accepting connections failed: {0}")]
     Accept(std::io::Error),

@@ -16,6 +16,7 @@
 //! - `session`: sessions (store plus a bounded, revalidated cache) and the
 //!   one adapter to the session crate's writer.
 //! - `server`: the reverse proxy's HTTP server and its handlers.
+//! - `tls`: TLS toward https upstreams and on the listener.
 //! - [`admin`]: the operator's view of a running proxy (sessions, streams,
 //!   readiness), served by the CLI's admin listener.
 //! - [`forward`]: the forward proxies.
@@ -30,6 +31,7 @@ mod mcp;
 mod server;
 mod session;
 mod stream;
+mod tls;
 mod upstream;
 
 #[cfg(feature = "test-util")]
@@ -52,5 +54,6 @@ pub use mcp::protocol::ProtocolVersion;
 pub use server::access::{AccessLog, AccessRecord};
 pub use server::{ReverseProxy, ServeReport};
 pub use stream::replay::ReplayLimits;
+pub use tls::{ListenerTlsConfig, TlsError, UpstreamTlsConfig};
 pub use upstream::http::check_upstream;
 pub use upstream::stdio::StdioUpstream;

@@ -38,6 +38,8 @@
 //! ([`TestUpstream::end_listens`]). Listens can be refused with a status
 //! ([`TestUpstream::set_listen_refusal`]) or held before they are answered
 //! ([`TestUpstream::hold_listens`]).
+//! [`TestUpstream::start_tls`] serves the same over HTTPS (HTTP/1.1), with
+//! a server config the test can swap ([`TestUpstream::set_tls`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -105,6 +107,24 @@ struct State {
     bearers: Mutex<Option<HashSet<String>>>,
     /// The address, for its own metadata URLs.
     addr: Mutex<Option<SocketAddr>>,
+    /// HTTPS: the acceptor for the next handshake.
+    tls: TlsSlot,
+    /// HTTPS handshakes that failed.
+    tls_failures: AtomicU64,
+}
+
+/// The acceptor for an HTTPS upstream's next handshake.
+#[derive(Default)]
+struct TlsSlot(Mutex<Option<tokio_rustls::TlsAcceptor>>);
+
+impl std::fmt::Debug for TlsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.lock().is_some() {
+            "https"
+        } else {
+            "http"
+        })
+    }
 }
 
 /// What the test tells an open listen stream.
@@ -193,9 +213,31 @@ const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 impl TestUpstream {
     /// Starts one on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts one serving HTTPS with `config` on a free loopback port.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    /// Handshakes from now on use `config` (an HTTPS upstream only).
+    pub fn set_tls(&self, config: Arc<rustls::ServerConfig>) {
+        *self.state.tls.0.lock() = Some(tokio_rustls::TlsAcceptor::from(config));
+    }
+
+    /// HTTPS handshakes that failed so far.
+    pub fn tls_failures(&self) -> u64 {
+        self.state.tls_failures.load(Ordering::Relaxed)
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            tls: TlsSlot(Mutex::new(tls)),
+            ..State::default()
+        });
         *state.addr.lock() = Some(addr);
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -208,25 +250,53 @@ impl TestUpstream {
                 // Nagle delay between a stream's head and its events.
                 let _ = stream.set_nodelay(true);
                 let st = Arc::clone(&st);
+                let acceptor = st.tls.0.lock().clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = {
                         let st = Arc::clone(&st);
-                        async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        hyper::service::service_fn(move |req| {
+                            let st = Arc::clone(&st);
+                            async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+                        })
+                    };
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(GATE_TIMEOUT, acceptor.accept(stream)).await;
+                            let Ok(Ok(tls)) = handshake else {
+                                st.tls_failures.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
                 });
             }
         });
         Ok(TestUpstream { addr, state, task })
     }
 
-    /// Its MCP endpoint, `http://127.0.0.1:PORT/mcp`.
-    pub fn url(&self) -> http::Uri {
-        format!("http://{}/mcp", self.addr)
+    /// Its MCP endpoint with `host` for the host (`localhost` or
+    /// `127.0.0.1`), `https` when it serves TLS.
+    pub fn url_for(&self, host: &str) -> http::Uri {
+        let scheme = if self.state.tls.0.lock().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}:{}/mcp", self.addr.port())
             .parse()
             .expect("a loopback URL parses")
+    }
+
+    /// Its MCP endpoint, `http://127.0.0.1:PORT/mcp` (`https` when it
+    /// serves TLS).
+    pub fn url(&self) -> http::Uri {
+        self.url_for("127.0.0.1")
     }
 
     /// TCP connections accepted so far.
@@ -1052,4 +1122,233 @@ where
     crate::collect::read_whole(body, limits)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Certificates for TLS tests, made with rcgen: a CA, leaves it signs
+/// (server, client, expired, for other names) and rustls configs.
+pub mod certs {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// A certificate authority.
+    pub struct TestCa {
+        issuer: Issuer<'static, KeyPair>,
+        /// Its certificate, PEM.
+        pub pem: String,
+        der: CertificateDer<'static>,
+    }
+
+    impl std::fmt::Debug for TestCa {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TestCa").finish_non_exhaustive()
+        }
+    }
+
+    /// A leaf certificate and its key.
+    #[derive(Debug, Clone)]
+    pub struct TestCert {
+        /// The certificate, PEM.
+        pub cert_pem: String,
+        /// Its private key, PEM (PKCS#8).
+        pub key_pem: String,
+        /// The certificate, DER.
+        pub der: Vec<u8>,
+        /// Its serial number.
+        pub serial: u64,
+    }
+
+    /// How a leaf is made.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Validity {
+        /// Valid now and for years.
+        Current,
+        /// Expired in 2021.
+        Expired,
+    }
+
+    impl TestCa {
+        /// A new CA named `name`.
+        pub fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let key = KeyPair::generate().expect("a CA key");
+            let cert = params.self_signed(&key).expect("a CA certificate");
+            TestCa {
+                pem: cert.pem(),
+                der: cert.der().clone(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A server certificate for `names` (DNS names or IP addresses).
+        pub fn server(&self, names: &[&str], serial: u64, validity: Validity) -> TestCert {
+            self.leaf(names, serial, validity, ExtendedKeyUsagePurpose::ServerAuth)
+        }
+
+        /// A client certificate named `name`.
+        pub fn client(&self, name: &str, serial: u64) -> TestCert {
+            self.leaf(
+                &[name],
+                serial,
+                Validity::Current,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )
+        }
+
+        fn leaf(
+            &self,
+            names: &[&str],
+            serial: u64,
+            validity: Validity,
+            usage: ExtendedKeyUsagePurpose,
+        ) -> TestCert {
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                    .expect("leaf params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+            params.serial_number = Some(SerialNumber::from(serial));
+            params.extended_key_usages = vec![usage];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            if validity == Validity::Expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().expect("a leaf key");
+            let cert = params.signed_by(&key, &self.issuer).expect("a leaf");
+            TestCert {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().to_vec(),
+                serial,
+            }
+        }
+
+        /// Its certificate, DER.
+        pub fn der(&self) -> CertificateDer<'static> {
+            self.der.clone()
+        }
+
+        /// A rustls client config trusting only this CA, offering `alpn`.
+        pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.der()).expect("the CA is a root");
+            let mut config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        }
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    impl TestCert {
+        fn chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("PEM certificate");
+            let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("PEM key");
+            (certs, key)
+        }
+
+        /// A server config presenting this certificate (ALPN http/1.1).
+        pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+            let (certs, key) = self.chain();
+            let mut config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("a server config");
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
+
+        /// [`TestCert::server_config`] that requires a client certificate
+        /// signed by `ca` (mTLS).
+        pub fn server_config_requiring_client(&self, ca: &TestCa) -> Arc<rustls::ServerConfig> {
+            let (certs, key) = self.chain();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der()).expect("the CA is a root");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .expect("a client verifier");
+            let mut config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .expect("a server config");
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
+
+        /// Writes `NAME.pem` and `NAME.key` into `dir`; returns their paths.
+        pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+            let cert = dir.join(format!("{name}.pem"));
+            let key = dir.join(format!("{name}.key"));
+            std::fs::write(&cert, &self.cert_pem).expect("write a certificate");
+            std::fs::write(&key, &self.key_pem).expect("write a key");
+            (cert, key)
+        }
+    }
+
+    /// The serial number of a DER certificate (as [`TestCa`] writes them:
+    /// a positive integer of at most 8 bytes).
+    pub fn serial_of(der: &[u8]) -> Option<u64> {
+        // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version,
+        // serialNumber INTEGER, … } … }
+        let body = |b: &[u8]| -> Option<(usize, usize)> {
+            let len0 = *b.get(1)? as usize;
+            if len0 < 0x80 {
+                Some((2, len0))
+            } else {
+                let n = len0 & 0x7f;
+                let mut len = 0usize;
+                for i in 0..n {
+                    len = len << 8 | *b.get(2 + i)? as usize;
+                }
+                Some((2 + n, len))
+            }
+        };
+        let (h, _) = body(der)?;
+        let tbs = &der[h..];
+        let (h, _) = body(tbs)?;
+        let mut rest = &tbs[h..];
+        if rest.first() == Some(&0xa0) {
+            let (h, len) = body(rest)?;
+            rest = rest.get(h + len..)?;
+        }
+        if rest.first() != Some(&0x02) {
+            return None;
+        }
+        let (h, len) = body(rest)?;
+        let bytes = rest.get(h..h + len)?;
+        if bytes.len() > 9 {
+            return None;
+        }
+        Some(bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+    }
 }

@@ -46,6 +46,8 @@ mod legacy;
 mod listen;
 #[path = "interop_oauth.rs"]
 mod oauth;
+#[path = "interop_tls.rs"]
+mod tls;
 
 /// Longest one scenario may take, children included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
@@ -110,6 +112,26 @@ const SCENARIOS: &[Scenario] = &[
         name: "ts-sdk-chaos-small-buffer",
         needs: Needs::Node,
         run: ts_sdk_chaos_small_buffer,
+    },
+    Scenario {
+        name: "ts-sdk-tls-h1",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h1,
+    },
+    Scenario {
+        name: "ts-sdk-tls-h2",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h2,
+    },
+    Scenario {
+        name: "ts-sdk-tls-h2-resume",
+        needs: Needs::Node,
+        run: tls::ts_sdk_tls_h2_resume,
+    },
+    Scenario {
+        name: "ts-sdk-chaos-tls",
+        needs: Needs::Node,
+        run: tls::ts_sdk_chaos_tls,
     },
     Scenario {
         name: "everything-http",
@@ -250,6 +272,7 @@ pub(crate) fn run() -> Result<(), String> {
         python_venv(&paths)?;
     }
     build_shadowcat()?;
+    tls::build_cert_tool()?;
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for scenario in &selected {

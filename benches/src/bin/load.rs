@@ -15,14 +15,17 @@
 //! - `idle`: K idle GET streams, one session each, with the upstream
 //!   writing `: open` at once and writing nothing; RSS per stream, time to
 //!   the first body byte;
-//! - `store`: Shadowcat's store writes per event, embedded vs Redis.
+//! - `store`: Shadowcat's store writes per event, embedded vs Redis;
+//! - `tls`: Shadowcat with a TLS listener and an https upstream against
+//!   plain Shadowcat and direct: CPU per event and per request
+//!   (`../load/tls.rs`).
 //!
 //! Writes `report.json` and `report.md` (and `latency.png` for a sweep)
 //! to `--out`.
 //!
 //! `cargo xtask load [--quick]` builds and runs it; directly:
 //! `load --shadowcat target/release/shadowcat [--quick] [--out DIR]
-//! [--rounds N] [--only requests,max,stream,idle,store] [--nginx PATH |
+//! [--rounds N] [--only requests,max,stream,idle,store,tls] [--nginx PATH |
 //! --no-nginx] [--redis-server PATH] [--clients N] [--idle-streams N]
 //! [--rates A,B,..] [--plot PATH]`.
 #![forbid(unsafe_code)]
@@ -37,6 +40,8 @@ mod procs;
 mod report;
 #[path = "../load/scenario.rs"]
 mod scenario;
+#[path = "../load/tls.rs"]
+mod tls;
 #[path = "../load/upstream.rs"]
 mod upstream;
 
@@ -48,9 +53,9 @@ use std::time::{Duration, Instant};
 use report::Point;
 use scenario::{IdleLoad, RequestLoad, Sample, StreamLoad, Target, Via};
 
-const SCENARIOS: [&str; 5] = ["requests", "max", "stream", "idle", "store"];
+const SCENARIOS: [&str; 6] = ["requests", "max", "stream", "idle", "store", "tls"];
 /// What runs without `--only`.
-const DEFAULT_SCENARIOS: [&str; 4] = ["requests", "max", "stream", "idle"];
+const DEFAULT_SCENARIOS: [&str; 5] = ["requests", "max", "stream", "idle", "tls"];
 
 /// Command-line options.
 #[derive(Debug)]
@@ -492,6 +497,9 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
                 r,
             ));
         }
+    }
+    if wants("tls") {
+        tls::run(&mut env, &plan, &mut points).await;
     }
     if wants("idle") {
         let hold = Duration::from_secs(600);

@@ -124,7 +124,11 @@ impl Fetcher {
         if pools.len() >= MAX_ORIGINS {
             pools.clear();
         }
-        let pool = UpstreamPool::with_max_idle(url, self.timeout, 64 << 10, IDLE_PER_ORIGIN);
+        // An https authorization server is checked against the system's
+        // roots.
+        let tls = crate::tls::UpstreamTls::for_uri(url, &crate::tls::UpstreamTlsConfig::default())
+            .map_err(|e| self.fail(url, e.to_string(), None))?;
+        let pool = UpstreamPool::with_max_idle(url, self.timeout, 64 << 10, IDLE_PER_ORIGIN, tls);
         pools.insert(origin, Arc::clone(&pool));
         Ok(pool)
     }

@@ -50,8 +50,11 @@ const OUT_QUEUE: usize = 256;
 /// Where to forward and the bounds.
 #[derive(Clone)]
 pub struct HttpForwardConfig {
-    /// The upstream MCP endpoint (`http://…`).
+    /// The upstream MCP endpoint (`http://…` or `https://…`).
     pub upstream: http::Uri,
+    /// TLS toward an `https` upstream. Default: the system's roots, no
+    /// client certificate.
+    pub tls: crate::tls::UpstreamTlsConfig,
     /// Sent as `Authorization: Bearer …`. Default none.
     pub bearer: Option<String>,
     /// The longest line accepted from the client. Default 8 MiB.
@@ -61,7 +64,8 @@ pub struct HttpForwardConfig {
     pub max_response_bytes: usize,
     /// How long to wait for the upstream's response head. Default 60 s.
     pub response_timeout: Duration,
-    /// How long to wait for a TCP connection. Default 5 s.
+    /// How long to wait for a connection (TCP and, for `https`, the TLS
+    /// handshake). Default 5 s.
     pub connect_timeout: Duration,
     /// How a dropped SSE stream is resumed.
     pub reconnect: ReconnectConfig,
@@ -81,6 +85,7 @@ impl HttpForwardConfig {
     pub fn new(upstream: http::Uri) -> Self {
         HttpForwardConfig {
             upstream,
+            tls: Default::default(),
             bearer: None,
             max_client_line_len: 8 << 20,
             max_response_bytes: 8 << 20,
@@ -408,13 +413,28 @@ pub async fn relay_http(
         }
         None => None,
     };
+    let tls = crate::tls::UpstreamTls::for_uri(&config.upstream, &config.tls)
+        .map_err(|e| HttpForwardError::Config(e.to_string()))?;
+    let pool = UpstreamPool::with_max_idle(
+        &config.upstream,
+        config.connect_timeout,
+        crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
+        crate::upstream::http::MAX_IDLE,
+        tls,
+    );
+    if config.upstream.scheme_str() == Some("https") {
+        // A certificate that does not verify is an error at start.
+        match pool.probe().await {
+            Ok(()) => {}
+            Err(e) if e.is_tls() => return Err(HttpForwardError::Config(e.to_string())),
+            Err(e) => {
+                tracing::warn!(upstream = %config.upstream, error = %e, "the https upstream could not be reached at start");
+            }
+        }
+    }
     let (closing_tx, closing) = watch::channel(false);
     let env = Arc::new(StreamEnv {
-        pool: UpstreamPool::new(
-            &config.upstream,
-            config.connect_timeout,
-            crate::upstream::http::DEFAULT_UPSTREAM_READ_BUFFER,
-        ),
+        pool,
         uri: config.upstream.clone(),
         bearer: bearer.map_or(
             crate::auth::Credential::None,

@@ -310,9 +310,13 @@ impl Admin {
     /// `body_idle_timeout`, `max_response_bytes`,
     /// `upstream_response_timeout`, `max_sessions`,
     /// `max_streams_per_session`, `max_last_event_id_len`), the allowed
-    /// origins and hosts. Open streams and requests in flight keep going;
-    /// the next request sees the new values. Other changed limits are
-    /// reported as needing a restart and not applied.
+    /// origins and hosts, and the TLS listener's certificate and key (read
+    /// again: new handshakes use them; a file that does not load keeps the
+    /// old certificate, logged and counted in
+    /// `shadowcat_tls_reloads_total{result="error"}`). Open streams and
+    /// requests in flight keep going; the next request sees the new
+    /// values. Other changed limits are reported as needing a restart and
+    /// not applied.
     pub fn reload(&self, new: &ReverseProxyConfig) -> ReloadReport {
         let shared = &self.shared;
         let mut report = ReloadReport::default();
@@ -346,6 +350,9 @@ impl Admin {
             max_last_event_id_len
         );
         fixed_fields!(
+            tls_handshake_timeout,
+            h2_max_concurrent_streams,
+            tls_max_record_bytes,
             max_header_bytes,
             max_connections,
             max_headers,
@@ -385,6 +392,20 @@ impl Admin {
             hosts,
         });
         drop(live);
+        match (&shared.listener_tls, &new.tls) {
+            // Read again whether or not the paths changed: a renewed
+            // certificate keeps its file names.
+            (Some(tls), Some(files)) => {
+                if let Ok(true) = tls.reload(files) {
+                    report.applied.push("tls_certificate".into());
+                }
+            }
+            (None, None) => {}
+            _ => report.need_restart.push("tls".into()),
+        }
+        if format!("{:?}", shared.config.upstream_tls) != format!("{:?}", new.upstream_tls) {
+            report.need_restart.push("upstream_tls".into());
+        }
         if !report.applied.is_empty() {
             metrics::counter!("shadowcat_config_reloads_total").increment(1);
         }

@@ -89,6 +89,14 @@ pub(super) fn refuse(
     });
 }
 
+/// Closes a TLS connection over the cap at once: no plain 503 can be
+/// written before a handshake, and a handshake is the work the cap saves.
+pub(super) fn refuse_tls(stream: TcpStream, peer: SocketAddr) {
+    metrics::counter!("shadowcat_connections_refused_total").increment(1);
+    tracing::debug!(%peer, "TLS connection over max_connections closed");
+    drop(stream);
+}
+
 /// Accept errors, logged at most once a second with how many were not.
 #[derive(Debug, Default)]
 pub(super) struct AcceptErrors {

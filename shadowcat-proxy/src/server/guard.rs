@@ -108,8 +108,14 @@ impl HostCheck {
             .any(|allowed| allowed.eq_ignore_ascii_case(name))
     }
 
-    /// 403 unless the request's one `Host` header is allowed.
-    pub(super) fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
+    /// 403 unless the request's one `Host` header is allowed. An HTTP/2
+    /// request names its host in `:authority` (`authority`) instead; that
+    /// is checked when there is no `Host`.
+    pub(super) fn check(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+    ) -> Result<(), Rejection> {
         let mut all = headers.get_all(header::HOST).iter();
         let refuse = |what: String| {
             metrics::counter!("shadowcat_requests_refused_total", "limit" => "allowed_hosts")
@@ -131,7 +137,11 @@ impl HostCheck {
                 "Host {:?} is not allowed",
                 String::from_utf8_lossy(host.as_bytes())
             )),
-            (None, _) => refuse("the request has no Host header".into()),
+            (None, _) => match authority {
+                Some(a) if self.allows(a.as_bytes()) => Ok(()),
+                Some(a) => refuse(format!("Host {a:?} is not allowed")),
+                None => refuse("the request has no Host header".into()),
+            },
             (Some(_), Some(_)) => refuse("the request has more than one Host header".into()),
         }
     }
@@ -211,11 +221,16 @@ mod tests {
     fn host_header_count() {
         let c = check("127.0.0.1:8080", &[]).unwrap();
         let mut h = HeaderMap::new();
-        assert!(c.check(&h).is_err(), "no Host");
+        assert!(c.check(&h, None).is_err(), "no Host");
+        assert!(
+            c.check(&h, Some("localhost:8080")).is_ok(),
+            "HTTP/2 :authority"
+        );
+        assert!(c.check(&h, Some("evil.example")).is_err());
         h.append(header::HOST, HeaderValue::from_static("localhost"));
-        assert!(c.check(&h).is_ok());
+        assert!(c.check(&h, None).is_ok());
         h.append(header::HOST, HeaderValue::from_static("localhost"));
-        assert!(c.check(&h).is_err(), "two Host headers");
+        assert!(c.check(&h, None).is_err(), "two Host headers");
     }
 
     #[test]

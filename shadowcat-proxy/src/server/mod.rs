@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shadowcat_session::{SessionStore, WriterHandle};
 use tokio::net::{TcpListener, TcpSocket};
@@ -156,6 +156,8 @@ struct Shared {
     ender: Arc<ender::SessionEnder>,
     /// Legacy HTTP+SSE clients served here.
     legacy: Arc<legacy::LegacyClients>,
+    /// The listener's certificate, when it serves TLS.
+    listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 impl ReverseProxy {
@@ -277,12 +279,39 @@ impl ReverseProxy {
             Arc::downgrade(&sessions),
             closing.clone(),
         ));
+        let upstream_tls = match &config.upstream_cmd {
+            Some(_) => None,
+            None => crate::tls::UpstreamTls::for_uri(&config.upstream, &config.upstream_tls)?,
+        };
+        if !(512..=16384).contains(&config.limits.tls_max_record_bytes) {
+            return Err(ProxyError::Config(
+                "tls_max_record_bytes must be between 512 and 16384".into(),
+            ));
+        }
+        if config.limits.tls_handshake_timeout.is_zero()
+            || config.limits.h2_max_concurrent_streams == 0
+        {
+            return Err(ProxyError::Config(
+                "tls_handshake_timeout and h2_max_concurrent_streams must be above zero".into(),
+            ));
+        }
+        let listener_tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::tls::ListenerTls::load(
+                files,
+                config.limits.tls_max_record_bytes,
+            )?)),
+            None => None,
+        };
         let pool = UpstreamPool::with_max_idle(
             &config.upstream,
             config.limits.upstream_connect_timeout,
             config.limits.upstream_read_buffer,
             config.limits.upstream_max_idle_connections,
+            upstream_tls,
         );
+        if config.upstream_cmd.is_none() && config.upstream.scheme_str() == Some("https") {
+            check_tls_upstream(&pool, &config.upstream).await?;
+        }
         let legacy_bridge = || {
             let link = crate::upstream::legacy::LegacyLink {
                 pool: Arc::clone(&pool),
@@ -368,6 +397,7 @@ impl ReverseProxy {
             legacy: Arc::default(),
             legacy_up,
             legacy_found: std::sync::atomic::AtomicBool::new(false),
+            listener_tls,
         });
         if shared.config.legacy_sse_path.is_some() {
             tokio::spawn(legacy::run_sweeper(Arc::downgrade(&shared)));
@@ -428,6 +458,22 @@ impl ReverseProxy {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            // What one h2 stream holds unsent, as an HTTP/1.1 connection's
+            // socket buffer does (hyper's default is ~400 KB): keeps what
+            // may be in flight within the replay retention.
+            .max_send_buf_size(limits.client_send_buffer.clamp(16 << 10, 4 << 20));
+        let tls_serve = shared.listener_tls.as_ref().map(|tls| {
+            Arc::new(TlsServe {
+                tls: Arc::clone(tls),
+                http1: http.clone(),
+                h2,
+                handshake_timeout: limits.tls_handshake_timeout,
+            })
+        });
         let graceful = GracefulShutdown::new();
         // Ready from here: the listener was bound and accepts from the
         // loop below (connections queue in the backlog meanwhile).
@@ -446,7 +492,12 @@ impl ReverseProxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if open.load(Ordering::Relaxed) >= limits.max_connections {
-                            refuse(stream, peer, &refusal, &refusing);
+                            if tls_serve.is_some() {
+                                // No plain 503 before a handshake: closed.
+                                conns::refuse_tls(stream, peer);
+                            } else {
+                                refuse(stream, peer, &refusal, &refusing);
+                            }
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
@@ -464,6 +515,10 @@ impl ReverseProxy {
                                 });
                             handled
                         });
+                        if let Some(tls) = &tls_serve {
+                            tokio::spawn(Arc::clone(tls).serve(stream, peer, svc, graceful.watcher(), guard));
+                            continue;
+                        }
                         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                         tokio::spawn(async move {
                             let _guard = guard;
@@ -530,6 +585,85 @@ impl ReverseProxy {
     ) -> Result<ServeReport, ProxyError> {
         self.serve_with_drain(shutdown, Duration::from_secs(10))
             .await
+    }
+}
+
+/// Connects once to an `https` upstream at start: a certificate that does
+/// not verify is a start-up error naming the host and the reason; an
+/// upstream that does not answer yet is only logged.
+async fn check_tls_upstream(pool: &UpstreamPool, uri: &http::Uri) -> Result<(), ProxyError> {
+    match pool.probe().await {
+        Ok(()) => Ok(()),
+        Err(crate::upstream::http::UpstreamError::Tls { host, reason }) => {
+            Err(ProxyError::Tls(crate::tls::TlsError::Handshake {
+                host,
+                reason,
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %uri, error = %e, "the https upstream could not be reached at start; its certificate is checked on the first request");
+            Ok(())
+        }
+    }
+}
+
+/// What serving one TLS connection needs.
+struct TlsServe {
+    tls: Arc<crate::tls::ListenerTls>,
+    http1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+impl TlsServe {
+    /// The handshake (within its timeout, with the certificate current at
+    /// accept time), then HTTP/2 or HTTP/1.1 as ALPN chose.
+    async fn serve<S>(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        svc: S,
+        watcher: hyper_util::server::graceful::Watcher,
+        guard: OpenConnection,
+    ) where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let _guard = guard;
+        let acceptor = self.tls.acceptor();
+        let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::counter!("shadowcat_tls_handshake_failures_total", "reason" => "error")
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "TLS handshake with a client failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("shadowcat_tls_handshake_failures_total", "reason" => "timeout")
+                    .increment(1);
+                tracing::debug!(%peer, timeout = ?self.handshake_timeout, "TLS handshake with a client timed out (tls_handshake_timeout)");
+                return;
+            }
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let io = TokioIo::new(tls);
+        let ended = if h2 {
+            metrics::counter!("shadowcat_tls_connections_total", "protocol" => "h2").increment(1);
+            watcher.watch(self.h2.serve_connection(io, svc)).await
+        } else {
+            metrics::counter!("shadowcat_tls_connections_total", "protocol" => "http/1.1")
+                .increment(1);
+            watcher.watch(self.http1.serve_connection(io, svc)).await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
     }
 }
 
@@ -717,7 +851,7 @@ impl Shared {
         guard::check_head(&req, self.config.limits.max_header_bytes)?;
         let live = self.live();
         if let Some(hosts) = &live.hosts {
-            hosts.check(req.headers())?;
+            hosts.check(req.headers(), req.uri().authority().map(|a| a.as_str()))?;
         }
         if let Some(auth) = &self.auth
             && auth.is_metadata_path(req.uri().path())
@@ -911,10 +1045,22 @@ impl Shared {
                 Ok(resp)
             }
             Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "request" };
+                let kind = if e.is_tls() {
+                    "tls"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "request"
+                };
                 metrics::counter!("shadowcat_upstream_errors_total", "kind" => kind).increment(1);
                 tracing::warn!(upstream = %self.config.upstream, error = %e, "upstream request failed");
-                if e.is_connect_timeout() {
+                if e.is_tls() {
+                    Err(Rejection::new(
+                        StatusCode::BAD_GATEWAY,
+                        jsonrpc::INTERNAL_ERROR,
+                        format!("the upstream MCP server could not be reached: {e}"),
+                    ))
+                } else if e.is_connect_timeout() {
                     Err(Rejection::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         jsonrpc::INTERNAL_ERROR,
@@ -1356,6 +1502,10 @@ mod tests {
         );
         assert!(
             crate::upstream::http::check_upstream(&"https://example.test/mcp".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            crate::upstream::http::check_upstream(&"ftp://example.test/mcp".parse().unwrap())
                 .is_err()
         );
         assert!(crate::upstream::http::check_upstream(&"/mcp".parse().unwrap()).is_err());

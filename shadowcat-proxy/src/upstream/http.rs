@@ -13,6 +13,10 @@
 //! request/response traffic. An idle HTTP/1 connection needs no driving;
 //! one the server closed is found dead at checkout or fails on use, and a
 //! request that was not sent is retried once on a fresh connection.
+//!
+//! An `https` upstream gets the same pool over TLS ([`UpstreamIo`]): the
+//! TCP connect and the handshake share the connect timeout, and a failed
+//! handshake names the host and the reason.
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -29,10 +33,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+use crate::tls::UpstreamTls;
+
+type Conn = http1::Connection<TokioIo<UpstreamIo>, Full<Bytes>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// Default [`crate::Limits::upstream_max_idle_connections`].
@@ -59,6 +66,15 @@ pub(crate) enum UpstreamError {
         /// The connect timeout.
         timeout: Duration,
     },
+    /// The TLS handshake failed, or the upstream ended TLS with an
+    /// alert (a client certificate it refused or wanted).
+    #[error("TLS with the upstream {host} failed: {reason}")]
+    Tls {
+        /// The upstream's host.
+        host: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// The HTTP exchange failed.
     #[error("HTTP exchange failed: {0}")]
     Http(#[from] hyper::Error),
@@ -77,6 +93,90 @@ impl UpstreamError {
     pub(crate) fn is_connect_timeout(&self) -> bool {
         matches!(self, UpstreamError::ConnectTimeout { .. })
     }
+
+    /// True for a TLS failure (certificate, handshake, alert).
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, UpstreamError::Tls { .. })
+    }
+
+    /// A hyper error, as a TLS failure when TLS caused it.
+    fn from_hyper(e: hyper::Error, tls: Option<&UpstreamTls>) -> Self {
+        if let Some(tls) = tls
+            && let Some(reason) = crate::tls::reason(&e, &tls.host)
+        {
+            return UpstreamError::Tls {
+                host: tls.host.clone(),
+                reason,
+            };
+        }
+        UpstreamError::Http(e)
+    }
+}
+
+/// A connection to the upstream: plain TCP or TLS over it.
+pub(crate) enum UpstreamIo {
+    /// `http`.
+    Plain(TcpStream),
+    /// `https`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 struct Idle {
@@ -85,16 +185,15 @@ struct Idle {
     since: Instant,
 }
 
-/// Checks the upstream URL: `http`, with a host.
+/// Checks the upstream URL: `http` or `https`, with a host.
 pub fn check_upstream(uri: &http::Uri) -> Result<(), crate::error::ProxyError> {
     let bad = |reason| crate::error::ProxyError::UpstreamUrl {
         url: uri.to_string(),
         reason,
     };
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https upstreams are not supported yet; use http")),
-        _ => return Err(bad("it must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(bad("it must start with http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("it has no host"));
@@ -102,10 +201,12 @@ pub fn check_upstream(uri: &http::Uri) -> Result<(), crate::error::ProxyError> {
     Ok(())
 }
 
-/// Connections to one upstream `http://host:port`, with idle ones kept for
-/// reuse.
+/// Connections to one upstream `http(s)://host:port`, with idle ones kept
+/// for reuse.
 pub(crate) struct UpstreamPool {
     addr: String,
+    /// TLS for an `https` upstream.
+    tls: Option<UpstreamTls>,
     host: HeaderValue,
     connect_timeout: Duration,
     http: http1::Builder,
@@ -127,22 +228,26 @@ impl std::fmt::Debug for UpstreamPool {
 pub(crate) const DEFAULT_UPSTREAM_READ_BUFFER: usize = 64 << 10;
 
 impl UpstreamPool {
-    /// A pool for the upstream at `uri` (`http://host[:port]/…`); each
-    /// connection reads at most `read_buffer` bytes at a time (at least
-    /// 8 KiB; it also bounds a response head).
+    /// A pool for the plain-HTTP upstream at `uri` (`http://host[:port]/…`);
+    /// each connection reads at most `read_buffer` bytes at a time (at
+    /// least 8 KiB; it also bounds a response head).
+    #[cfg(test)]
     pub(crate) fn new(uri: &Uri, connect_timeout: Duration, read_buffer: usize) -> Arc<Self> {
-        Self::with_max_idle(uri, connect_timeout, read_buffer, MAX_IDLE)
+        Self::with_max_idle(uri, connect_timeout, read_buffer, MAX_IDLE, None)
     }
 
-    /// [`UpstreamPool::new`] keeping at most `max_idle` idle connections.
+    /// [`UpstreamPool::new`] keeping at most `max_idle` idle connections,
+    /// over `tls` when given (an `https` upstream).
     pub(crate) fn with_max_idle(
         uri: &Uri,
         connect_timeout: Duration,
         read_buffer: usize,
         max_idle: usize,
+        tls: Option<UpstreamTls>,
     ) -> Arc<Self> {
         let host = uri.host().unwrap_or("localhost");
-        let port = uri.port_u16().unwrap_or(80);
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
         let addr = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
@@ -155,6 +260,7 @@ impl UpstreamPool {
         http.max_buf_size(read_buffer.max(8192));
         Arc::new(UpstreamPool {
             addr,
+            tls,
             host,
             connect_timeout,
             http,
@@ -213,7 +319,9 @@ impl UpstreamPool {
                         req = back;
                         may_reuse = false;
                     }
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    _ => {
+                        return Err(UpstreamError::from_hyper(e.into_error(), self.tls.as_ref()));
+                    }
                 },
             }
         }
@@ -266,20 +374,19 @@ impl UpstreamPool {
         });
     }
 
+    /// Opens one connection (TCP, then TLS for `https`, within the
+    /// connect timeout) and checks it in as idle: a start-up check that
+    /// the upstream can be reached and its certificate verifies.
+    pub(crate) async fn probe(&self) -> Result<(), UpstreamError> {
+        let (send, conn) = self.connect().await?;
+        self.checkin(send, conn);
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<(Sender, Conn), UpstreamError> {
-        let tcp = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.addr.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(UpstreamError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                });
-            }
+        let io = match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
                     addr: self.addr.clone(),
@@ -287,11 +394,39 @@ impl UpstreamPool {
                 });
             }
         };
+        self.http
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::from_hyper(e, self.tls.as_ref()))
+    }
+
+    /// TCP, then the TLS handshake for an `https` upstream.
+    async fn open(&self) -> Result<UpstreamIo, UpstreamError> {
+        let tcp = TcpStream::connect(self.addr.as_str())
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
         metrics::counter!("shadowcat_upstream_connects_total").increment(1);
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY toward the upstream");
         }
-        Ok(self.http.handshake(TokioIo::new(tcp)).await?)
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        match tls.connector.connect(tls.name.clone(), tcp).await {
+            Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
+            Err(e) => {
+                metrics::counter!("shadowcat_upstream_tls_failures_total").increment(1);
+                let reason = crate::tls::reason(&e, &tls.host)
+                    .unwrap_or_else(|| format!("the connection ended during the handshake ({e})"));
+                Err(UpstreamError::Tls {
+                    host: tls.host.clone(),
+                    reason,
+                })
+            }
+        }
     }
 }
 
