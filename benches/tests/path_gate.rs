@@ -141,9 +141,10 @@ fn script(events: usize, per_write: usize) -> Script {
         i += per_write;
         chunks.push(Bytes::from(format!("{:x}\r\n{text}\r\n", text.len())));
     }
-    let result = format!(
-        "id: up-end\ndata: {{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{{\"content\":[]}}}}\n\n"
-    );
+    let result = r#"id: up-end
+data: {"jsonrpc":"2.0","id":7,"result":{"content":[]}}
+
+"#;
     chunks.push(Bytes::from(format!(
         "{:x}\r\n{result}\r\n0\r\n\r\n",
         result.len()
