@@ -631,27 +631,8 @@ impl StdioBridge {
             .open()
             .await
             .map_err(|e| BridgeError::Gone(Arc::from(e)))?;
-        let (to_child, rx) = mpsc::channel(self.config.max_queued_to_child.max(1));
-        let cs = Arc::new(ChildSession {
-            id: id.clone(),
-            pid: 0,
-            to_child,
-            pending: Mutex::new(Vec::new()),
-            get_queue: Arc::new(MessageQueue::new(
-                self.limits.max_events,
-                self.limits.max_bytes,
-                true,
-            )),
-            get_stream: Mutex::new(Weak::new()),
-            last_active: AtomicU64::new(now_millis()),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-            dead: Mutex::new(None),
-            limits: self.limits,
-        });
+        let (cs, rx) = self.register(&id, 0);
         reservation.1 = true;
-        self.children.lock().insert(id.clone(), Arc::clone(&cs));
-        self.live.send_modify(|n| *n += 1);
         tracing::debug!(session_fp = %id.fingerprint(), "legacy upstream connection opened");
         let bridge = Arc::clone(self);
         let session = Arc::clone(&cs);
@@ -666,6 +647,32 @@ impl StdioBridge {
             bridge.ended(&session, lost, status).await;
         });
         Ok(cs)
+    }
+
+    /// A new session's state, registered as live, and the receiving end
+    /// of its queue toward the child (or legacy connection).
+    fn register(&self, id: &SessionId, pid: u32) -> (Arc<ChildSession>, mpsc::Receiver<Bytes>) {
+        let (to_child, rx) = mpsc::channel(self.config.max_queued_to_child.max(1));
+        let cs = Arc::new(ChildSession {
+            id: id.clone(),
+            pid,
+            to_child,
+            pending: Mutex::new(Vec::new()),
+            get_queue: Arc::new(MessageQueue::new(
+                self.limits.max_events,
+                self.limits.max_bytes,
+                true,
+            )),
+            get_stream: Mutex::new(Weak::new()),
+            last_active: AtomicU64::new(now_millis()),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            dead: Mutex::new(None),
+            limits: self.limits,
+        });
+        self.children.lock().insert(id.clone(), Arc::clone(&cs));
+        self.live.send_modify(|n| *n += 1);
+        (cs, rx)
     }
 
     /// Takes a `max_children` slot.
@@ -709,27 +716,8 @@ impl StdioBridge {
         let (Some(stdin), Some(mut stdout)) = (child.take_stdin(), child.take_stdout()) else {
             return Err(BridgeError::Stopping);
         };
-        let (to_child, rx) = mpsc::channel(self.config.max_queued_to_child.max(1));
-        let cs = Arc::new(ChildSession {
-            id: id.clone(),
-            pid: child.pid(),
-            to_child,
-            pending: Mutex::new(Vec::new()),
-            get_queue: Arc::new(MessageQueue::new(
-                self.limits.max_events,
-                self.limits.max_bytes,
-                true,
-            )),
-            get_stream: Mutex::new(Weak::new()),
-            last_active: AtomicU64::new(now_millis()),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-            dead: Mutex::new(None),
-            limits: self.limits,
-        });
+        let (cs, rx) = self.register(&id, child.pid());
         reservation.1 = true;
-        self.children.lock().insert(id.clone(), Arc::clone(&cs));
-        self.live.send_modify(|n| *n += 1);
         metrics::gauge!("shadowcat_stdio_children").increment(1.0);
         tracing::info!(session_fp = %id.fingerprint(), pid = cs.pid, "stdio server started");
         tokio::spawn(write_to_child(rx, stdin, id.clone()));
