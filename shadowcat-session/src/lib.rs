@@ -20,9 +20,11 @@ pub use store::{ExpiredSession, Page, SessionStore, StoreError};
 
 pub mod redb_store;
 pub mod redis_store;
+pub mod replay_log;
 pub mod writer;
 pub use redb_store::RedbStore;
 pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use replay_log::{Lease, ReplayLog, ReplayLogConfig, ReplayLogError, ReplayLogs, Retention};
 pub use writer::{
     BatchingWriter, BreakerState, ShutdownReport, WriterConfig, WriterConfigError, WriterHandle,
     WriterStats,
