@@ -1,7 +1,8 @@
 //! Shadowcat's persistence side: the `Session` model, the `SessionStore`
 //! trait with its stores (memory, embedded redb file, Redis) and the
 //! `BatchingWriter`, the one task per store that gets resumption points and
-//! activity times into the store without ever slowing a stream.
+//! activity times into the store without ever slowing a stream; plus the
+//! `ReplayLog` primitives (a shared, fenced event log on Redis Streams).
 //!
 //! Architecture invariant: this crate knows nothing about SSE or transports;
 //! it never depends on `shadowcat-transport`.

@@ -300,8 +300,8 @@ impl ReplayLogs {
         if config.namespace.is_empty() {
             return Err(invalid(OP, "the namespace is empty"));
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| invalid(OP, format!("invalid redis url: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| invalid(OP, format!("invalid redis url: {e}")))?;
         let addr = client.get_connection_info().addr().to_string();
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -335,9 +335,8 @@ impl ReplayLogs {
             })?;
             Ok::<_, ReplayLogError>((conn, blocking, shas))
         };
-        let (conn, blocking, shas) = match tokio::time::timeout(config.call_timeout, setup).await
-        {
-            Ok(r) => r.inspect_err(|e| record_error(e))?,
+        let (conn, blocking, shas) = match tokio::time::timeout(config.call_timeout, setup).await {
+            Ok(r) => r.inspect_err(record_error)?,
             Err(_) => {
                 let e = ReplayLogError::Timeout {
                     op: OP,
@@ -416,7 +415,11 @@ impl ReplayLog {
 
     /// Takes the lease for `ttl` if nobody holds it; the lease carries a
     /// fresh fencing token. `None` when another owner holds it.
-    pub async fn acquire(&self, owner: &str, ttl: Duration) -> Result<Option<Lease>, ReplayLogError> {
+    pub async fn acquire(
+        &self,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, ReplayLogError> {
         const OP: &str = "acquire";
         if owner.is_empty() || owner.contains('|') {
             return Err(invalid(OP, "the owner name is empty or contains '|'"));
@@ -575,7 +578,9 @@ impl ReplayLog {
             .bounded(OP, limit, async {
                 shared.round_trips.fetch_add(1, Ordering::Relaxed);
                 let mut conn = shared.blocking.clone();
-                cmd.query_async(&mut conn).await.map_err(|e| redis_err(shared, OP, e))
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_err(shared, OP, e))
             })
             .await?;
         match reply.and_then(|streams| streams.into_iter().next()) {
@@ -613,7 +618,9 @@ impl ReplayLog {
         self.bounded(op, shared.config.call_timeout, async {
             shared.round_trips.fetch_add(1, Ordering::Relaxed);
             let mut conn = shared.conn.clone();
-            cmd.query_async(&mut conn).await.map_err(|e| redis_err(shared, op, e))
+            cmd.query_async(&mut conn)
+                .await
+                .map_err(|e| redis_err(shared, op, e))
         })
         .await
     }
@@ -658,7 +665,10 @@ fn start_id(after_seq: Option<u64>) -> String {
     }
 }
 
-fn decode_entries(op: &'static str, entries: Vec<Entry>) -> Result<Vec<(u64, Bytes)>, ReplayLogError> {
+fn decode_entries(
+    op: &'static str,
+    entries: Vec<Entry>,
+) -> Result<Vec<(u64, Bytes)>, ReplayLogError> {
     let mut out = Vec::with_capacity(entries.len());
     for (id, fields) in entries {
         let seq = id
