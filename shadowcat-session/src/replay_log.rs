@@ -209,20 +209,17 @@ return 0
 
 /// Appends a batch under fencing. KEYS: log, fence, meta. ARGV: token,
 /// max_len, max_age ms ('' none), upstream id ('' none), age scan, then
-/// seq, data pairs. Returns 1 written, 0 fenced; an error reply (before
-/// any write) when seqs do not increase.
+/// seq, data pairs. Returns 1 written, 0 fenced, -1 (nothing written) when
+/// a seq is not above the last logged one.
 const APPEND_LUA: &str = r"
 local fence = redis.call('GET', KEYS[2])
 if fence ~= ARGV[1] then return 0 end
 local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
 for i = 6, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
-  if seq <= last then
-    return redis.error_reply('ERR replay log seq ' .. ARGV[i] .. ' is not above ' .. last)
-  end
+  if seq <= last then return -1 end
   last = seq
 end
-if #ARGV < 6 then return 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 6, #ARGV, 2 do
@@ -514,6 +511,16 @@ impl ReplayLog {
             .await?;
         if written == 1 {
             Ok(())
+        } else if written == -1 {
+            let e = invalid(
+                OP,
+                format!(
+                    "seqs {}..={prev} are not all above the last logged seq",
+                    entries[0].0
+                ),
+            );
+            record_error(&e);
+            Err(e)
         } else {
             let e = ReplayLogError::Fenced { token: lease.token };
             tracing::warn!(key = %self.log_key, error = %e, "replay log append fenced");

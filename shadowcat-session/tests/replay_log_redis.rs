@@ -62,7 +62,7 @@ async fn append_then_read_in_order() {
         .append(&lease, &events(10..=11), None, KEEP_ALL)
         .await
         .unwrap_err();
-    assert!(matches!(err, ReplayLogError::Redis { .. }), "{err}");
+    assert!(matches!(err, ReplayLogError::Invalid { .. }), "{err}");
     assert_eq!(log.read_after(Some(9), 100).await.unwrap(), events(10..=10));
     // Seq 0 and unordered batches are refused before any round trip.
     let before = log.round_trips();
