@@ -290,6 +290,15 @@ async fn last_upstream_id_follows_batches_that_carry_one() {
         log.last_upstream_id().await.unwrap().as_deref(),
         Some("evt-9")
     );
+    // A batch with no events still records its resume id.
+    log.append(&lease, &[], Some("evt-10"), KEEP_ALL)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.last_upstream_id().await.unwrap().as_deref(),
+        Some("evt-10")
+    );
+    assert_eq!(log.read_after(None, 100).await.unwrap(), events(1..=4));
 }
 
 #[tokio::test]
