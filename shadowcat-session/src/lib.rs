@@ -1,7 +1,8 @@
 //! Shadowcat's persistence side: the `Session` model, the `SessionStore`
 //! trait with its stores (memory, embedded redb file, Redis) and the
 //! `BatchingWriter`, the one task per store that gets resumption points and
-//! activity times into the store without ever slowing a stream.
+//! activity times into the store without ever slowing a stream; plus the
+//! `ReplayLog` primitives (a shared, fenced event log on Redis Streams).
 //!
 //! Architecture invariant: this crate knows nothing about SSE or transports;
 //! it never depends on `shadowcat-transport`.
@@ -20,9 +21,11 @@ pub use store::{ExpiredSession, Page, SessionStore, StoreError};
 
 pub mod redb_store;
 pub mod redis_store;
+pub mod replay_log;
 pub mod writer;
 pub use redb_store::RedbStore;
 pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use replay_log::{Lease, ReplayLog, ReplayLogConfig, ReplayLogError, ReplayLogs, Retention};
 pub use writer::{
     BatchingWriter, BreakerState, ShutdownReport, WriterConfig, WriterConfigError, WriterHandle,
     WriterStats,
