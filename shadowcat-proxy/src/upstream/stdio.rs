@@ -631,7 +631,7 @@ impl StdioBridge {
             .open()
             .await
             .map_err(|e| BridgeError::Gone(Arc::from(e)))?;
-        let (cs, rx) = self.register(&id, 0);
+        let (cs, rx) = self.register(id, 0);
         reservation.1 = true;
         tracing::debug!(session_fp = %id.fingerprint(), "legacy upstream connection opened");
         let bridge = Arc::clone(self);
@@ -716,7 +716,7 @@ impl StdioBridge {
         let (Some(stdin), Some(mut stdout)) = (child.take_stdin(), child.take_stdout()) else {
             return Err(BridgeError::Stopping);
         };
-        let (cs, rx) = self.register(&id, child.pid());
+        let (cs, rx) = self.register(id, child.pid());
         reservation.1 = true;
         metrics::gauge!("shadowcat_stdio_children").increment(1.0);
         tracing::info!(session_fp = %id.fingerprint(), pid = cs.pid, "stdio server started");
