@@ -1169,29 +1169,7 @@ fn chaos(ctx: &mut Ctx, extra: &[&str]) -> Result<String, String> {
     let steps = format!("steps={CHAOS_STEPS}");
     let cmd = ctx.ts_client_cmd("chaos", &relay, &[&steps, "delayMs=1"]);
     let out = ctx.run("ts-client-chaos", cmd);
-    let cuts = fs::read_to_string(ctx.out_path("relay"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("cut "))
-        .count();
-    let out =
-        out.map_err(|e| format!("seed {seed}, {cuts} cuts: {e}\n{}", ctx.tails("shadowcat")))?;
-    let figures = key_values(&out, "figures ");
-    let figure = |key: &str| figures.get(key).copied().unwrap_or("?");
-    let resumes: usize = figure("resumes").parse().unwrap_or(0);
-    let summary = format!(
-        "seed {seed}: {} events, {cuts} cuts, {resumes} resumes, {} lost, {} duplicated, {} out of order, worst resume gap {} ms",
-        figure("events"),
-        figure("lost"),
-        figure("duplicated"),
-        figure("outOfOrder"),
-        figure("worstGapMs"),
-    );
-    if cuts < CHAOS_MIN_CUTS || resumes < CHAOS_MIN_CUTS {
-        return Err(format!(
-            "{summary}: expected at least {CHAOS_MIN_CUTS} cuts and resumes"
-        ));
-    }
+    let summary = chaos_summary(ctx, seed, "", out)?;
     let metrics =
         check_resumes(proxy.admin, None, Some(0.0)).map_err(|e| format!("{summary}: {e}"))?;
     let seen_upstream = upstream_resumes(ctx);
@@ -1316,6 +1294,42 @@ fn json_output(out: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("no JSON in output:\n{out}"))?;
     let end = out.rfind('}').map_or(out.len(), |i| i + 1);
     serde_json::from_str(&out[start..end]).map_err(|e| format!("bad JSON ({e}) in output:\n{out}"))
+}
+
+/// The outcome of a chaos client run through `ts/relay.mjs`: one line with
+/// the cuts the relay made and the client's figures, or an error when the
+/// client failed or there were fewer than [`CHAOS_MIN_CUTS`] cuts and
+/// resumes. `label` starts the line (e.g. "TLS both sides, ").
+fn chaos_summary(
+    ctx: &Ctx,
+    seed: u32,
+    label: &str,
+    out: Result<String, String>,
+) -> Result<String, String> {
+    let cuts = fs::read_to_string(ctx.out_path("relay"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cut "))
+        .count();
+    let out =
+        out.map_err(|e| format!("seed {seed}, {cuts} cuts: {e}\n{}", ctx.tails("shadowcat")))?;
+    let figures = key_values(&out, "figures ");
+    let figure = |key: &str| figures.get(key).copied().unwrap_or("?");
+    let resumes: usize = figure("resumes").parse().unwrap_or(0);
+    let summary = format!(
+        "{label}seed {seed}: {} events, {cuts} cuts, {resumes} resumes, {} lost, {} duplicated, {} out of order, worst resume gap {} ms",
+        figure("events"),
+        figure("lost"),
+        figure("duplicated"),
+        figure("outOfOrder"),
+        figure("worstGapMs"),
+    );
+    if cuts < CHAOS_MIN_CUTS || resumes < CHAOS_MIN_CUTS {
+        return Err(format!(
+            "{summary}: expected at least {CHAOS_MIN_CUTS} cuts and resumes"
+        ));
+    }
+    Ok(summary)
 }
 
 #[cfg(test)]

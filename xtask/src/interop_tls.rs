@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::{
-    CHAOS_MIN_CUTS, CHAOS_STEPS, Ctx, chaos_seed, check_resumes, free_port, key_values, last_line,
-    metric, metrics, upstream_resumes,
+    CHAOS_STEPS, Ctx, chaos_seed, check_resumes, free_port, last_line, metric, metrics,
+    upstream_resumes,
 };
 
 /// `cargo build -p benches --bin tls-certs`.
@@ -196,29 +196,7 @@ pub(super) fn ts_sdk_chaos_tls(ctx: &mut Ctx) -> Result<String, String> {
     let steps = format!("steps={CHAOS_STEPS}");
     let cmd = tls_client(ctx, &certs, false, "chaos", &relay, &[&steps, "delayMs=1"]);
     let out = ctx.run("ts-client-chaos", cmd);
-    let cuts = std::fs::read_to_string(ctx.out_path("relay"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("cut "))
-        .count();
-    let out =
-        out.map_err(|e| format!("seed {seed}, {cuts} cuts: {e}\n{}", ctx.tails("shadowcat")))?;
-    let figures = key_values(&out, "figures ");
-    let figure = |key: &str| figures.get(key).copied().unwrap_or("?");
-    let resumes: usize = figure("resumes").parse().unwrap_or(0);
-    let summary = format!(
-        "TLS both sides, seed {seed}: {} events, {cuts} cuts, {resumes} resumes, {} lost, {} duplicated, {} out of order, worst resume gap {} ms",
-        figure("events"),
-        figure("lost"),
-        figure("duplicated"),
-        figure("outOfOrder"),
-        figure("worstGapMs"),
-    );
-    if cuts < CHAOS_MIN_CUTS || resumes < CHAOS_MIN_CUTS {
-        return Err(format!(
-            "{summary}: expected at least {CHAOS_MIN_CUTS} cuts and resumes"
-        ));
-    }
+    let summary = super::chaos_summary(ctx, seed, "TLS both sides, ", out)?;
     let resumed = check_resumes(admin, None, Some(0.0)).map_err(|e| format!("{summary}: {e}"))?;
     let seen_upstream = upstream_resumes(ctx);
     if !seen_upstream.is_empty() {

@@ -109,6 +109,17 @@ impl LegacyClient {
     }
 }
 
+/// 405 for a legacy path asked with the wrong method.
+fn wrong_method(req: &Request<Incoming>, what: &str, allow: &'static str) -> Rejection {
+    let mut rej = Rejection::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        jsonrpc::METHOD_NOT_FOUND,
+        format!("{} {what}", req.uri().path()),
+    );
+    rej.allow = Some(allow);
+    rej
+}
+
 impl Shared {
     /// `GET` on the legacy SSE path: a new legacy client, or a reconnect
     /// with `Last-Event-ID`.
@@ -117,16 +128,11 @@ impl Shared {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         if req.method() != Method::GET {
-            let mut rej = Rejection::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                jsonrpc::METHOD_NOT_FOUND,
-                format!(
-                    "{} is the legacy SSE stream: open it with GET",
-                    req.uri().path()
-                ),
-            );
-            rej.allow = Some("GET");
-            return Err(rej);
+            return Err(wrong_method(
+                &req,
+                "is the legacy SSE stream: open it with GET",
+                "GET",
+            ));
         }
         if !accepts(req.headers(), "text/event-stream") {
             return Err(Rejection::new(
@@ -271,16 +277,11 @@ impl Shared {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Rejection> {
         if req.method() != Method::POST {
-            let mut rej = Rejection::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                jsonrpc::METHOD_NOT_FOUND,
-                format!(
-                    "{} takes a legacy client's messages: use POST",
-                    req.uri().path()
-                ),
-            );
-            rej.allow = Some("POST");
-            return Err(rej);
+            return Err(wrong_method(
+                &req,
+                "takes a legacy client's messages: use POST",
+                "POST",
+            ));
         }
         let (parts, body) = req.into_parts();
         let ip = parts
