@@ -153,6 +153,15 @@ pub(crate) struct ReverseArgs {
     /// instead of an HTTP upstream.
     #[arg(long = "upstream-cmd", conflicts_with = "upstream")]
     pub(crate) upstream_cmd: bool,
+    /// With a redis store, share every stream through a replay log on
+    /// Redis so any instance serves any resume (no sticky sessions):
+    /// `on` or `off` [default: on with a redis store].
+    #[arg(long, env = "SHADOWCAT_REPLAY_LOG", value_parser = ["on", "off"])]
+    pub(crate) replay_log: Option<String>,
+    /// This instance's name in stream leases [default:
+    /// shadowcat-{pid}-{random}].
+    #[arg(long, env = "SHADOWCAT_INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
     /// Most stdio servers (sessions) at once with --upstream-cmd
     /// [default: 64].
     #[arg(long, env = "SHADOWCAT_MAX_CHILDREN")]

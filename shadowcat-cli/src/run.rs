@@ -24,6 +24,38 @@ use crate::{access_log, admin, logging};
 /// Exit code when a second signal cuts the drain short.
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// The shared replay log: on by default with a redis store (instances
+/// sharing sessions then share streams too), refused without one.
+async fn cluster(
+    c: &crate::settings::ClusterSettings,
+    store_spec: &str,
+) -> Result<Option<shadowcat_proxy::ClusterConfig>, CliError> {
+    let redis = store_spec.starts_with("redis://") || store_spec.starts_with("rediss://");
+    match (c.replay_log, redis) {
+        (Some(false), _) | (None, false) => return Ok(None),
+        (Some(true), false) => {
+            return Err(CliError::Config(format!(
+                "[cluster] replay_log needs a redis store (--store redis://HOST:PORT), not {store_spec:?}"
+            )));
+        }
+        _ => {}
+    }
+    let logs = shadowcat_session::ReplayLogs::connect(store_spec, Default::default())
+        .await
+        .map_err(|e| CliError::Config(format!("replay log: {e}")))?;
+    let notifier = shadowcat_session::Notifier::start(store_spec)
+        .map_err(|e| CliError::Config(format!("replay log notifier: {e}")))?;
+    tracing::info!(instance = %c.instance_id, "shared replay log on");
+    Ok(Some(shadowcat_proxy::ClusterConfig {
+        logs,
+        notifier,
+        instance_id: c.instance_id.clone(),
+        lease_ttl: c.lease_ttl,
+        retention: c.retention,
+        wait: c.wait,
+    }))
+}
+
 /// What SIGHUP needs to read the settings again: the flags (they still win)
 /// and the config file.
 pub(crate) struct Reload {
@@ -53,6 +85,7 @@ pub(crate) async fn reverse(
     };
     let running_view = settings_view(&settings);
     let mut settings = settings;
+    settings.proxy.cluster = cluster(&settings.cluster, &store_spec).await?;
     if let Some(format) = settings.access_log {
         settings.proxy.access_log = Some(access_log::start(format, std::io::stdout())?);
     }

@@ -69,6 +69,77 @@ pub(crate) struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+/// `[cluster]` in the config file: several instances sharing streams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    replay_log: Option<bool>,
+    instance_id: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    replay_log_max_len: Option<u64>,
+    replay_log_max_age_ms: Option<u64>,
+    replay_log_wait_ms: Option<u64>,
+}
+
+/// `[cluster]`, resolved (the replay log itself is connected at start).
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSettings {
+    /// `None`: on with a redis store.
+    pub(crate) replay_log: Option<bool>,
+    pub(crate) instance_id: String,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) retention: shadowcat_session::Retention,
+    pub(crate) wait: Duration,
+}
+
+impl ClusterSettings {
+    fn resolve(args: &ReverseArgs, file: &FileCluster) -> Result<Self, CliError> {
+        let replay_log = match args.replay_log.as_deref() {
+            Some("on") => Some(true),
+            Some(_) => Some(false),
+            None => file.replay_log,
+        };
+        let instance_id = match args.instance_id.clone().or(file.instance_id.clone()) {
+            Some(id) => id,
+            None => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                format!("shadowcat-{}-{:08x}", std::process::id(), h.finish() as u32)
+            }
+        };
+        if instance_id.is_empty() || instance_id.contains('|') || instance_id.len() > 128 {
+            return Err(CliError::Config(format!(
+                "bad instance_id {instance_id:?}: 1 to 128 characters, no '|'"
+            )));
+        }
+        let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, CliError> {
+            match v.unwrap_or(default) {
+                0 => Err(CliError::Config(format!("[cluster] {name} must be at least 1"))),
+                n => Ok(Duration::from_millis(n)),
+            }
+        };
+        let max_len = file.replay_log_max_len.unwrap_or(16_384);
+        if max_len == 0 {
+            return Err(CliError::Config(
+                "[cluster] replay_log_max_len must be at least 1".into(),
+            ));
+        }
+        Ok(ClusterSettings {
+            replay_log,
+            instance_id,
+            lease_ttl: ms(file.lease_ttl_ms, 5_000, "lease_ttl_ms")?,
+            retention: shadowcat_session::Retention {
+                max_len,
+                max_age: Some(ms(file.replay_log_max_age_ms, 600_000, "replay_log_max_age_ms")?),
+            },
+            wait: ms(file.replay_log_wait_ms, 3_000, "replay_log_wait_ms")?,
+        })
+    }
 }
 
 /// `[auth]` in the config file; see `shadowcat_proxy::AuthConfig`.
@@ -338,11 +409,13 @@ pub(crate) struct ReverseSettings {
     pub(crate) access_log: Option<LogFormat>,
     pub(crate) drain_timeout: Duration,
     pub(crate) sweeper: SweeperConfig,
+    pub(crate) cluster: ClusterSettings,
 }
 
 impl ReverseSettings {
     /// Flags over the file over defaults.
     pub(crate) fn resolve(args: ReverseArgs, file: FileConfig) -> Result<Self, CliError> {
+        let cluster = ClusterSettings::resolve(&args, &file.cluster)?;
         let access_log = args.access_log.or(file.access_log);
         let (admin_bind, admin_token) = admin_target(
             &file,
@@ -628,6 +701,7 @@ impl ReverseSettings {
                 // Sweep a few times per timeout, at most once a minute.
                 interval: (max_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
             },
+            cluster,
         })
     }
 }

@@ -65,6 +65,10 @@ pub struct ReverseProxyConfig {
     pub access_log: Option<std::sync::Arc<dyn crate::AccessLog>>,
     /// Who may use the proxy (`[auth]`). Default: no auth.
     pub auth: AuthConfig,
+    /// Several instances share streams through a replay log on Redis
+    /// (`[cluster]`). Default none: streams live on the instance that
+    /// reads them.
+    pub cluster: Option<crate::stream::cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for ReverseProxyConfig {
@@ -120,6 +124,7 @@ impl ReverseProxyConfig {
             legacy_messages_path: DEFAULT_LEGACY_MESSAGES_PATH.to_owned(),
             access_log: None,
             auth: AuthConfig::default(),
+            cluster: None,
         }
     }
 

@@ -53,6 +53,7 @@ pub use mcp::jsonrpc;
 pub use mcp::protocol::ProtocolVersion;
 pub use server::access::{AccessLog, AccessRecord};
 pub use server::{ReverseProxy, ServeReport};
+pub use stream::cluster::ClusterConfig;
 pub use stream::replay::ReplayLimits;
 pub use tls::{ListenerTlsConfig, TlsError, UpstreamTlsConfig};
 pub use upstream::http::check_upstream;

@@ -22,10 +22,15 @@ pub use store::{ExpiredSession, Page, SessionStore, StoreError};
 pub mod redb_store;
 pub mod redis_store;
 pub mod replay_log;
+pub mod replay_notify;
 pub mod writer;
 pub use redb_store::RedbStore;
 pub use redis_store::{RedisStore, RedisStoreConfig};
-pub use replay_log::{Lease, ReplayLog, ReplayLogConfig, ReplayLogError, ReplayLogs, Retention};
+pub use replay_log::{
+    Lease, LogEntry, Probe, Renewed, ReplayLog, ReplayLogConfig, ReplayLogError, ReplayLogs,
+    Retention,
+};
+pub use replay_notify::{Notifier, Watch};
 pub use writer::{
     BatchingWriter, BreakerState, ShutdownReport, WriterConfig, WriterConfigError, WriterHandle,
     WriterStats,

@@ -2,8 +2,6 @@
 //! several proxy instances, with a lease naming the one instance that
 //! appends (the owner) and a fencing token that stops a former owner.
 //!
-//! Not yet used by the proxy: these are the storage primitives.
-//!
 //! # Keys
 //!
 //! Per (session, stream), under `{ns}:rl:{session}:{stream}:`:
@@ -157,6 +155,44 @@ impl ReplayLogError {
     }
 }
 
+/// One logged event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The client sequence number.
+    pub seq: u64,
+    /// The encoded event, as sent to clients (may be empty on an end
+    /// marker).
+    pub data: Bytes,
+    /// The stream ends with this entry.
+    pub end: bool,
+}
+
+/// A log's entries from a seq on, and its state ([`ReplayLog::probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Entries from the seq asked for, in order.
+    pub entries: Vec<LogEntry>,
+    /// The last seq appended (`None`: no such log).
+    pub last_seq: Option<u64>,
+    /// The upstream resume id of the last batch that carried one.
+    pub upstream_id: Option<String>,
+    /// The stream ended (its last entry says so).
+    pub ended: bool,
+    /// The lease holder's name, when someone holds it.
+    pub owner: Option<String>,
+}
+
+/// What a renewal learned ([`ReplayLog::renew_info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// The lease is (still, or again) ours.
+    pub held: bool,
+    /// The highest seq a reader on another instance reported sent.
+    pub read: u64,
+    /// How long ago a reader last reported (`None`: never).
+    pub reported_ago: Option<Duration>,
+}
+
 /// Ownership of one stream's log: who and with which fencing token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -175,6 +211,12 @@ impl Lease {
         self.token
     }
 
+    /// A lease record for `owner` and `token` (a lease taken elsewhere and
+    /// handed over).
+    pub fn new(owner: String, token: u64) -> Lease {
+        Lease { owner, token }
+    }
+
     fn value(&self) -> String {
         format!("{}|{}", self.owner, self.token)
     }
@@ -189,41 +231,77 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 ";
 
-/// Extends the lease if it is still ours. KEYS: lease. ARGV: value, ttl ms.
+/// Extends the lease if it is still ours; takes it again when it expired
+/// (a Redis restart, a stall) and nobody acquired it since (the fence is
+/// still our token). KEYS: lease, fence, meta. ARGV: value, ttl ms, token.
+/// Returns {held (1/0), readers' position, ms since a reader reported
+/// (-1: never)}.
 const RENEW_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = 0
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  held = 1
+elseif not cur and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  held = 1
 end
-return 0
+local m = redis.call('HMGET', KEYS[3], 'rd', 'rt')
+local age = -1
+if m[2] then
+  local t = redis.call('TIME')
+  age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(m[2])
+end
+return {held, tonumber(m[1] or '0'), age}
 ";
 
-/// Drops the lease if it is still ours. KEYS: lease. ARGV: value.
+/// A reader on another instance reports how far it sent. KEYS: meta.
+/// ARGV: seq. Keeps the highest position and the time.
+const REPORT_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = tonumber(redis.call('HGET', KEYS[1], 'rd') or '0')
+if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'rd', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'rt', now)
+return 1
+";
+
+/// Drops the lease if it is still ours and moves the fence on, so the
+/// released token can neither append nor take the lease again. KEYS:
+/// lease, fence. ARGV: value.
 const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('INCR', KEYS[2])
   return 1
 end
 return 0
 ";
 
 /// Appends a batch under fencing. KEYS: log, fence, meta. ARGV: token,
-/// max_len, max_age ms ('' none), upstream id ('' none), age scan, then
-/// seq, data pairs. Returns 1 written, 0 fenced, -1 (nothing written) when
-/// a seq is not above the last logged one.
+/// max_len, max_age ms ('' none), upstream id ('' none), age scan, end
+/// ('1': the last entry ends the stream), channel, then seq, data pairs.
+/// Returns {1, readers' position} written, {0} fenced, {-1} (nothing
+/// written) when a seq is not above the last logged one. Publishes the
+/// last seq on the channel.
 const APPEND_LUA: &str = r"
 local fence = redis.call('GET', KEYS[2])
-if fence ~= ARGV[1] then return 0 end
+if fence ~= ARGV[1] then return {0} end
 local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
-for i = 6, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
-  if seq <= last then return -1 end
+  if seq <= last then return {-1} end
   last = seq
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 6, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'd', ARGV[i + 1], 't', now)
+for i = 8, #ARGV, 2 do
+  if ARGV[6] == '1' and i + 1 == #ARGV then
+    redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'd', ARGV[i + 1], 't', now, 'e', '1')
+  else
+    redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'd', ARGV[i + 1], 't', now)
+  end
 end
 redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
 if ARGV[3] ~= '' then
@@ -246,11 +324,16 @@ if ARGV[3] ~= '' then
 end
 local fields = {'seq', string.format('%d', last)}
 if ARGV[4] ~= '' then
-  fields[3] = 'up'
-  fields[4] = ARGV[4]
+  fields[#fields + 1] = 'up'
+  fields[#fields + 1] = ARGV[4]
+end
+if ARGV[6] == '1' then
+  fields[#fields + 1] = 'end'
+  fields[#fields + 1] = '1'
 end
 redis.call('HSET', KEYS[3], unpack(fields))
-return 1
+if #ARGV >= 8 then redis.call('PUBLISH', ARGV[7], last) end
+return {1, tonumber(redis.call('HGET', KEYS[3], 'rd') or '0')}
 ";
 
 #[derive(Debug, Clone, Copy)]
@@ -259,16 +342,17 @@ enum Lua {
     Renew = 1,
     Release = 2,
     Append = 3,
+    Report = 4,
 }
 
-const SOURCES: [&str; 4] = [ACQUIRE_LUA, RENEW_LUA, RELEASE_LUA, APPEND_LUA];
+const SOURCES: [&str; 5] = [ACQUIRE_LUA, RENEW_LUA, RELEASE_LUA, APPEND_LUA, REPORT_LUA];
 
 struct Shared {
     conn: ConnectionManager,
     /// For `XREAD BLOCK`: no reply timeout of its own.
     blocking: ConnectionManager,
     addr: String,
-    shas: [String; 4],
+    shas: [String; 5],
     config: ReplayLogConfig,
     round_trips: AtomicU64,
 }
@@ -326,7 +410,7 @@ impl ReplayLogs {
                 load.cmd("SCRIPT").arg("LOAD").arg(src);
             }
             let shas: Vec<String> = load.query_async(&mut conn).await.map_err(redis_err)?;
-            let shas: [String; 4] = shas.try_into().map_err(|_| ReplayLogError::Corrupt {
+            let shas: [String; 5] = shas.try_into().map_err(|_| ReplayLogError::Corrupt {
                 op: OP,
                 message: "SCRIPT LOAD answered with the wrong count".to_owned(),
             })?;
@@ -370,6 +454,7 @@ impl ReplayLogs {
             lease_key: format!("{base}lease"),
             fence_key: format!("{base}fence"),
             meta_key: format!("{base}meta"),
+            channel: format!("{base}ch"),
         }
     }
 
@@ -387,6 +472,7 @@ pub struct ReplayLog {
     lease_key: String,
     fence_key: String,
     meta_key: String,
+    channel: String,
 }
 
 impl fmt::Debug for ReplayLog {
@@ -438,17 +524,87 @@ impl ReplayLog {
     }
 
     /// Extends `lease` to `ttl` from now; `false` when it is no longer held
-    /// (expired, released, or taken over).
+    /// (taken over, or released).
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, ReplayLogError> {
+        Ok(self.renew_info(lease, ttl).await?.held)
+    }
+
+    /// [`ReplayLog::renew`], with what readers on other instances reported.
+    /// An expired lease nobody acquired since is taken again.
+    pub async fn renew_info(&self, lease: &Lease, ttl: Duration) -> Result<Renewed, ReplayLogError> {
         const OP: &str = "renew";
         let ttl = ttl_ms(OP, ttl)?;
         let value = lease.value();
-        let done: i64 = self
+        let (held, read, age): (i64, u64, i64) = self
             .eval(OP, Lua::Renew, |cmd| {
-                cmd.arg(1).arg(&self.lease_key).arg(&value).arg(ttl);
+                cmd.arg(3)
+                    .arg(&self.lease_key)
+                    .arg(&self.fence_key)
+                    .arg(&self.meta_key)
+                    .arg(&value)
+                    .arg(ttl)
+                    .arg(lease.token);
             })
             .await?;
-        Ok(done == 1)
+        Ok(Renewed {
+            held: held == 1,
+            read,
+            reported_ago: (age >= 0).then(|| Duration::from_millis(age as u64)),
+        })
+    }
+
+    /// Records that a reader sent the client every event up to `seq` (the
+    /// owner reads it back with [`ReplayLog::renew_info`]).
+    pub async fn report_read(&self, seq: u64) -> Result<(), ReplayLogError> {
+        let _: i64 = self
+            .eval("report_read", Lua::Report, |cmd| {
+                cmd.arg(1).arg(&self.meta_key).arg(seq);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The Pub/Sub channel each append publishes its last seq on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// In one round trip: entries from `from_seq` on (up to `max`), and
+    /// the log's state (last seq, resume id, ended, lease holder).
+    pub async fn probe(&self, from_seq: u64, max: usize) -> Result<Probe, ReplayLogError> {
+        const OP: &str = "probe";
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(&self.log_key)
+            .arg(format!("{from_seq}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max.max(1))
+            .cmd("HMGET")
+            .arg(&self.meta_key)
+            .arg("seq")
+            .arg("up")
+            .arg("end")
+            .cmd("GET")
+            .arg(&self.lease_key);
+        let shared = &self.shared;
+        type Reply = (Vec<Entry>, (Option<u64>, Option<String>, Option<String>), Option<String>);
+        let (entries, (last, up, end), lease): Reply = self
+            .bounded(OP, shared.config.call_timeout, async {
+                shared.round_trips.fetch_add(1, Ordering::Relaxed);
+                let mut conn = shared.conn.clone();
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_err(shared, OP, e))
+            })
+            .await?;
+        Ok(Probe {
+            entries: decode_log_entries(OP, entries)?,
+            last_seq: last,
+            upstream_id: up.filter(|u| !u.is_empty()),
+            ended: end.is_some(),
+            owner: lease.map(|v| v.rsplit_once('|').map_or(v.clone(), |(o, _)| o.to_owned())),
+        })
     }
 
     /// Gives the lease up; `false` when it was no longer held.
@@ -457,7 +613,10 @@ impl ReplayLog {
         let value = lease.value();
         let done: i64 = self
             .eval(OP, Lua::Release, |cmd| {
-                cmd.arg(1).arg(&self.lease_key).arg(&value);
+                cmd.arg(2)
+                    .arg(&self.lease_key)
+                    .arg(&self.fence_key)
+                    .arg(&value);
             })
             .await?;
         Ok(done == 1)
@@ -475,6 +634,22 @@ impl ReplayLog {
         upstream_id: Option<&str>,
         retain: Retention,
     ) -> Result<(), ReplayLogError> {
+        self.append_batch(lease, entries, upstream_id, false, retain)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`ReplayLog::append`]; with `end` the last entry ends the stream
+    /// (readers stop after it). Publishes the last seq on
+    /// [`ReplayLog::channel`]. Returns the readers' reported position.
+    pub async fn append_batch(
+        &self,
+        lease: &Lease,
+        entries: &[(u64, Bytes)],
+        upstream_id: Option<&str>,
+        end: bool,
+        retain: Retention,
+    ) -> Result<u64, ReplayLogError> {
         const OP: &str = "append";
         if retain.max_len == 0 {
             return Err(invalid(OP, "retention max_len is 0"));
@@ -493,7 +668,7 @@ impl ReplayLog {
             .max_age
             .map(|a| (a.as_millis() as u64).max(1).to_string())
             .unwrap_or_default();
-        let written: i64 = self
+        let answer: Vec<i64> = self
             .eval(OP, Lua::Append, |cmd| {
                 cmd.arg(3)
                     .arg(&self.log_key)
@@ -503,29 +678,33 @@ impl ReplayLog {
                     .arg(retain.max_len)
                     .arg(&max_age)
                     .arg(upstream_id.unwrap_or(""))
-                    .arg(AGE_SCAN);
+                    .arg(AGE_SCAN)
+                    .arg(if end { "1" } else { "0" })
+                    .arg(&self.channel);
                 for (seq, data) in entries {
                     cmd.arg(*seq).arg(data.as_ref());
                 }
             })
             .await?;
-        if written == 1 {
-            Ok(())
-        } else if written == -1 {
-            let e = invalid(
-                OP,
-                format!(
-                    "seqs {}..={prev} are not all above the last logged seq",
-                    entries[0].0
-                ),
-            );
-            record_error(&e);
-            Err(e)
-        } else {
-            let e = ReplayLogError::Fenced { token: lease.token };
-            tracing::warn!(key = %self.log_key, error = %e, "replay log append fenced");
-            metrics::counter!("shadowcat_replay_log_fenced_total").increment(1);
-            Err(e)
+        match answer.first().copied() {
+            Some(1) => Ok(answer.get(1).copied().unwrap_or(0).max(0) as u64),
+            Some(-1) => {
+                let e = invalid(
+                    OP,
+                    format!(
+                        "seqs {}..={prev} are not all above the last logged seq",
+                        entries[0].0
+                    ),
+                );
+                record_error(&e);
+                Err(e)
+            }
+            _ => {
+                let e = ReplayLogError::Fenced { token: lease.token };
+                tracing::warn!(key = %self.log_key, error = %e, "replay log append fenced");
+                metrics::counter!("shadowcat_replay_log_fenced_total").increment(1);
+                Err(e)
+            }
         }
     }
 
@@ -676,6 +855,13 @@ fn decode_entries(
     op: &'static str,
     entries: Vec<Entry>,
 ) -> Result<Vec<(u64, Bytes)>, ReplayLogError> {
+    Ok(decode_log_entries(op, entries)?
+        .into_iter()
+        .map(|e| (e.seq, e.data))
+        .collect())
+}
+
+fn decode_log_entries(op: &'static str, entries: Vec<Entry>) -> Result<Vec<LogEntry>, ReplayLogError> {
     let mut out = Vec::with_capacity(entries.len());
     for (id, fields) in entries {
         let seq = id
@@ -683,14 +869,17 @@ fn decode_entries(
             .and_then(|(s, _)| s.parse::<u64>().ok())
             .ok_or_else(|| corrupt(op, format!("entry id {id:?} is not {{seq}}-0")))?;
         let mut data = None;
+        let mut end = false;
         let mut it = fields.into_iter();
         while let (Some(f), Some(v)) = (it.next(), it.next()) {
             if f == b"d" {
                 data = Some(Bytes::from(v));
+            } else if f == b"e" {
+                end = true;
             }
         }
         let data = data.ok_or_else(|| corrupt(op, format!("entry {id} has no field d")))?;
-        out.push((seq, data));
+        out.push(LogEntry { seq, data, end });
     }
     Ok(out)
 }

@@ -449,6 +449,7 @@ pub async fn relay_http(
         max_kept: 1,
         keepalive: Duration::from_secs(3600),
         closing,
+        cluster: None,
     });
     // Bounded: a slow stdio client slows the upstream reads, never grows
     // memory without end.

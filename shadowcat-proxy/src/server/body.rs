@@ -46,6 +46,7 @@ enum Inner {
     Sse(Box<SseForward>),
     Stream(Box<StreamBody>),
     Legacy(Box<super::legacy::LegacySse>),
+    Log(Box<crate::stream::log_reader::LogBody>),
 }
 
 impl ProxyBody {
@@ -74,6 +75,11 @@ impl ProxyBody {
     /// A client's view of a resumable session stream.
     pub(crate) fn stream(body: StreamBody) -> Self {
         Self::of(Inner::Stream(Box::new(body)))
+    }
+
+    /// A client's stream read from the shared replay log.
+    pub(crate) fn log(body: crate::stream::log_reader::LogBody) -> Self {
+        Self::of(Inner::Log(Box::new(body)))
     }
 
     /// A legacy (2024-11-05) client's `/sse` stream.
@@ -109,6 +115,7 @@ impl Body for ProxyBody {
             Inner::Sse(fwd) => fwd.poll_next(cx),
             Inner::Stream(s) => s.poll_next(cx),
             Inner::Legacy(s) => s.poll_next(cx),
+            Inner::Log(s) => s.poll_next(cx),
         };
         if let (Some(finish), Poll::Ready(Some(Ok(frame)))) = (&mut me.access, &polled)
             && let Some(data) = frame.data_ref()
@@ -124,6 +131,7 @@ impl Body for ProxyBody {
             Inner::Sse(fwd) => fwd.done,
             Inner::Stream(s) => s.is_done(),
             Inner::Legacy(s) => s.is_done(),
+            Inner::Log(s) => s.is_done(),
         }
     }
 
@@ -131,7 +139,9 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Sse(_) | Inner::Stream(_) | Inner::Legacy(_) => SizeHint::default(),
+            Inner::Sse(_) | Inner::Stream(_) | Inner::Legacy(_) | Inner::Log(_) => {
+                SizeHint::default()
+            }
         }
     }
 }
@@ -140,7 +150,7 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(finish) = self.access.take() {
             let events = match &self.inner {
-                Inner::Full(_) | Inner::Legacy(_) => None,
+                Inner::Full(_) | Inner::Legacy(_) | Inner::Log(_) => None,
                 Inner::Sse(fwd) => Some(fwd.events),
                 Inner::Stream(s) => Some(s.events_sent()),
             };

@@ -16,7 +16,16 @@ use crate::mcp::jsonrpc;
 use crate::mcp::protocol::ProtocolVersion;
 use crate::mcp::{LAST_EVENT_ID, is_sse};
 use crate::session::SessionEntry;
+use crate::stream::log_reader::{LogBody, READ_COUNT, TakeoverParts};
 use crate::stream::{PumpSource, StreamKind};
+
+/// The encoded event starts with the id line of `id`.
+fn carries_id(event: &[u8], id: &str) -> bool {
+    event
+        .strip_prefix(b"id: ")
+        .and_then(|rest| rest.strip_prefix(id.as_bytes()))
+        .is_some_and(|rest| rest.first() == Some(&b'\n'))
+}
 
 impl Shared {
     pub(super) async fn get(
@@ -105,11 +114,16 @@ impl Shared {
                     return Ok(self.stream_response(body, session, None));
                 }
                 Err(why) => {
-                    tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the upstream");
+                    tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, ?why, "replay buffer does not reach back; resuming from the replay log or the upstream");
                     not_held = (why.limit(), why.cause(&self.env));
+                    if let Some(resp) = self.resume_from_log(session, &id, text).await? {
+                        return Ok(resp);
+                    }
                     stream.release();
                 }
             }
+        } else if let Some(resp) = self.resume_from_log(session, &id, text).await? {
+            return Ok(resp);
         }
         let (limit, held_cause) = not_held;
         let gap = |status: StatusCode, cause: String| {
@@ -182,6 +196,58 @@ impl Shared {
         metrics::histogram!("shadowcat_resume_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(session_fp = %session.id.fingerprint(), "client resumes from the upstream");
         Ok(self.stream_response(body, session, None))
+    }
+
+    /// Serves the client from the shared replay log when it holds the
+    /// client's event (the same id) and what follows; `None` when there is
+    /// no log, or it does not reach back that far.
+    async fn resume_from_log(
+        &self,
+        session: &Arc<SessionEntry>,
+        id: &ClientEventId,
+        text: &str,
+    ) -> Result<Option<Response<ProxyBody>>, Rejection> {
+        let Some(cluster) = self.env.cluster.clone() else {
+            return Ok(None);
+        };
+        let log = cluster.log(&session.id, id.stream);
+        let probe = match log.probe(id.seq, READ_COUNT).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(session_fp = %session.id.fingerprint(), stream = id.stream, error = %e, "could not read the replay log; resuming without it");
+                return Ok(None);
+            }
+        };
+        let holds = probe
+            .entries
+            .first()
+            .is_some_and(|e| e.seq == id.seq && carries_id(&e.data, text));
+        if !holds {
+            tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, last = ?probe.last_seq, "the replay log does not hold the client's event");
+            return Ok(None);
+        }
+        let slot = self.stream_slot(session)?;
+        let watch = cluster
+            .config
+            .notifier
+            .watch(log.channel(), std::time::Duration::from_secs(1))
+            .await;
+        let parts = TakeoverParts {
+            env: Arc::clone(&self.env),
+            session: session.id.clone(),
+            key: session.key,
+            upstream_session: session.upstream_id.clone(),
+            version: session.version,
+            authorization: crate::auth::caller().and_then(|c| c.upstream.clone()),
+            registry: Arc::clone(&session.streams),
+            writer: self.writer.clone(),
+            stream: id.stream,
+        };
+        let body = LogBody::new(cluster, log, watch, id.seq, probe.entries, parts, Some(slot));
+        super::access::note(|n| n.resume = Some("log"));
+        metrics::counter!("shadowcat_client_resumes_total", "from" => "log").increment(1);
+        tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, "client resumes from the replay log");
+        Ok(Some(self.sse_response(ProxyBody::log(body), session, None)))
     }
 
     /// The upstream event id persisted for `id`'s stream, if the stored

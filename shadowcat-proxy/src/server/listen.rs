@@ -626,6 +626,7 @@ mod tests {
             max_kept: 1,
             keepalive: Duration::from_secs(1),
             closing,
+            cluster: None,
         });
         let body = br#"{"jsonrpc":"2.0","id":"c1","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}"#;
         let mut l = Listen::new(json!("c1"), body, HeaderMap::new(), env, 1 << 16).unwrap();

@@ -370,6 +370,10 @@ impl ReverseProxy {
             max_kept: config.limits.max_kept_complete_streams,
             keepalive: config.limits.keepalive_interval,
             closing: closing.clone(),
+            cluster: config
+                .cluster
+                .clone()
+                .map(crate::stream::cluster::Cluster::start),
         });
         let live = parking_lot::RwLock::new(Arc::new(Live {
             limits: config.limits.clone(),
@@ -1419,7 +1423,17 @@ impl Shared {
         session: &SessionEntry,
         status: Option<StatusCode>,
     ) -> Response<ProxyBody> {
-        let mut out = Response::new(ProxyBody::stream(body));
+        self.sse_response(ProxyBody::stream(body), session, status)
+    }
+
+    /// An SSE response carrying `body`, a session stream.
+    fn sse_response(
+        &self,
+        body: ProxyBody,
+        session: &SessionEntry,
+        status: Option<StatusCode>,
+    ) -> Response<ProxyBody> {
+        let mut out = Response::new(body);
         *out.status_mut() = status.unwrap_or(StatusCode::OK);
         let h = out.headers_mut();
         h.insert(

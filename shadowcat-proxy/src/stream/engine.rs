@@ -14,6 +14,7 @@ use shadowcat_session::StreamId;
 use shadowcat_transport::sse::encode_comment;
 use tokio::time::{Instant, Sleep};
 
+use super::cluster::{After, Logged, OwnerLog};
 use super::reader::{Pump, Pumped};
 use super::replay::ReplayBuffer;
 use super::{BoxError, Closing, StreamSlot};
@@ -35,6 +36,9 @@ struct StreamState {
     /// With no client attached: released by the linger sweeper at this
     /// time.
     keep_until: Option<Instant>,
+    /// The shared replay log, when this instance owns the stream in a
+    /// cluster: clients are sent only what it holds.
+    log: Option<OwnerLog>,
 }
 
 impl StreamState {
@@ -66,6 +70,60 @@ impl StreamState {
             from = to;
         }
     }
+
+    /// The first seq clients may not be sent yet.
+    fn visible_next(&self) -> u64 {
+        match &self.log {
+            Some(l) => (l.released + 1).min(self.buffer.next_seq()),
+            None => self.buffer.next_seq(),
+        }
+    }
+
+    /// A batch is being logged: clients wait for it, and the reader is not
+    /// polled (one batch of a stream in the log's hands at a time).
+    fn log_gating(&self) -> bool {
+        self.log.as_ref().is_some_and(OwnerLog::gating)
+    }
+
+    /// Hands the batch just appended (from seq `first`) to the log. True
+    /// when clients must wait for it.
+    fn log_batch(
+        &mut self,
+        me: &Weak<StreamShared>,
+        env: &StreamEnv,
+        first: u64,
+        batch: &Bytes,
+        pump: &Pump,
+    ) -> bool {
+        let (Some(log), Some(cluster)) = (self.log.as_mut(), env.cluster.as_ref()) else {
+            return false;
+        };
+        let mut entries = Vec::with_capacity(pump.marks().len());
+        let mut from = 0;
+        for (seq, &to) in (first..).zip(pump.marks()) {
+            entries.push((seq, batch.slice(from..to)));
+            from = to;
+        }
+        let up = pump.last_event_id().map(str::to_owned);
+        cluster.submit(me.clone(), log, entries, up, false);
+        log.gating()
+    }
+
+    /// The stream ended (not released): its end goes to the log, with its
+    /// last event (seq `seq`) if any, else as an empty end marker.
+    fn log_end(&mut self, me: &Weak<StreamShared>, env: &StreamEnv, seq: u64, last: Option<Bytes>) {
+        let (Some(log), Some(cluster)) = (self.log.as_mut(), env.cluster.as_ref()) else {
+            return;
+        };
+        cluster.submit(me.clone(), log, vec![(seq, last.unwrap_or_default())], None, true);
+    }
+
+    /// No client attached, but a reader on another instance reads it.
+    fn read_elsewhere(&self, now: Instant, linger: std::time::Duration) -> bool {
+        self.log
+            .as_ref()
+            .is_some_and(|l| l.read_elsewhere(now, linger))
+    }
 }
 
 /// One resumable stream of a session.
@@ -78,6 +136,7 @@ pub(crate) struct StreamShared {
     /// (and the detached reader) waiting on the stream, not just whichever
     /// polled it last.
     waker: Waker,
+    this: Weak<StreamShared>,
 }
 
 /// Wakes everyone waiting on a stream.
@@ -150,11 +209,30 @@ impl StreamShared {
         pump: Pump,
         env: Arc<StreamEnv>,
     ) -> Arc<Self> {
+        Self::start_at(registry, id, pump, env, 1, None)
+    }
+
+    /// A stream whose first event gets seq `first`; with `lease`, taken
+    /// over from an owner that died (its log goes on from `first`).
+    pub(crate) fn start_at(
+        registry: &Arc<StreamRegistry>,
+        id: StreamId,
+        pump: Pump,
+        env: Arc<StreamEnv>,
+        first: u64,
+        lease: Option<shadowcat_session::Lease>,
+    ) -> Arc<Self> {
+        let log = match (&env.cluster, pump.shared_log()) {
+            (Some(c), Some((session, _))) => Some(OwnerLog::new(c.log(session, id.0), lease, first)),
+            _ => None,
+        };
         let stream = Arc::new_cyclic(|me| StreamShared {
             waker: Waker::from(Arc::new(WakeAll(me.clone()))),
+            this: me.clone(),
             id,
             state: Mutex::new(StreamState {
-                buffer: ReplayBuffer::new(env.replay, 1, Arc::clone(&env.budget)),
+                log,
+                buffer: ReplayBuffer::new(env.replay, first, Arc::clone(&env.budget)),
                 pump: Some(Box::new(pump)),
                 end: None,
                 attached: 0,
@@ -260,7 +338,7 @@ impl StreamShared {
     /// Releases the stream if `due` says so, in one look at its state (no
     /// client can attach in between). True if it did.
     fn release_when(&self, due: impl FnOnce(&StreamState) -> bool) -> bool {
-        let pump = {
+        let (pump, lease) = {
             let mut st = self.state.lock();
             if !due(&st) {
                 return false;
@@ -270,17 +348,40 @@ impl StreamShared {
             for (_, w) in st.waiters.drain(..) {
                 w.wake();
             }
-            st.pump.take()
+            let lease = st
+                .log
+                .as_mut()
+                .and_then(|l| Some((Arc::clone(&l.log), l.take_lease()?)));
+            (st.pump.take(), lease)
         };
         drop(pump);
+        if let (Some((log, lease)), Some(cluster)) = (lease, &self.env.cluster) {
+            cluster.release(log, lease);
+        }
         if let Some(reg) = self.registry.upgrade() {
             reg.remove(self);
         }
         true
     }
 
-    /// Releases a stream no client came back to within its linger time.
-    pub(crate) fn release_if_kept(&self, now: Instant) {
+    /// Releases a stream no client came back to within its linger time
+    /// (one a reader on another instance still reads is kept on).
+    pub(crate) fn release_if_kept(self: &Arc<Self>, now: Instant) {
+        let linger = self.env.linger;
+        let again = {
+            let mut st = self.state.lock();
+            let due = st.attached == 0 && st.keep_until.is_some_and(|t| t <= now);
+            if due && st.end != Some(End::Released) && st.read_elsewhere(now, linger) {
+                st.keep_until = Some(now + linger);
+                true
+            } else {
+                false
+            }
+        };
+        if again {
+            self.env.lingering.keep(self, now + linger);
+            return;
+        }
         if self.release_when(|st| st.attached == 0 && st.keep_until.is_some_and(|t| t <= now)) {
             tracing::debug!(
                 stream = self.id.0,
@@ -292,8 +393,13 @@ impl StreamShared {
     /// Releases the stream if no client holds it and it was detached with
     /// the deadline `until` (for the buffer budget). True if it did.
     pub(crate) fn release_if_detached_at(&self, until: Instant) -> bool {
+        let now = Instant::now();
+        let linger = self.env.linger;
         let released = self.release_when(|st| {
-            st.end != Some(End::Released) && st.attached == 0 && st.keep_until == Some(until)
+            st.end != Some(End::Released)
+                && st.attached == 0
+                && st.keep_until == Some(until)
+                && !st.read_elsewhere(now, linger)
         });
         if released {
             tracing::debug!(
@@ -302,6 +408,75 @@ impl StreamShared {
             );
         }
         released
+    }
+
+    /// The cluster task's answer for the batch ending at `last`. True when
+    /// this instance now holds the stream's lease (to renew).
+    pub(crate) fn logged(&self, last: u64, gate: bool, end: bool, outcome: Logged) -> bool {
+        let after = {
+            let mut st = self.state.lock();
+            let Some(log) = st.log.as_mut() else {
+                return false;
+            };
+            let after = log.on_logged(last, gate, end, outcome);
+            for (_, w) in st.waiters.drain(..) {
+                w.wake();
+            }
+            after
+        };
+        match after {
+            After::Nothing => false,
+            After::Owned => true,
+            After::Fenced => {
+                self.fenced();
+                false
+            }
+        }
+    }
+
+    /// The stream's log and lease, while this instance holds it.
+    pub(crate) fn log_lease(
+        &self,
+    ) -> Option<(Arc<shadowcat_session::ReplayLog>, shadowcat_session::Lease)> {
+        self.state.lock().log.as_ref()?.lease()
+    }
+
+    /// A renewal of the lease answered: what readers elsewhere sent counts
+    /// as written here (their events are in the log).
+    pub(crate) fn renewed(&self, info: shadowcat_session::Renewed, now: Instant) {
+        let held = {
+            let mut st = self.state.lock();
+            let Some(log) = st.log.as_mut() else {
+                return;
+            };
+            let before = log.remote_read;
+            let held = log.renewed(info, now);
+            let read = log.remote_read;
+            if held && read > before {
+                st.buffer.mark_written(read);
+                st.buffer.evict();
+                // A detached reader paused on a full buffer reads on.
+                for (_, w) in st.waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            held
+        };
+        if !held {
+            self.fenced();
+        }
+    }
+
+    /// Another instance took the stream over: it ends here; clients resume
+    /// from the log (nothing they were sent is missing from it).
+    fn fenced(&self) {
+        metrics::counter!("shadowcat_replay_log_lost_leases_total").increment(1);
+        tracing::warn!(stream = self.id.0, "another instance took this stream over (its lease was lost); ending it here, clients resume from the replay log");
+        if let Some(log) = self.state.lock().log.as_mut() {
+            // Not ours to give back.
+            let _ = log.take_lease();
+        }
+        self.release();
     }
 
     /// After a batch: when the budget is over its limit, release detached
@@ -330,9 +505,10 @@ impl StreamShared {
                 return Poll::Ready(false);
             }
             st.buffer.evict();
-            if st.buffer.is_full() {
+            if st.buffer.is_full() || st.log_gating() {
                 // Full of events a client may not have: stop reading, so
-                // a resuming client gets everything.
+                // a resuming client gets everything. Or a batch is being
+                // logged: its answer wakes this task.
                 st.register(DRAIN_WAITER, cx.waker());
                 return Poll::Pending;
             }
@@ -348,16 +524,22 @@ impl StreamShared {
             match polled {
                 Poll::Ready(Pumped::Events(batch)) => {
                     st.append(&batch, pump.marks());
+                    let me = self.me();
+                    st.log_batch(&me, &self.env, next, &batch, &pump);
                     st.pump = Some(pump);
                     st.wake_others(DRAIN_WAITER);
                     drop(st);
                     self.settle_budget();
                 }
                 Poll::Ready(Pumped::Ended(end, last)) => {
-                    if let Some(last) = last {
-                        st.buffer.push(last);
+                    if let Some(last) = &last {
+                        st.buffer.push(last.clone());
                     }
                     st.end = Some(end);
+                    if end != End::Released {
+                        let me = self.me();
+                        st.log_end(&me, &self.env, next, last);
+                    }
                     st.wake_others(DRAIN_WAITER);
                     drop(st);
                     drop(pump);
@@ -371,6 +553,10 @@ impl StreamShared {
                 }
             }
         }
+    }
+
+    fn me(&self) -> Weak<StreamShared> {
+        self.this.clone()
     }
 
     /// The last client went from a stream that is not complete: one task
@@ -456,10 +642,11 @@ impl StreamBody {
                 self.done = true;
                 return Poll::Ready(None);
             }
-            if self.cursor < st.buffer.next_seq() {
+            let visible = st.visible_next();
+            if self.cursor < visible {
                 match st
                     .buffer
-                    .copy_from(self.cursor, &mut self.out, COALESCE_BYTES)
+                    .copy_from(self.cursor, visible, &mut self.out, COALESCE_BYTES)
                 {
                     Ok(next) => {
                         self.cursor = next;
@@ -477,12 +664,17 @@ impl StreamBody {
                     }
                 }
             }
+            // Registered before the read: a wake-up during it is not lost.
+            st.register(self.me, cx.waker());
+            if st.log_gating() {
+                // The log's answer wakes this body.
+                drop(st);
+                return self.poll_keepalive(cx);
+            }
             if st.end.is_some() {
                 self.done = true;
                 return Poll::Ready(None);
             }
-            // Registered before the read: a wake-up during it is not lost.
-            st.register(self.me, cx.waker());
             let Some(mut pump) = st.pump.take() else {
                 drop(st);
                 return self.poll_keepalive(cx);
@@ -494,7 +686,14 @@ impl StreamBody {
             match polled {
                 Poll::Ready(Pumped::Events(batch)) => {
                     st.append(&batch, pump.marks());
+                    let me = self.stream.me();
+                    let gated = st.log_batch(&me, &self.stream.env, next, &batch, &pump);
                     st.pump = Some(pump);
+                    if gated || st.log.is_some() {
+                        // Sent once logged (or, degraded, from the buffer).
+                        drop(st);
+                        continue;
+                    }
                     self.cursor = st.buffer.next_seq();
                     st.buffer.mark_written(self.cursor - 1);
                     st.buffer.evict();
@@ -505,10 +704,14 @@ impl StreamBody {
                     return Poll::Ready(Some(Ok(Frame::data(batch))));
                 }
                 Poll::Ready(Pumped::Ended(end, last)) => {
-                    if let Some(last) = last {
-                        st.buffer.push(last);
+                    if let Some(last) = &last {
+                        st.buffer.push(last.clone());
                     }
                     st.end = Some(end);
+                    if end != End::Released {
+                        let me = self.stream.me();
+                        st.log_end(&me, &self.stream.env, next, last);
+                    }
                     st.wake_others(self.me);
                     drop(st);
                     drop(pump);

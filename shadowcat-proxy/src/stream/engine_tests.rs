@@ -254,6 +254,7 @@ impl<'a> Harness<'a> {
             max_kept: 4,
             keepalive: NEVER,
             closing,
+            cluster: None,
         });
         let key = ResumeKey([9; 16]);
         let session = SessionId::parse("engine-prop").expect("a valid session id");

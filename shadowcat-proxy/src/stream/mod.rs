@@ -64,10 +64,12 @@ use crate::mcp::protocol::ProtocolVersion;
 use crate::upstream::http::{UpstreamBody, UpstreamPool};
 
 pub(crate) mod budget;
+pub(crate) mod cluster;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
 pub(crate) mod linger;
+pub(crate) mod log_reader;
 mod reader;
 pub(crate) mod replay;
 pub(crate) mod sink;
@@ -135,6 +137,8 @@ pub(crate) struct StreamEnv {
     pub(crate) max_kept: usize,
     pub(crate) keepalive: Duration,
     pub(crate) closing: watch::Receiver<bool>,
+    /// The shared replay log, when instances share streams.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, String>> + Send>>;

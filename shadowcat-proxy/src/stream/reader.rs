@@ -439,6 +439,18 @@ impl Pump {
         &self.fw.marks
     }
 
+    /// The upstream's last event id (the stream's resumption point).
+    pub(crate) fn last_event_id(&self) -> Option<&str> {
+        self.fw.last_event_id()
+    }
+
+    /// The session and stream, when the stream may go to the shared replay
+    /// log: sealed client ids (not the stdio forward proxy's lines), and
+    /// not a legacy client's stream (those stay on their instance).
+    pub(crate) fn shared_log(&self) -> Option<(&SessionId, StreamId)> {
+        (self.fw.sealer.is_some() && !self.fw.legacy).then_some((&self.session, self.stream))
+    }
+
     /// Drives the source until it produced events, ended, or has nothing.
     /// The first event gets sequence number `next_seq`.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, next_seq: u64) -> Poll<Pumped> {

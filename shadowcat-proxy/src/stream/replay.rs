@@ -200,12 +200,13 @@ impl ReplayBuffer {
         self.first_seq <= seq && seq <= self.next_seq()
     }
 
-    /// Copies events from `seq` on into `out` until `out` holds at least
-    /// `max_bytes` (always at least one event); returns the next sequence
-    /// number to copy.
+    /// Copies events from `seq` on, before `until`, into `out` until `out`
+    /// holds at least `max_bytes` (always at least one event); returns the
+    /// next sequence number to copy.
     pub(crate) fn copy_from(
         &self,
         seq: u64,
+        until: u64,
         out: &mut BytesMut,
         max_bytes: usize,
     ) -> Result<u64, Evicted> {
@@ -217,7 +218,8 @@ impl ReplayBuffer {
         }
         let mut at = seq;
         let start = (seq - self.first_seq) as usize;
-        for e in self.entries.iter().skip(start) {
+        let n = until.saturating_sub(seq) as usize;
+        for e in self.entries.iter().skip(start).take(n) {
             out.extend_from_slice(e);
             at += 1;
             if out.len() >= max_bytes {
@@ -286,10 +288,10 @@ mod tests {
         );
         assert!(!b.is_full());
         let mut out = BytesMut::new();
-        assert_eq!(b.copy_from(4, &mut out, 1 << 20), Ok(6));
+        assert_eq!(b.copy_from(4, u64::MAX, &mut out, 1 << 20), Ok(6));
         assert_eq!(&out[..], b"data: 4\n\ndata: 5\n\n");
         assert_eq!(
-            b.copy_from(2, &mut out, 1),
+            b.copy_from(2, u64::MAX, &mut out, 1),
             Err(Evicted {
                 first: 4,
                 wanted: 2
@@ -297,7 +299,7 @@ mod tests {
         );
         assert!(b.reaches(4) && b.reaches(6) && !b.reaches(3) && !b.reaches(7));
         let mut one = BytesMut::new();
-        assert_eq!(b.copy_from(4, &mut one, 1), Ok(5), "at least one event");
+        assert_eq!(b.copy_from(4, u64::MAX, &mut one, 1), Ok(5), "at least one event");
         b.clear();
         assert_eq!((b.first_seq(), b.next_seq(), b.bytes()), (6, 6, 0));
         assert_eq!(b.written(), 5);
