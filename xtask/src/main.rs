@@ -1,13 +1,15 @@
 //! `cargo xtask`: the project's own automation. `cargo xtask ci` is the one
-//! test command (README, `.ci/run`): fmt, clippy, all tests, tidy checks and
-//! the deterministic bench gates. Tidy checks live in `tidy.rs` as `#[test]`s
-//! so a plain `cargo test` runs them too.
+//! test command (README, `.ci/run`): fmt, clippy, all tests, tidy checks,
+//! interop, the cluster chaos test and the deterministic bench gates. Tidy
+//! checks live in `tidy.rs` as `#[test]`s so a plain `cargo test` runs
+//! them too.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod cluster_chaos;
 mod interop;
 mod load;
 #[cfg(test)]
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("gates") => gates(),
         Some("interop") => interop::run(),
+        Some("cluster-chaos") => cluster_chaos::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
         Some("man") => man(),
         Some("help") | None => {
@@ -26,6 +29,9 @@ fn main() -> ExitCode {
             eprintln!("  ci     fmt check, clippy -D warnings, all tests, tidy, bench gates");
             eprintln!("  gates  only the deterministic bench gates");
             eprintln!("  interop  real MCP clients and servers through shadowcat (node, python3)");
+            eprintln!(
+                "  cluster-chaos  3 instances behind nginx on one Redis: cuts, owner kills, a Redis restart"
+            );
             eprintln!("  load [--quick] [--install]  load harness: direct vs shadowcat vs nginx");
             eprintln!("  man    write the man page to target/man/shadowcat.1");
             Ok(())
@@ -127,6 +133,10 @@ fn ci() -> Result<(), String> {
     step("tests", test)?;
 
     interop::run()?;
+
+    // Three instances behind nginx, owners killed, Redis restarted; the
+    // seed from CLUSTER_CHAOS_SEED.
+    cluster_chaos::run(&[])?;
 
     // Doc tests are not covered by --all-targets.
     let mut doc = cargo();

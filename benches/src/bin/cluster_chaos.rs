@@ -38,6 +38,7 @@ mod relay;
 mod run;
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,7 +177,7 @@ fn summary(s: &Settings, mode: Mode, o: &Outcome) -> (String, Vec<String>) {
         .collect::<Vec<_>>()
         .join(",");
     let mut line = format!(
-        "cluster-chaos mode={} seed={} events={} cuts={} drops={} stalls={} kills={} owner_kills={} redis_restarts={} takeovers={} worst_takeover_ms={} lost={} duplicated={} out_of_order={} named_errors={} cut_off={} calls={} resumes={} resumes_by_instance={} refusals={} worst_resume_ms={} p50_resume_ms={} secs={:.1} {}",
+        "cluster-chaos mode={} seed={} events={} cuts={} drops={} stalls={} kills={} owner_kills={} redis_restarts={} takeovers={} worst_takeover_ms={} lost={} duplicated={} out_of_order={} named_errors={} calls={} resumes={} resumes_by_instance={} refusals={} worst_resume_ms={} p50_resume_ms={} secs={:.1} {}",
         mode.name(),
         s.seed,
         t.delivered(),
@@ -192,7 +193,6 @@ fn summary(s: &Settings, mode: Mode, o: &Outcome) -> (String, Vec<String>) {
         t.duplicated(),
         t.out_of_order(),
         t.named_errors(),
-        t.cut_off(),
         t.streams.len(),
         t.resumes,
         if by_instance.is_empty() {
@@ -221,19 +221,28 @@ async fn run_all(s: &Settings, modes: &[Mode]) -> bool {
     for &mode in modes {
         let outcome = run::run_mode(s, mode).await;
         let (line, failures) = summary(s, mode, &outcome);
-        println!("{line}");
+        let mut text = format!("{line}\n");
         for f in &failures {
-            println!("  {}: {f}", mode.name());
+            let _ = writeln!(text, "  {}: {f}", mode.name());
         }
         for (status, (n, msg)) in &outcome.tally.refusals {
             let msg: String = msg.chars().take(300).collect();
-            println!(
+            let _ = writeln!(
+                text,
                 "  {}: resume refused {n}x with {status}: {msg}",
                 mode.name()
             );
         }
         if !failures.is_empty() {
-            println!("  {}: logs in {}", mode.name(), outcome.dir.display());
+            let _ = writeln!(text, "  {}: logs in {}", mode.name(), outcome.dir.display());
+            ok = false;
+        }
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             ok = false;
         }
     }

@@ -104,11 +104,6 @@ impl StreamTally {
     pub(crate) fn gaps(&self) -> u64 {
         self.max - self.distinct.min(self.max)
     }
-
-    /// Indexes after the highest received: cut off by the stream's end.
-    pub(crate) fn cut_off(&self) -> u64 {
-        self.requested - self.max
-    }
 }
 
 /// Everything the client saw in one mode.
@@ -163,11 +158,6 @@ impl Tally {
                 Mode::NoEventStore => s.gaps(),
             })
             .sum()
-    }
-
-    /// Notifications the streams' ends cut off (after a named error).
-    pub(crate) fn cut_off(&self) -> u64 {
-        self.streams.iter().map(StreamTally::cut_off).sum()
     }
 
     pub(crate) fn named_errors(&self) -> u64 {
@@ -280,7 +270,6 @@ mod tests {
         assert_eq!(s.out_of_range, 2);
         assert_eq!(s.max, 5);
         assert_eq!(s.gaps(), 0);
-        assert_eq!(s.cut_off(), 5);
         let g = stream(10, &[1, 2, 5], None);
         assert_eq!(g.gaps(), 2);
     }

@@ -431,4 +431,28 @@ mod tests {
             assert!(!c.contains(sticky), "{sticky}");
         }
     }
+
+    /// `docs/cluster-nginx.conf` (the README's example) proxies as the
+    /// harness does: every directive of the harness's `location` block
+    /// is in it.
+    #[test]
+    fn documented_config_matches_the_tested_one() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cluster-nginx.conf");
+        let doc = std::fs::read_to_string(&doc).expect("docs/cluster-nginx.conf");
+        let doc_lines: Vec<&str> = doc.lines().map(str::trim).collect();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let c = nginx_conf(Path::new("/tmp/x"), a, &[a]);
+        let location = c
+            .split("location / {")
+            .nth(1)
+            .and_then(|l| l.split('}').next())
+            .expect("a location block");
+        for line in location.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(
+                doc_lines.contains(&line),
+                "docs/cluster-nginx.conf lacks {line:?}"
+            );
+        }
+        assert!(doc.contains("max_fails=0;"));
+    }
 }

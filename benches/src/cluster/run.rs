@@ -12,6 +12,7 @@ use serde_json::Value;
 use shadowcat_proxy::test_util::TestUpstream;
 use shadowcat_transport::sse::{Decoder, SseItem};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::check::{End, Mode, StreamTally, Tally, names_owner_loss};
 use crate::client::{Exchange, Mcp};
@@ -49,7 +50,9 @@ const IDLE: Duration = Duration::from_secs(10);
 /// a stream up.
 const MAX_FRUITLESS_RESUMES: u32 = 30;
 /// How long the chaos watches a killed owner's lease for a takeover.
-const TAKEOVER_WITHIN: Duration = Duration::from_secs(3);
+const TAKEOVER_WITHIN: Duration = Duration::from_secs(15);
+/// How long a kill waits for the stream's lease to exist.
+const LEASE_WITHIN: Duration = Duration::from_secs(10);
 /// Longest one Redis command of the chaos may take.
 const REDIS_WITHIN: Duration = Duration::from_secs(2);
 
@@ -166,7 +169,20 @@ async fn run_cluster(
         r
     };
     let url = redis.url();
-    let chaos_run = drive_chaos(&plan, &url, &mut instances, &mut redis, rx, chaos);
+    let lease_wait = if s.legacy {
+        Duration::ZERO
+    } else {
+        LEASE_WITHIN
+    };
+    let chaos_run = drive_chaos(
+        &plan,
+        &url,
+        &mut instances,
+        &mut redis,
+        rx,
+        lease_wait,
+        chaos,
+    );
     let (r, ()) = tokio::join!(client, chaos_run);
     drop(nginx);
     drop(instances);
@@ -388,9 +404,10 @@ impl Follow<'_> {
                 }
                 Err(e) => (0, e),
             };
+            let at = self.tally.delivered();
             let entry = self.tally.refusals.entry(status).or_default();
             entry.0 += 1;
-            entry.1.clone_from(&message);
+            entry.1 = format!("(last at {at} notifications) {message}");
             *fruitless += 1;
             if *fruitless > MAX_FRUITLESS_RESUMES {
                 return Err(End::Unresumable(format!(
@@ -413,7 +430,7 @@ impl Follow<'_> {
                 Ok(Ok(Some(d))) => d,
             };
             decoder.push(data);
-            while let Some(item) = decoder.next() {
+            for item in decoder.by_ref() {
                 let ev = match item {
                     Err(e) => {
                         self.unexpected(format!("undecodable SSE: {e}"));
@@ -508,71 +525,118 @@ async fn drive_chaos(
     instances: &mut [Instance],
     redis: &mut Redis,
     mut rx: watch::Receiver<Seen>,
+    lease_wait: Duration,
     stats: &mut ChaosStats,
 ) {
+    let mut watchers = Vec::new();
     for &(at, action) in &plan.actions {
         let seen = match rx.wait_for(|s| s.done || s.delivered >= at).await {
             Ok(seen) => seen.clone(),
-            Err(_) => return,
+            Err(_) => break,
         };
         if seen.done {
-            return;
+            break;
         }
         match action {
             Action::RestartRedis => match redis.restart().await {
-                Ok(()) => stats.redis_restarts += 1,
+                Ok(()) => {
+                    eprintln!(
+                        "cluster-chaos: redis-server restarted at {} notifications",
+                        seen.delivered
+                    );
+                    stats.redis_restarts += 1;
+                }
                 Err(e) => stats.errors.push(format!("redis restart: {e}")),
             },
-            Action::KillOwner => kill_owner(&seen, redis_url, instances, stats).await,
+            Action::KillOwner => {
+                if let Some(w) = kill_owner(&rx, redis_url, instances, lease_wait, stats).await {
+                    watchers.push(w);
+                }
+            }
+        }
+    }
+    for w in watchers {
+        match w.await {
+            Ok(Some((new, after))) => {
+                stats.takeovers += 1;
+                stats
+                    .takeover_ms
+                    .push(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+                stats
+                    .new_owners
+                    .push(new.split('|').next().unwrap_or("").to_owned());
+            }
+            Ok(None) => stats.no_takeover += 1,
+            Err(e) => stats.errors.push(format!("takeover watch: {e}")),
         }
     }
 }
 
-/// Kills the owner of the client's stream (by its lease in Redis), starts
-/// it again, and watches the lease for the takeover.
+/// The lease naming the owner of the client's current stream, waiting up
+/// to `wait` for one to exist (after an owner's death the next one takes
+/// the lease when it needs to read on); key, value and owner index.
+async fn find_owner(
+    rx: &watch::Receiver<Seen>,
+    redis_url: &str,
+    instances: &[Instance],
+    wait: Duration,
+    stats: &mut ChaosStats,
+) -> Option<(String, String, usize)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let seen = rx.borrow().clone();
+        let stream = seen
+            .last_id
+            .as_deref()
+            .and_then(|id| id.split('.').next())
+            .unwrap_or("")
+            .to_owned();
+        let session = seen.session.unwrap_or_default();
+        match leases_of(redis_url, &session).await {
+            Ok(leases) => {
+                let suffix = format!(":{stream}:lease");
+                let found = leases.into_iter().find(|(k, _)| k.ends_with(&suffix));
+                if let Some((key, value)) = found {
+                    let owner = value.split('|').next().unwrap_or("");
+                    if let Some(i) = instances.iter().position(|i| i.spec.id == owner) {
+                        return Some((key, value, i));
+                    }
+                }
+            }
+            Err(e) => stats.errors.push(format!("lease lookup: {e}")),
+        }
+        if Instant::now() >= deadline || seen.done {
+            eprintln!(
+                "cluster-chaos:   no lease for stream {stream} of session {session} within {wait:?}"
+            );
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the owner of the client's stream (by its lease in Redis) and
+/// starts it again; then a task watches the lease for the takeover.
 async fn kill_owner(
-    seen: &Seen,
+    rx: &watch::Receiver<Seen>,
     redis_url: &str,
     instances: &mut [Instance],
+    lease_wait: Duration,
     stats: &mut ChaosStats,
-) {
-    let stream = seen
-        .last_id
-        .as_deref()
-        .and_then(|id| id.split('.').next())
-        .unwrap_or("");
-    let session = seen.session.as_deref().unwrap_or("");
-    let leases = match leases_of(redis_url, session).await {
-        Ok(l) => l,
-        Err(e) => {
-            stats.errors.push(format!("lease lookup: {e}"));
-            Vec::new()
-        }
-    };
-    let suffix = format!(":{stream}:lease");
-    let lease = leases
-        .iter()
-        .find(|(k, _)| k.ends_with(&suffix))
-        .or_else(|| leases.first())
-        .cloned();
-    let owner = lease
-        .as_ref()
-        .and_then(|(_, v)| v.split('|').next())
-        .map(str::to_owned);
-    let target = owner
-        .as_deref()
-        .and_then(|o| instances.iter().position(|i| i.spec.id == o));
-    let (index, by_lease) = match target {
-        Some(i) => (i, true),
+) -> Option<JoinHandle<Option<(String, Duration)>>> {
+    let looked = Instant::now();
+    let lease = find_owner(rx, redis_url, instances, lease_wait, stats).await;
+    let delivered = rx.borrow().delivered;
+    let index = match &lease {
+        Some((_, _, i)) => *i,
         None => {
-            // No lease (a binary without the replay log, or the stream is
-            // complete): kill the instance serving the client instead.
-            let served = seen.served_by.as_deref().unwrap_or("i0");
-            let i = instances
+            // No lease (a binary without the replay log): kill the
+            // instance serving the client instead.
+            let served = rx.borrow().served_by.clone().unwrap_or_default();
+            instances
                 .iter()
                 .position(|i| i.spec.id == served)
-                .unwrap_or(0);
-            (i, false)
+                .unwrap_or(0)
         }
     };
     let killed_at = Instant::now();
@@ -584,29 +648,35 @@ async fn kill_owner(
     }
     stats.kills += 1;
     eprintln!(
-        "cluster-chaos: kill -9 {} (pid {pid:?}, {}) at {} notifications",
+        "cluster-chaos: kill -9 {} (pid {pid:?}, {}) at {delivered} notifications{}",
         instances[index].spec.id,
-        if by_lease { "lease owner" } else { "no lease" },
-        seen.delivered
-    );
-    if !by_lease {
-        stats.no_lease_kills += 1;
-        return;
-    }
-    stats.owner_kills += 1;
-    let Some((key, old)) = lease else { return };
-    match watch_takeover(redis_url, &key, &old).await {
-        Some(new) => {
-            stats.takeovers += 1;
-            stats
-                .takeover_ms
-                .push(u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX));
-            stats
-                .new_owners
-                .push(new.split('|').next().unwrap_or("").to_owned());
+        if lease.is_some() {
+            "lease owner"
+        } else {
+            "no lease"
+        },
+        match killed_at.duration_since(looked) {
+            d if d > Duration::from_millis(100) => format!(" (waited {d:?} for a lease)"),
+            _ => String::new(),
         }
-        None => stats.no_takeover += 1,
-    }
+    );
+    let Some((key, old, _)) = lease else {
+        stats.no_lease_kills += 1;
+        return None;
+    };
+    stats.owner_kills += 1;
+    let url = redis_url.to_owned();
+    Some(tokio::spawn(async move {
+        let new = watch_takeover(&url, &key, &old).await;
+        let after = killed_at.elapsed();
+        match &new {
+            Some(v) => eprintln!("cluster-chaos:   {key}: {v} {after:?} after the kill"),
+            None => eprintln!(
+                "cluster-chaos:   {key}: no takeover within {TAKEOVER_WITHIN:?} of the kill"
+            ),
+        }
+        new.map(|v| (v, after))
+    }))
 }
 
 /// Escapes Redis glob characters.
