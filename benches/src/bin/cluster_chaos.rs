@@ -146,6 +146,11 @@ fn summary(s: &Settings, mode: Mode, o: &Outcome) -> (String, Vec<String>) {
         failures.insert(0, format!("deadline of {:?} passed", s.deadline));
     }
     failures.extend(c.errors.iter().cloned());
+    failures.extend(
+        o.panics
+            .iter()
+            .map(|p| format!("an instance panicked: {p}")),
+    );
     if t.cuts < s.min_cuts {
         failures.push(format!("{} cuts, fewer than {}", t.cuts, s.min_cuts));
     }

@@ -96,6 +96,8 @@ pub(crate) struct Outcome {
     pub(crate) timed_out: bool,
     /// Set-up or client failure (not a check).
     pub(crate) error: Option<String>,
+    /// Panics the instances logged.
+    pub(crate) panics: Vec<String>,
     pub(crate) dir: PathBuf,
 }
 
@@ -125,8 +127,31 @@ pub(crate) async fn run_mode(s: &Settings, mode: Mode) -> Outcome {
         elapsed: started.elapsed(),
         timed_out,
         error,
+        panics: panics_in_logs(&dir),
         dir,
     }
+}
+
+/// Lines of the instances' logs that report a panic.
+fn panics_in_logs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("shadowcat-") && name.ends_with(".log")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("panicked")) {
+            out.push(format!(
+                "{name}: {}",
+                line.chars().take(300).collect::<String>()
+            ));
+        }
+    }
+    out
 }
 
 async fn run_cluster(
@@ -343,10 +368,18 @@ impl Follow<'_> {
                     head
                 }
                 Read::Dropped => {
+                    eprintln!(
+                        "cluster-chaos: connection dropped at {} notifications; resuming",
+                        self.tally.delivered()
+                    );
                     self.tally.drops += 1;
                     false
                 }
                 Read::Stalled => {
+                    eprintln!(
+                        "cluster-chaos: nothing for {IDLE:?} at {} notifications; resuming",
+                        self.tally.delivered()
+                    );
                     self.tally.stalls += 1;
                     false
                 }
@@ -400,6 +433,11 @@ impl Follow<'_> {
                 }
                 Ok(ex) => {
                     let status = ex.status().as_u16();
+                    let by = self.note_server(&ex).unwrap_or_else(|| "?".into());
+                    eprintln!(
+                        "cluster-chaos: resume refused {status} by {by} at {} notifications",
+                        self.tally.delivered()
+                    );
                     (status, ex.text().await)
                 }
                 Err(e) => (0, e),
