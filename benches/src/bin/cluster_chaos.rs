@@ -182,7 +182,7 @@ fn summary(s: &Settings, mode: Mode, o: &Outcome) -> (String, Vec<String>) {
         .collect::<Vec<_>>()
         .join(",");
     let mut line = format!(
-        "cluster-chaos mode={} seed={} events={} cuts={} drops={} stalls={} kills={} owner_kills={} redis_restarts={} takeovers={} worst_takeover_ms={} lost={} duplicated={} out_of_order={} named_errors={} calls={} resumes={} resumes_by_instance={} refusals={} worst_resume_ms={} p50_resume_ms={} secs={:.1} {}",
+        "cluster-chaos mode={} seed={} events={} cuts={} drops={} stalls={} kills={} owner_kills={} redis_restarts={} takeovers={} takeover_by={} worst_takeover_ms={} lost={} duplicated={} out_of_order={} named_errors={} calls={} resumes={} resumes_by_instance={} refusals={} worst_resume_ms={} p50_resume_ms={} secs={:.1} {}",
         mode.name(),
         s.seed,
         t.delivered(),
@@ -193,6 +193,11 @@ fn summary(s: &Settings, mode: Mode, o: &Outcome) -> (String, Vec<String>) {
         c.owner_kills,
         c.redis_restarts,
         c.takeovers,
+        if c.new_owners.is_empty() {
+            "-".to_owned()
+        } else {
+            c.new_owners.join(",")
+        },
         c.takeover_ms.iter().max().copied().unwrap_or(0),
         t.lost(mode),
         t.duplicated(),

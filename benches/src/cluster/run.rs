@@ -298,6 +298,7 @@ async fn drive_client(
             cuts: &mut cuts,
             call_id,
             last_id: None,
+            server: None,
         };
         let end = f.run().await;
         if let Some(st) = tally.streams.last_mut() {
@@ -317,6 +318,8 @@ struct Follow<'a> {
     cuts: &'a mut Cuts,
     call_id: u64,
     last_id: Option<String>,
+    /// The instance serving the current connection.
+    server: Option<String>,
 }
 
 /// How one read of one connection ended.
@@ -337,6 +340,7 @@ impl Follow<'_> {
     fn note_server(&mut self, ex: &Exchange) -> Option<String> {
         let name = ex.served_by().and_then(|a| self.names.get(&a).cloned());
         self.tx.send_modify(|seen| seen.served_by.clone_from(&name));
+        self.server.clone_from(&name);
         name
     }
 
@@ -369,7 +373,8 @@ impl Follow<'_> {
                 }
                 Read::Dropped => {
                     eprintln!(
-                        "cluster-chaos: connection dropped at {} notifications; resuming",
+                        "cluster-chaos: connection to {} dropped at {} notifications; resuming",
+                        self.server.as_deref().unwrap_or("?"),
                         self.tally.delivered()
                     );
                     self.tally.drops += 1;
@@ -377,7 +382,8 @@ impl Follow<'_> {
                 }
                 Read::Stalled => {
                     eprintln!(
-                        "cluster-chaos: nothing for {IDLE:?} at {} notifications; resuming",
+                        "cluster-chaos: nothing for {IDLE:?} from {} at {} notifications; resuming",
+                        self.server.as_deref().unwrap_or("?"),
                         self.tally.delivered()
                     );
                     self.tally.stalls += 1;
