@@ -119,7 +119,9 @@ impl ClusterSettings {
         }
         let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, CliError> {
             match v.unwrap_or(default) {
-                0 => Err(CliError::Config(format!("[cluster] {name} must be at least 1"))),
+                0 => Err(CliError::Config(format!(
+                    "[cluster] {name} must be at least 1"
+                ))),
                 n => Ok(Duration::from_millis(n)),
             }
         };
@@ -135,7 +137,11 @@ impl ClusterSettings {
             lease_ttl: ms(file.lease_ttl_ms, 5_000, "lease_ttl_ms")?,
             retention: shadowcat_session::Retention {
                 max_len,
-                max_age: Some(ms(file.replay_log_max_age_ms, 600_000, "replay_log_max_age_ms")?),
+                max_age: Some(ms(
+                    file.replay_log_max_age_ms,
+                    600_000,
+                    "replay_log_max_age_ms",
+                )?),
             },
             wait: ms(file.replay_log_wait_ms, 3_000, "replay_log_wait_ms")?,
         })

@@ -122,7 +122,8 @@ impl OwnerLog {
 
     /// A reader on another instance reported within `within`.
     pub(crate) fn read_elsewhere(&self, now: Instant, within: Duration) -> bool {
-        self.remote_seen.is_some_and(|t| now.duration_since(t) < within)
+        self.remote_seen
+            .is_some_and(|t| now.duration_since(t) < within)
     }
 
     /// The lease, to give back when the stream goes.
@@ -151,7 +152,10 @@ enum Job {
 
 /// How an append went.
 pub(crate) enum Logged {
-    Ok { lease: Lease, read: u64 },
+    Ok {
+        lease: Lease,
+        read: u64,
+    },
     /// Not logged in time: released without the log.
     Degraded(String),
     /// Another instance owns the stream now.

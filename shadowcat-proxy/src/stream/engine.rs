@@ -115,7 +115,13 @@ impl StreamState {
         let (Some(log), Some(cluster)) = (self.log.as_mut(), env.cluster.as_ref()) else {
             return;
         };
-        cluster.submit(me.clone(), log, vec![(seq, last.unwrap_or_default())], None, true);
+        cluster.submit(
+            me.clone(),
+            log,
+            vec![(seq, last.unwrap_or_default())],
+            None,
+            true,
+        );
     }
 
     /// No client attached, but a reader on another instance reads it.
@@ -223,7 +229,9 @@ impl StreamShared {
         lease: Option<shadowcat_session::Lease>,
     ) -> Arc<Self> {
         let log = match (&env.cluster, pump.shared_log()) {
-            (Some(c), Some((session, _))) => Some(OwnerLog::new(c.log(session, id.0), lease, first)),
+            (Some(c), Some((session, _))) => {
+                Some(OwnerLog::new(c.log(session, id.0), lease, first))
+            }
             _ => None,
         };
         let stream = Arc::new_cyclic(|me| StreamShared {
@@ -471,7 +479,10 @@ impl StreamShared {
     /// from the log (nothing they were sent is missing from it).
     fn fenced(&self) {
         metrics::counter!("shadowcat_replay_log_lost_leases_total").increment(1);
-        tracing::warn!(stream = self.id.0, "another instance took this stream over (its lease was lost); ending it here, clients resume from the replay log");
+        tracing::warn!(
+            stream = self.id.0,
+            "another instance took this stream over (its lease was lost); ending it here, clients resume from the replay log"
+        );
         if let Some(log) = self.state.lock().log.as_mut() {
             // Not ours to give back.
             let _ = log.take_lease();

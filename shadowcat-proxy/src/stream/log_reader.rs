@@ -40,7 +40,9 @@ use tokio::time::{Instant, Sleep};
 use super::cluster::Cluster;
 use super::reader::{Pump, PumpSource, PumpSpec};
 use super::sink::WriterSink;
-use super::{BoxError, Closing, StreamBody, StreamEnv, StreamKind, StreamRegistry, StreamShared, StreamSlot};
+use super::{
+    BoxError, Closing, StreamBody, StreamEnv, StreamKind, StreamRegistry, StreamShared, StreamSlot,
+};
 use crate::event_id::StreamSealer;
 use crate::mcp::protocol::ProtocolVersion;
 
@@ -142,7 +144,9 @@ impl LogBody {
             last_report: None,
             state: State::Waiting,
             out: BytesMut::new(),
-            keepalive: Box::pin(tokio::time::sleep(super::FIRST_BYTE_WITHIN.min(env.keepalive))),
+            keepalive: Box::pin(tokio::time::sleep(
+                super::FIRST_BYTE_WITHIN.min(env.keepalive),
+            )),
             check: Box::pin(tokio::time::sleep(Duration::ZERO)),
             closing: Box::pin(async move {
                 let _ = closing.wait_for(|c| *c).await;
@@ -236,7 +240,9 @@ impl LogBody {
             return None;
         }
         self.reset_keepalive();
-        Some(Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze())))))
+        Some(Poll::Ready(Some(Ok(Frame::data(
+            self.out.split().freeze(),
+        )))))
     }
 
     fn reset_keepalive(&mut self) {
@@ -424,7 +430,11 @@ async fn take_over(
         }
         return Taken::Ended(entries);
     }
-    let last = probe.entries.last().map_or(cursor, |e| e.seq).max(probe.last_seq.unwrap_or(0));
+    let last = probe
+        .entries
+        .last()
+        .map_or(cursor, |e| e.seq)
+        .max(probe.last_seq.unwrap_or(0));
     let env = Arc::clone(&parts.env);
     let id = StreamId(parts.stream);
     let get = parts.stream & crate::event_id::GET_STREAM_BIT != 0;
@@ -458,7 +468,11 @@ async fn take_over(
                         resume_after: Some(up.clone()),
                         legacy: false,
                     };
-                    let pump = Pump::new(PumpSource::Upstream(resp.into_body()), spec, Arc::clone(&env));
+                    let pump = Pump::new(
+                        PumpSource::Upstream(resp.into_body()),
+                        spec,
+                        Arc::clone(&env),
+                    );
                     let shared = StreamShared::start_at(
                         &parts.registry,
                         id,
@@ -497,7 +511,13 @@ async fn take_over(
     let event = enc.freeze();
     let mut entries = probe.entries;
     match log
-        .append_batch(&lease, &[(last + 1, event.clone())], None, true, cfg.retention)
+        .append_batch(
+            &lease,
+            &[(last + 1, event.clone())],
+            None,
+            true,
+            cfg.retention,
+        )
         .await
     {
         Ok(_) => {}
