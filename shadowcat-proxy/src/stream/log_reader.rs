@@ -67,6 +67,9 @@ pub(crate) struct TakeoverParts {
     pub(crate) stream: u32,
 }
 
+/// What a body's poll gives hyper.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
 type Fetch = Pin<Box<dyn Future<Output = Result<Probe, ReplayLogError>> + Send>>;
 type Taking = Pin<Box<dyn Future<Output = Taken> + Send>>;
 
@@ -235,7 +238,7 @@ impl LogBody {
         self.check.as_mut().reset(at);
     }
 
-    fn flush(&mut self) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
+    fn flush(&mut self) -> Option<Polled> {
         if self.out.is_empty() {
             return None;
         }
@@ -256,10 +259,7 @@ impl LogBody {
             .map_or(Duration::from_secs(15), |p| p.env.keepalive)
     }
 
-    pub(crate) fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Polled {
         loop {
             if let State::Local(body) = &mut self.state {
                 if !self.out.is_empty() {
@@ -381,10 +381,7 @@ impl LogBody {
         self.state = State::TakingOver(Box::pin(take_over(cluster, log, cursor, parts, slot)));
     }
 
-    fn poll_keepalive(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Polled {
         if self.keepalive.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
