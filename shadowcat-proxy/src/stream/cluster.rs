@@ -94,6 +94,19 @@ impl OwnerLog {
         }
     }
 
+    /// How the log stands, for the admin API.
+    pub(crate) fn state(&self) -> &'static str {
+        if self.degraded {
+            "degraded"
+        } else if self.lease.is_some() {
+            "owner"
+        } else if self.registered {
+            "ended"
+        } else {
+            "acquiring"
+        }
+    }
+
     /// Clients wait for a batch being logged.
     pub(crate) fn gating(&self) -> bool {
         self.in_flight && !self.degraded

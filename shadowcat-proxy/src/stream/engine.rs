@@ -279,6 +279,8 @@ impl StreamShared {
                 Some(End::Failed) => "failed",
                 Some(End::Released) => "released",
             },
+            replay_log: st.log.as_ref().map(OwnerLog::state),
+            read_elsewhere: st.log.as_ref().map(|l| l.remote_read),
         }
     }
 
@@ -810,6 +812,14 @@ pub struct StreamView {
     /// `live` (a client attached), `detached` (no client; the reader goes
     /// on), `complete`, `failed` or `released`.
     pub state: &'static str,
+    /// With the shared replay log: `owner` (this instance holds the
+    /// lease), `acquiring` (before the first append), `degraded` (Redis
+    /// did not answer in time: events go out without the log) or `ended`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_log: Option<&'static str>,
+    /// The highest seq a reader on another instance reported sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_elsewhere: Option<u64>,
 }
 
 /// A session's streams on this instance.

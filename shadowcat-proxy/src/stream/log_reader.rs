@@ -47,7 +47,7 @@ use crate::event_id::StreamSealer;
 use crate::mcp::protocol::ProtocolVersion;
 
 /// Entries read from the log at a time.
-pub(crate) const READ_COUNT: usize = 256;
+pub(crate) const READ_COUNT: usize = 64;
 /// Entries a takeover reads before it resumes the upstream.
 const TAKEOVER_COUNT: usize = 4096;
 /// A reader reports its position at most this often.
