@@ -119,7 +119,9 @@ impl ClusterSettings {
         }
         let ms = |v: Option<u64>, default: u64, name: &str| -> Result<Duration, CliError> {
             match v.unwrap_or(default) {
-                0 => Err(CliError::Config(format!("[cluster] {name} must be at least 1"))),
+                0 => Err(CliError::Config(format!(
+                    "[cluster] {name} must be at least 1"
+                ))),
                 n => Ok(Duration::from_millis(n)),
             }
         };
@@ -135,7 +137,11 @@ impl ClusterSettings {
             lease_ttl: ms(file.lease_ttl_ms, 5_000, "lease_ttl_ms")?,
             retention: shadowcat_session::Retention {
                 max_len,
-                max_age: Some(ms(file.replay_log_max_age_ms, 600_000, "replay_log_max_age_ms")?),
+                max_age: Some(ms(
+                    file.replay_log_max_age_ms,
+                    600_000,
+                    "replay_log_max_age_ms",
+                )?),
             },
             wait: ms(file.replay_log_wait_ms, 3_000, "replay_log_wait_ms")?,
         })
@@ -758,6 +764,8 @@ mod tests {
             drain_timeout_secs: None,
             session_idle_timeout_secs: None,
             upstream_cmd: false,
+            replay_log: None,
+            instance_id: None,
             max_children: None,
             max_cached_sessions: None,
             session_revalidate_interval_ms: None,
@@ -1060,5 +1068,37 @@ mod tests {
             "tok"
         );
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn cluster_settings_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[cluster]\nreplay_log = false\ninstance_id = \"east-1\"\nlease_ttl_ms = 1500\nreplay_log_max_len = 99\nreplay_log_wait_ms = 250\n",
+        )
+        .unwrap();
+        let c = ClusterSettings::resolve(&args(None), &file.cluster).unwrap();
+        assert_eq!(c.replay_log, Some(false));
+        assert_eq!(c.instance_id, "east-1");
+        assert_eq!(c.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(c.retention.max_len, 99);
+        assert_eq!(c.wait, Duration::from_millis(250));
+        let mut a = args(None);
+        a.replay_log = Some("on".into());
+        a.instance_id = Some("flag".into());
+        let c = ClusterSettings::resolve(&a, &file.cluster).unwrap();
+        assert_eq!((c.replay_log, c.instance_id.as_str()), (Some(true), "flag"));
+        a.instance_id = Some("a|b".into());
+        assert!(
+            ClusterSettings::resolve(&a, &file.cluster).is_err(),
+            "'|' is refused"
+        );
+        let zero: FileConfig = toml::from_str("[cluster]\nlease_ttl_ms = 0\n").unwrap();
+        assert!(ClusterSettings::resolve(&args(None), &zero.cluster).is_err());
+        let c = ClusterSettings::resolve(&args(None), &FileCluster::default()).unwrap();
+        assert_eq!(
+            c.replay_log, None,
+            "on with a redis store, decided at start"
+        );
+        assert!(c.instance_id.starts_with("shadowcat-"));
     }
 }

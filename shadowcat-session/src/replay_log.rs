@@ -355,6 +355,7 @@ struct Shared {
     shas: [String; 5],
     config: ReplayLogConfig,
     round_trips: AtomicU64,
+    appends: AtomicU64,
 }
 
 /// The connections and scripts every stream's [`ReplayLog`] shares.
@@ -436,6 +437,7 @@ impl ReplayLogs {
                 shas,
                 config,
                 round_trips: AtomicU64::new(0),
+                appends: AtomicU64::new(0),
             }),
         })
     }
@@ -461,6 +463,11 @@ impl ReplayLogs {
     /// Round trips to Redis made so far by every log of this client.
     pub fn round_trips(&self) -> u64 {
         self.shared.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Batches appended so far by every log of this client.
+    pub fn appends(&self) -> u64 {
+        self.shared.appends.load(Ordering::Relaxed)
     }
 }
 
@@ -531,7 +538,11 @@ impl ReplayLog {
 
     /// [`ReplayLog::renew`], with what readers on other instances reported.
     /// An expired lease nobody acquired since is taken again.
-    pub async fn renew_info(&self, lease: &Lease, ttl: Duration) -> Result<Renewed, ReplayLogError> {
+    pub async fn renew_info(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Renewed, ReplayLogError> {
         const OP: &str = "renew";
         let ttl = ttl_ms(OP, ttl)?;
         let value = lease.value();
@@ -588,7 +599,11 @@ impl ReplayLog {
             .cmd("GET")
             .arg(&self.lease_key);
         let shared = &self.shared;
-        type Reply = (Vec<Entry>, (Option<u64>, Option<String>, Option<String>), Option<String>);
+        type Reply = (
+            Vec<Entry>,
+            (Option<u64>, Option<String>, Option<String>),
+            Option<String>,
+        );
         let (entries, (last, up, end), lease): Reply = self
             .bounded(OP, shared.config.call_timeout, async {
                 shared.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -687,7 +702,10 @@ impl ReplayLog {
             })
             .await?;
         match answer.first().copied() {
-            Some(1) => Ok(answer.get(1).copied().unwrap_or(0).max(0) as u64),
+            Some(1) => Ok({
+                self.shared.appends.fetch_add(1, Ordering::Relaxed);
+                answer.get(1).copied().unwrap_or(0).max(0) as u64
+            }),
             Some(-1) => {
                 let e = invalid(
                     OP,
@@ -861,7 +879,10 @@ fn decode_entries(
         .collect())
 }
 
-fn decode_log_entries(op: &'static str, entries: Vec<Entry>) -> Result<Vec<LogEntry>, ReplayLogError> {
+fn decode_log_entries(
+    op: &'static str,
+    entries: Vec<Entry>,
+) -> Result<Vec<LogEntry>, ReplayLogError> {
     let mut out = Vec::with_capacity(entries.len());
     for (id, fields) in entries {
         let seq = id

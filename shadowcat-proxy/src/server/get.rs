@@ -243,7 +243,15 @@ impl Shared {
             writer: self.writer.clone(),
             stream: id.stream,
         };
-        let body = LogBody::new(cluster, log, watch, id.seq, probe.entries, parts, Some(slot));
+        let body = LogBody::new(
+            cluster,
+            log,
+            watch,
+            id.seq,
+            probe.entries,
+            parts,
+            Some(slot),
+        );
         super::access::note(|n| n.resume = Some("log"));
         metrics::counter!("shadowcat_client_resumes_total", "from" => "log").increment(1);
         tracing::debug!(session_fp = %session.id.fingerprint(), stream = id.stream, seq = id.seq, "client resumes from the replay log");

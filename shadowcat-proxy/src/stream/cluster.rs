@@ -94,6 +94,19 @@ impl OwnerLog {
         }
     }
 
+    /// How the log stands, for the admin API.
+    pub(crate) fn state(&self) -> &'static str {
+        if self.degraded {
+            "degraded"
+        } else if self.lease.is_some() {
+            "owner"
+        } else if self.registered {
+            "ended"
+        } else {
+            "acquiring"
+        }
+    }
+
     /// Clients wait for a batch being logged.
     pub(crate) fn gating(&self) -> bool {
         self.in_flight && !self.degraded
@@ -122,7 +135,8 @@ impl OwnerLog {
 
     /// A reader on another instance reported within `within`.
     pub(crate) fn read_elsewhere(&self, now: Instant, within: Duration) -> bool {
-        self.remote_seen.is_some_and(|t| now.duration_since(t) < within)
+        self.remote_seen
+            .is_some_and(|t| now.duration_since(t) < within)
     }
 
     /// The lease, to give back when the stream goes.
@@ -151,7 +165,10 @@ enum Job {
 
 /// How an append went.
 pub(crate) enum Logged {
-    Ok { lease: Lease, read: u64 },
+    Ok {
+        lease: Lease,
+        read: u64,
+    },
     /// Not logged in time: released without the log.
     Degraded(String),
     /// Another instance owns the stream now.

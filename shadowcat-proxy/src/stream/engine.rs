@@ -115,7 +115,13 @@ impl StreamState {
         let (Some(log), Some(cluster)) = (self.log.as_mut(), env.cluster.as_ref()) else {
             return;
         };
-        cluster.submit(me.clone(), log, vec![(seq, last.unwrap_or_default())], None, true);
+        cluster.submit(
+            me.clone(),
+            log,
+            vec![(seq, last.unwrap_or_default())],
+            None,
+            true,
+        );
     }
 
     /// No client attached, but a reader on another instance reads it.
@@ -223,7 +229,9 @@ impl StreamShared {
         lease: Option<shadowcat_session::Lease>,
     ) -> Arc<Self> {
         let log = match (&env.cluster, pump.shared_log()) {
-            (Some(c), Some((session, _))) => Some(OwnerLog::new(c.log(session, id.0), lease, first)),
+            (Some(c), Some((session, _))) => {
+                Some(OwnerLog::new(c.log(session, id.0), lease, first))
+            }
             _ => None,
         };
         let stream = Arc::new_cyclic(|me| StreamShared {
@@ -271,6 +279,8 @@ impl StreamShared {
                 Some(End::Failed) => "failed",
                 Some(End::Released) => "released",
             },
+            replay_log: st.log.as_ref().map(OwnerLog::state),
+            read_elsewhere: st.log.as_ref().map(|l| l.remote_read),
         }
     }
 
@@ -471,7 +481,10 @@ impl StreamShared {
     /// from the log (nothing they were sent is missing from it).
     fn fenced(&self) {
         metrics::counter!("shadowcat_replay_log_lost_leases_total").increment(1);
-        tracing::warn!(stream = self.id.0, "another instance took this stream over (its lease was lost); ending it here, clients resume from the replay log");
+        tracing::warn!(
+            stream = self.id.0,
+            "another instance took this stream over (its lease was lost); ending it here, clients resume from the replay log"
+        );
         if let Some(log) = self.state.lock().log.as_mut() {
             // Not ours to give back.
             let _ = log.take_lease();
@@ -799,6 +812,14 @@ pub struct StreamView {
     /// `live` (a client attached), `detached` (no client; the reader goes
     /// on), `complete`, `failed` or `released`.
     pub state: &'static str,
+    /// With the shared replay log: `owner` (this instance holds the
+    /// lease), `acquiring` (before the first append), `degraded` (Redis
+    /// did not answer in time: events go out without the log) or `ended`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_log: Option<&'static str>,
+    /// The highest seq a reader on another instance reported sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_elsewhere: Option<u64>,
 }
 
 /// A session's streams on this instance.

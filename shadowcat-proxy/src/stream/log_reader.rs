@@ -40,12 +40,14 @@ use tokio::time::{Instant, Sleep};
 use super::cluster::Cluster;
 use super::reader::{Pump, PumpSource, PumpSpec};
 use super::sink::WriterSink;
-use super::{BoxError, Closing, StreamBody, StreamEnv, StreamKind, StreamRegistry, StreamShared, StreamSlot};
+use super::{
+    BoxError, Closing, StreamBody, StreamEnv, StreamKind, StreamRegistry, StreamShared, StreamSlot,
+};
 use crate::event_id::StreamSealer;
 use crate::mcp::protocol::ProtocolVersion;
 
 /// Entries read from the log at a time.
-pub(crate) const READ_COUNT: usize = 256;
+pub(crate) const READ_COUNT: usize = 64;
 /// Entries a takeover reads before it resumes the upstream.
 const TAKEOVER_COUNT: usize = 4096;
 /// A reader reports its position at most this often.
@@ -64,6 +66,9 @@ pub(crate) struct TakeoverParts {
     pub(crate) writer: Option<WriterHandle>,
     pub(crate) stream: u32,
 }
+
+/// What a body's poll gives hyper.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 type Fetch = Pin<Box<dyn Future<Output = Result<Probe, ReplayLogError>> + Send>>;
 type Taking = Pin<Box<dyn Future<Output = Taken> + Send>>;
@@ -142,7 +147,9 @@ impl LogBody {
             last_report: None,
             state: State::Waiting,
             out: BytesMut::new(),
-            keepalive: Box::pin(tokio::time::sleep(super::FIRST_BYTE_WITHIN.min(env.keepalive))),
+            keepalive: Box::pin(tokio::time::sleep(
+                super::FIRST_BYTE_WITHIN.min(env.keepalive),
+            )),
             check: Box::pin(tokio::time::sleep(Duration::ZERO)),
             closing: Box::pin(async move {
                 let _ = closing.wait_for(|c| *c).await;
@@ -231,12 +238,14 @@ impl LogBody {
         self.check.as_mut().reset(at);
     }
 
-    fn flush(&mut self) -> Option<Poll<Option<Result<Frame<Bytes>, BoxError>>>> {
+    fn flush(&mut self) -> Option<Polled> {
         if self.out.is_empty() {
             return None;
         }
         self.reset_keepalive();
-        Some(Poll::Ready(Some(Ok(Frame::data(self.out.split().freeze())))))
+        Some(Poll::Ready(Some(Ok(Frame::data(
+            self.out.split().freeze(),
+        )))))
     }
 
     fn reset_keepalive(&mut self) {
@@ -250,10 +259,7 @@ impl LogBody {
             .map_or(Duration::from_secs(15), |p| p.env.keepalive)
     }
 
-    pub(crate) fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Polled {
         loop {
             if let State::Local(body) = &mut self.state {
                 if !self.out.is_empty() {
@@ -375,10 +381,7 @@ impl LogBody {
         self.state = State::TakingOver(Box::pin(take_over(cluster, log, cursor, parts, slot)));
     }
 
-    fn poll_keepalive(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Polled {
         if self.keepalive.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
@@ -424,7 +427,11 @@ async fn take_over(
         }
         return Taken::Ended(entries);
     }
-    let last = probe.entries.last().map_or(cursor, |e| e.seq).max(probe.last_seq.unwrap_or(0));
+    let last = probe
+        .entries
+        .last()
+        .map_or(cursor, |e| e.seq)
+        .max(probe.last_seq.unwrap_or(0));
     let env = Arc::clone(&parts.env);
     let id = StreamId(parts.stream);
     let get = parts.stream & crate::event_id::GET_STREAM_BIT != 0;
@@ -458,7 +465,11 @@ async fn take_over(
                         resume_after: Some(up.clone()),
                         legacy: false,
                     };
-                    let pump = Pump::new(PumpSource::Upstream(resp.into_body()), spec, Arc::clone(&env));
+                    let pump = Pump::new(
+                        PumpSource::Upstream(resp.into_body()),
+                        spec,
+                        Arc::clone(&env),
+                    );
                     let shared = StreamShared::start_at(
                         &parts.registry,
                         id,
@@ -497,7 +508,13 @@ async fn take_over(
     let event = enc.freeze();
     let mut entries = probe.entries;
     match log
-        .append_batch(&lease, &[(last + 1, event.clone())], None, true, cfg.retention)
+        .append_batch(
+            &lease,
+            &[(last + 1, event.clone())],
+            None,
+            true,
+            cfg.retention,
+        )
         .await
     {
         Ok(_) => {}

@@ -299,7 +299,11 @@ mod tests {
         );
         assert!(b.reaches(4) && b.reaches(6) && !b.reaches(3) && !b.reaches(7));
         let mut one = BytesMut::new();
-        assert_eq!(b.copy_from(4, u64::MAX, &mut one, 1), Ok(5), "at least one event");
+        assert_eq!(
+            b.copy_from(4, u64::MAX, &mut one, 1),
+            Ok(5),
+            "at least one event"
+        );
         b.clear();
         assert_eq!((b.first_seq(), b.next_seq(), b.bytes()), (6, 6, 0));
         assert_eq!(b.written(), 5);
