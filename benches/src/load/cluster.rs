@@ -13,9 +13,9 @@
 //! `_events_total`) and append time; and, per round, the log-on run
 //! against the log-off run: added p50/p99 and proxy CPU per event.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 
 use crate::procs::{self, RedisSnap, RedisWatch, metric_sum};
 use crate::report::Point;
@@ -28,19 +28,20 @@ pub(crate) const LOG_ON: &str = "shadowcat-log-on";
 pub(crate) const LOG_OFF: &str = "shadowcat-log-off";
 
 /// A figure's name for a Redis command (`redis_calls_xadd`): made once
-/// per name, and Redis has a few hundred.
+/// per name and thread, and Redis has a few hundred commands.
 fn key(prefix: &str, command: &str) -> &'static str {
-    static KEYS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-    let name = format!("{prefix}{command}");
-    let mut keys = KEYS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(k) = keys.get(name.as_str()) {
-        return k;
+    thread_local! {
+        static KEYS: RefCell<BTreeSet<&'static str>> = const { RefCell::new(BTreeSet::new()) };
     }
-    let k: &'static str = Box::leak(name.into_boxed_str());
-    keys.insert(k);
-    k
+    let name = format!("{prefix}{command}");
+    KEYS.with_borrow_mut(|keys| {
+        if let Some(k) = keys.get(name.as_str()) {
+            return *k;
+        }
+        let k: &'static str = Box::leak(name.into_boxed_str());
+        keys.insert(k);
+        k
+    })
 }
 
 /// Fills the Redis and replay-log figures of a window from `a` to `b`:
@@ -252,6 +253,17 @@ pub(crate) async fn run(env: &mut Env, plan: &Plan, points: &mut Vec<Point>) {
     })
     .await;
     compare_rounds(&mut r);
+    let logged: f64 = r
+        .iter()
+        .flatten()
+        .filter(|s| s.target == LOG_ON)
+        .filter_map(|s| s.get("replay_log_appends"))
+        .sum();
+    if logged <= 0.0 {
+        env.note(format!(
+            "cluster: {LOG_ON} logged nothing (no shadowcat_replay_log_appends_total): its figures are not the log's"
+        ));
+    }
     drop(targets);
     drop(redis);
     points.push(point(
