@@ -2,7 +2,7 @@
 //! binary, as a child process) and nginx (a plain SSE reverse proxy) in the
 //! same run, rotating their order each round, on loopback only.
 //!
-//! Scenarios (all but `store` by default):
+//! Scenarios (all but `store` and `cluster` by default):
 //! - `requests`: K sessions on keep-alive connections sending `tools/call`
 //!   back to back, answered by the upstream with JSON, then with SSE;
 //!   req/s, latency, proxy CPU per request, new upstream connections per
@@ -18,20 +18,26 @@
 //! - `store`: Shadowcat's store writes per event, embedded vs Redis;
 //! - `tls`: Shadowcat with a TLS listener and an https upstream against
 //!   plain Shadowcat and direct: CPU per event and per request
-//!   (`../load/tls.rs`).
+//!   (`../load/tls.rs`);
+//! - `cluster`: the shared replay log's cost: Shadowcat with `--replay-log
+//!   on` against `off` on one redis-server, N sessions × M events/s for
+//!   20 s a run; Redis commands and round trips per event, mean batch,
+//!   added p99, proxy and Redis CPU per event (`../load/cluster.rs`).
 //!
 //! Writes `report.json` and `report.md` (and `latency.png` for a sweep)
 //! to `--out`.
 //!
 //! `cargo xtask load [--quick]` builds and runs it; directly:
 //! `load --shadowcat target/release/shadowcat [--quick] [--out DIR]
-//! [--rounds N] [--only requests,max,stream,idle,store,tls] [--nginx PATH |
+//! [--rounds N] [--only requests,max,stream,idle,store,tls,cluster] [--nginx PATH |
 //! --no-nginx] [--redis-server PATH] [--clients N] [--idle-streams N]
 //! [--rates A,B,..] [--plot PATH]`.
 #![forbid(unsafe_code)]
 
 #[path = "../load/client.rs"]
 mod client;
+#[path = "../load/cluster.rs"]
+mod cluster;
 #[path = "../load/plot.rs"]
 mod plot;
 #[path = "../load/procs.rs"]
@@ -53,7 +59,9 @@ use std::time::{Duration, Instant};
 use report::Point;
 use scenario::{IdleLoad, RequestLoad, Sample, StreamLoad, Target, Via};
 
-const SCENARIOS: [&str; 6] = ["requests", "max", "stream", "idle", "store", "tls"];
+const SCENARIOS: [&str; 7] = [
+    "requests", "max", "stream", "idle", "store", "tls", "cluster",
+];
 /// What runs without `--only`.
 const DEFAULT_SCENARIOS: [&str; 5] = ["requests", "max", "stream", "idle", "tls"];
 
@@ -180,6 +188,8 @@ struct Plan {
     first_byte_wait_ms: u64,
     warm_ms: u64,
     window_ms: u64,
+    /// `cluster`: the measured window of each run.
+    cluster_window_ms: u64,
 }
 
 impl Plan {
@@ -201,6 +211,7 @@ impl Plan {
                 first_byte_wait_ms: 2000,
                 warm_ms: 300,
                 window_ms: 1000,
+                cluster_window_ms: 2000,
             }
         } else {
             Plan {
@@ -217,6 +228,7 @@ impl Plan {
                 first_byte_wait_ms: 20_000,
                 warm_ms: 1000,
                 window_ms: 5000,
+                cluster_window_ms: 20_000,
             }
         }
     }
@@ -501,6 +513,9 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     if wants("tls") {
         tls::run(&mut env, &plan, &mut points).await;
     }
+    if wants("cluster") {
+        cluster::run(&mut env, &plan, &mut points).await;
+    }
     if wants("idle") {
         let hold = Duration::from_secs(600);
         let mut names = vec!["direct", "shadowcat"];
@@ -603,6 +618,11 @@ async fn run(args: Args, nofile: u64) -> Result<(), String> {
     }
     for p in &points {
         md.push_str(&report::table(p));
+        md.push('\n');
+    }
+    let shared_log = cluster::summary(&points);
+    if !shared_log.is_empty() {
+        md.push_str(&shared_log);
         md.push('\n');
     }
     for n in &env.notes {

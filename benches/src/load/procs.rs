@@ -3,7 +3,7 @@
 //! loopback; their CPU and RSS from /proc, Shadowcat's counters from its
 //! admin `/metrics`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// What went wrong starting or reading a process.
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +389,8 @@ pub(crate) struct Shadowcat {
     pub(crate) addr: SocketAddr,
     /// Its admin listener.
     pub(crate) admin: SocketAddr,
+    /// The redis-server it uses, when runs should watch it.
+    pub(crate) redis: Option<RedisWatch>,
 }
 
 impl Shadowcat {
@@ -399,6 +402,18 @@ impl Shadowcat {
         name: &str,
         upstream: SocketAddr,
         store: &str,
+    ) -> Result<Self, ProcError> {
+        Self::start_with(bin, dir, name, upstream, store, &[]).await
+    }
+
+    /// [`Shadowcat::start`] with `extra` arguments to `reverse`.
+    pub(crate) async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        upstream: SocketAddr,
+        store: &str,
+        extra: &[&str],
     ) -> Result<Self, ProcError> {
         let addr: SocketAddr = (
             std::net::Ipv4Addr::LOCALHOST,
@@ -425,11 +440,17 @@ impl Shadowcat {
             .arg(addr.to_string())
             .arg("--admin-bind")
             .arg(admin.to_string())
+            .args(extra)
             .current_dir(dir);
         let mut proc = Proc::spawn("shadowcat", cmd, dir.join(format!("shadowcat-{name}.log")))?;
         proc.wait_listening(addr).await?;
         proc.wait_listening(admin).await?;
-        Ok(Shadowcat { proc, addr, admin })
+        Ok(Shadowcat {
+            proc,
+            addr,
+            admin,
+            redis: None,
+        })
     }
 
     /// Its `/metrics` text.
@@ -580,7 +601,8 @@ http {{
 /// redis-server on a free loopback port, no persistence.
 #[derive(Debug)]
 pub(crate) struct Redis {
-    _proc: Proc,
+    /// The process.
+    pub(crate) proc: Proc,
     /// Its address.
     pub(crate) addr: SocketAddr,
 }
@@ -604,13 +626,142 @@ impl Redis {
         .current_dir(dir);
         let mut proc = Proc::spawn("redis-server", cmd, dir.join("redis.log"))?;
         proc.wait_listening(addr).await?;
-        Ok(Redis { _proc: proc, addr })
+        Ok(Redis { proc, addr })
     }
+}
+
+/// Longest an `INFO` may take.
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest `INFO` answer read.
+const INFO_MAX_BYTES: usize = 1 << 20;
+
+/// The redis-server a target uses, watched during runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RedisWatch {
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// Its process.
+    pub(crate) pid: u32,
+}
+
+/// Redis at one end of a window.
+#[derive(Debug, Default)]
+pub(crate) struct RedisSnap {
+    /// Calls per command (`cmdstat_NAME:calls=N`).
+    pub(crate) calls: BTreeMap<String, u64>,
+    /// Microseconds spent per command (`usec=N`).
+    pub(crate) usec: BTreeMap<String, u64>,
+    /// `total_reads_processed`: socket reads.
+    pub(crate) reads: Option<u64>,
+    /// CPU nanoseconds by thread.
+    pub(crate) cpu: HashMap<u32, u64>,
+}
+
+impl RedisWatch {
+    /// Reads `INFO all` and the process's CPU; `None` when Redis does not
+    /// answer.
+    pub(crate) async fn snap(&self) -> Option<RedisSnap> {
+        let text = info(self.addr, "all")
+            .await
+            .map_err(|e| tracing::warn!(addr = %self.addr, error = %e, "INFO failed"))
+            .ok()?;
+        let mut s = parse_info(&text);
+        thread_cpu_ns(self.pid, &mut s.cpu);
+        Some(s)
+    }
+}
+
+/// Calls per command and socket reads from an `INFO` answer.
+pub(crate) fn parse_info(text: &str) -> RedisSnap {
+    let mut s = RedisSnap::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("cmdstat_")
+            && let Some((name, fields)) = rest.split_once(':')
+        {
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if let Some(calls) = field("calls=") {
+                s.calls.insert(name.to_owned(), calls);
+            }
+            if let Some(usec) = field("usec=") {
+                s.usec.insert(name.to_owned(), usec);
+            }
+        } else if let Some(v) = line.strip_prefix("total_reads_processed:") {
+            s.reads = v.trim().parse().ok();
+        }
+    }
+    s
+}
+
+/// `INFO section` over a fresh connection (RESP, one bulk string back).
+async fn info(addr: SocketAddr, section: &str) -> std::io::Result<String> {
+    let ask = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut io = BufReader::new(tcp);
+        let cmd = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        io.get_mut().write_all(cmd.as_bytes()).await?;
+        let mut head = String::new();
+        io.read_line(&mut head).await?;
+        let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|l| l.trim_end().parse().ok())
+            .ok_or_else(|| bad(format!("unexpected INFO answer {:?}", head.trim_end())))?;
+        if len > INFO_MAX_BYTES {
+            return Err(bad(format!("INFO answer of {len} bytes")));
+        }
+        let mut body = vec![0; len + 2];
+        io.read_exact(&mut body).await?;
+        body.truncate(len);
+        String::from_utf8(body).map_err(|e| bad(e.to_string()))
+    };
+    tokio::time::timeout(INFO_TIMEOUT, ask)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "INFO timed out"))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const INFO: &str = "# Stats\r\ntotal_reads_processed:120\r\n# Commandstats\r\n\
+        cmdstat_evalsha:calls=10,usec=80,usec_per_call=8.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_info:calls=4,usec=52,usec_per_call=13.00,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_client|list:calls=1,usec=5,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n";
+
+    #[test]
+    fn info_is_parsed() {
+        let s = parse_info(INFO);
+        assert_eq!(s.reads, Some(120));
+        assert_eq!(s.calls.get("evalsha"), Some(&10));
+        assert_eq!(s.calls.get("client|list"), Some(&1));
+        assert_eq!(s.calls.len(), 3);
+        assert_eq!(s.usec.get("evalsha"), Some(&80));
+    }
+
+    #[tokio::test]
+    async fn info_reads_a_bulk_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let want = b"*2\r\n$4\r\nINFO\r\n$3\r\nall\r\n";
+            let mut got = [0u8; 23];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, want);
+            let body = "cmdstat_get:calls=3\r\n";
+            s.write_all(format!("${}\r\n{body}\r\n", body.len()).as_bytes())
+                .await
+                .unwrap();
+        });
+        let text = info(addr, "all").await.unwrap();
+        assert_eq!(parse_info(&text).calls.get("get"), Some(&3));
+        server.await.unwrap();
+    }
 
     #[test]
     fn metric_sums_over_labels() {

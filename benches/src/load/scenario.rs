@@ -88,6 +88,7 @@ struct Snap {
     threads: Option<HashMap<u32, u64>>,
     harness: HashMap<u32, u64>,
     metrics: Option<String>,
+    redis: Option<procs::RedisSnap>,
     accepted: u64,
     sockets: PortSockets,
 }
@@ -102,9 +103,12 @@ impl Target {
     }
 
     async fn snap(&self) -> Snap {
-        let metrics = match &self.via {
-            Via::Shadowcat(s) => s.metrics().await,
-            _ => None,
+        let (metrics, redis) = match &self.via {
+            Via::Shadowcat(s) => match s.redis {
+                Some(w) => tokio::join!(s.metrics(), w.snap()),
+                None => (s.metrics().await, None),
+            },
+            _ => (None, None),
         };
         let mut harness = HashMap::new();
         procs::thread_cpu_ns(std::process::id(), &mut harness);
@@ -113,6 +117,7 @@ impl Target {
             threads: self.proc().map(Proc::thread_cpu),
             harness,
             metrics,
+            redis,
             accepted: self.up.accepted(),
             sockets: procs::port_sockets(
                 self.up.port,
@@ -181,6 +186,9 @@ impl Target {
                 s.set("store_keys_per_event", written.map(|w| w / events));
             }
             s.set("tasks_alive", metric_sum(mb, "tokio_num_alive_tasks"));
+            if matches!(&self.via, Via::Shadowcat(sc) if sc.redis.is_some()) {
+                crate::cluster::window_figures(s, (a.redis.as_ref(), b.redis.as_ref()), (ma, mb));
+            }
         }
     }
 }

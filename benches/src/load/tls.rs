@@ -166,7 +166,12 @@ async fn tls_shadowcat(
     proc.wait_listening(admin)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Shadowcat { proc, addr, admin })
+    Ok(Shadowcat {
+        proc,
+        addr,
+        admin,
+        redis: None,
+    })
 }
 
 /// Runs the TLS row: direct, plain Shadowcat and Shadowcat over TLS both
