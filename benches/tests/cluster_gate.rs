@@ -8,10 +8,11 @@
 //! clients and the other instances run in the same process:
 //!
 //! - **round trips per event on the owner**: one instance reads a
-//!   20,000-event stream (written unpaced, 16 events per upstream write)
-//!   for a client of its own, logging every batch before the client gets
-//!   it; its Redis round trips are at most one per batch plus the lease's
-//!   (take, renewals, give back), and at most 0.25 per event;
+//!   20,000-event stream (written unpaced, 16 and then 1 event per upstream
+//!   write) for a client of its own, logging every batch before the client
+//!   gets it; every event is in the log, and its Redis round trips are at
+//!   most one per batch plus the lease's (take, renewals, give back), and
+//!   at most 0.25 per event;
 //! - **bytes held per stream on a non-owner**: 200 streams owned by
 //!   instance A are resumed on instance B with `Last-Event-ID`, served
 //!   from the log and caught up; B holds no stream of its own (no replay
