@@ -150,7 +150,8 @@ fn ci() -> Result<(), String> {
 /// tasks per event, store writes per event, bytes left by ended sessions,
 /// buffered bytes within the budget whatever the number of dropped streams,
 /// bytes held per request body byte, upstream connections per request,
-/// allocations per event on the whole proxy path, heap per idle stream.
+/// allocations per event on the whole proxy path, heap per idle stream,
+/// Redis round trips per event and heap per stream on a non-owner.
 /// Never wall-clock times.
 fn gates() -> Result<(), String> {
     let mut gates = cargo();
@@ -173,6 +174,8 @@ fn gates() -> Result<(), String> {
         "upstream_conn_gate",
         "--test",
         "path_gate",
+        "--test",
+        "cluster_gate",
         "--",
         "--test-threads=1",
     ]);
