@@ -284,11 +284,13 @@ return 0
 /// ('1': the last entry ends the stream), channel, then seq, data pairs.
 /// Returns {1, readers' position} written, {0} fenced, {-1} (nothing
 /// written) when a seq is not above the last logged one. Publishes the
-/// last seq on the channel.
+/// last seq on the channel. The meta's `tc` holds when the oldest entry
+/// expires, so only appends from then on scan for expired entries.
 const APPEND_LUA: &str = r"
 local fence = redis.call('GET', KEYS[2])
 if fence ~= ARGV[1] then return {0} end
-local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+local m = redis.call('HMGET', KEYS[3], 'seq', 'tc', 'rd')
+local last = tonumber(m[1] or '0')
 for i = 8, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
   if seq <= last then return {-1} end
@@ -304,8 +306,10 @@ for i = 8, #ARGV, 2 do
   end
 end
 redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
-if ARGV[3] ~= '' then
-  local cutoff = now - tonumber(ARGV[3])
+local fields = {'seq', string.format('%d', last)}
+if ARGV[3] ~= '' and now >= tonumber(m[2] or '0') then
+  local age = tonumber(ARGV[3])
+  local cutoff = now - age
   local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[5])
   local keep = nil
   for _, e in ipairs(old) do
@@ -321,8 +325,15 @@ if ARGV[3] ~= '' then
     local s = tonumber(string.match(id, '^(%d+)'))
     redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', s + 1) .. '-0')
   end
+  local due = now + age
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #first > 0 then
+    local f = first[1][2]
+    for j = 1, #f, 2 do if f[j] == 't' then due = tonumber(f[j + 1]) + age end end
+  end
+  fields[#fields + 1] = 'tc'
+  fields[#fields + 1] = string.format('%d', due)
 end
-local fields = {'seq', string.format('%d', last)}
 if ARGV[4] ~= '' then
   fields[#fields + 1] = 'up'
   fields[#fields + 1] = ARGV[4]
@@ -333,7 +344,7 @@ if ARGV[6] == '1' then
 end
 redis.call('HSET', KEYS[3], unpack(fields))
 if #ARGV >= 8 then redis.call('PUBLISH', ARGV[7], last) end
-return {1, tonumber(redis.call('HGET', KEYS[3], 'rd') or '0')}
+return {1, tonumber(m[3] or '0')}
 ";
 
 #[derive(Debug, Clone, Copy)]

@@ -211,7 +211,16 @@ impl Shared {
             return Ok(None);
         };
         let log = cluster.log(&session.id, id.stream);
+        // One retry: the first call after a Redis restart fails on the old
+        // connection while the manager reconnects.
         let probe = match log.probe(id.seq, READ_COUNT).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                tracing::info!(session_fp = %session.id.fingerprint(), stream = id.stream, error = %e, "replay log read failed; trying once more");
+                log.probe(id.seq, READ_COUNT).await
+            }
+        };
+        let probe = match probe {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(session_fp = %session.id.fingerprint(), stream = id.stream, error = %e, "could not read the replay log; resuming without it");
