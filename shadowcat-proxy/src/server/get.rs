@@ -211,13 +211,19 @@ impl Shared {
             return Ok(None);
         };
         let log = cluster.log(&session.id, id.stream);
-        // One retry: the first call after a Redis restart fails on the old
-        // connection while the manager reconnects.
-        let probe = match log.probe(id.seq, READ_COUNT).await {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                tracing::info!(session_fp = %session.id.fingerprint(), stream = id.stream, error = %e, "replay log read failed; trying once more");
-                log.probe(id.seq, READ_COUNT).await
+        // Retried for up to the log wait: right after a Redis restart the
+        // old connection fails and Redis answers LOADING for a while.
+        let deadline = tokio::time::Instant::now() + cluster.config.wait;
+        let mut backoff = std::time::Duration::from_millis(25);
+        let probe = loop {
+            match log.probe(id.seq, READ_COUNT).await {
+                Ok(p) => break Ok(p),
+                Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::info!(session_fp = %session.id.fingerprint(), stream = id.stream, error = %e, "replay log read failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(400));
+                }
+                Err(e) => break Err(e),
             }
         };
         let probe = match probe {
