@@ -279,26 +279,57 @@ end
 return 0
 ";
 
-/// Appends a batch under fencing. KEYS: log, fence, meta. ARGV: token,
-/// max_len, max_age ms ('' none), upstream id ('' none), age scan, end
-/// ('1': the last entry ends the stream), channel, then seq, data pairs.
-/// Returns {1, readers' position} written, {0} fenced, {-1} (nothing
-/// written) when a seq is not above the last logged one. Publishes the
-/// last seq on the channel. The meta's `tc` holds when the oldest entry
-/// expires, so only appends from then on scan for expired entries.
-const APPEND_LUA: &str = r"
-local fence = redis.call('GET', KEYS[2])
-if fence ~= ARGV[1] then return {0} end
+// The append scripts, in parts. KEYS: log, fence, meta, lease. ARGV:
+// token (append) or owner (acquire-append), max_len, max_age ms ('' none),
+// upstream id ('' none), age scan, end ('1': the last entry ends the
+// stream), channel, lease ttl ms (acquire-append), then seq, data pairs.
+
+/// The batch's seqs must be above the last logged one: {-1}, nothing
+/// written, otherwise.
+macro_rules! append_seqs {
+    () => {
+        r"
 local m = redis.call('HMGET', KEYS[3], 'seq', 'tc', 'rd')
 local last = tonumber(m[1] or '0')
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
   if seq <= last then return {-1} end
   last = seq
 end
+"
+    };
+}
+
+/// Fencing: only the fence's current token appends ({0} otherwise).
+macro_rules! append_fenced {
+    () => {
+        r"
+local token = ARGV[1]
+if redis.call('GET', KEYS[2]) ~= token then return {0} end
+"
+    };
+}
+
+/// Takes the lease ({-2} when another instance holds it).
+macro_rules! append_acquire {
+    () => {
+        r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-2} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[4], ARGV[1] .. '|' .. token, 'PX', ARGV[8])
+"
+    };
+}
+
+/// Writes the entries, trims by length and (once the oldest entry is due:
+/// the meta's `tc`) by age, updates the meta and publishes the last seq.
+/// Returns {1, readers' position, token}.
+macro_rules! append_write {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   if ARGV[6] == '1' and i + 1 == #ARGV then
     redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'd', ARGV[i + 1], 't', now, 'e', '1')
   else
@@ -343,9 +374,38 @@ if ARGV[6] == '1' then
   fields[#fields + 1] = '1'
 end
 redis.call('HSET', KEYS[3], unpack(fields))
-if #ARGV >= 8 then redis.call('PUBLISH', ARGV[7], last) end
-return {1, tonumber(m[3] or '0')}
-";
+if #ARGV >= 9 then redis.call('PUBLISH', ARGV[7], last) end
+return {1, tonumber(m[3] or '0'), tonumber(token)}
+"
+    };
+}
+
+/// Appends a batch under fencing (the fence is checked first, so a fenced
+/// owner learns it even when its seqs are behind the log).
+const APPEND_LUA: &str = concat!(append_fenced!(), append_seqs!(), append_write!());
+
+/// Takes the lease and appends the stream's first batch, in one round
+/// trip; nothing is taken when the seqs are behind the log.
+const ACQUIRE_APPEND_LUA: &str = concat!(append_seqs!(), append_acquire!(), append_write!());
+
+/// A batch for the append scripts.
+struct Batch<'a> {
+    entries: &'a [(u64, Bytes)],
+    upstream_id: Option<&'a str>,
+    end: bool,
+    retain: Retention,
+}
+
+/// What an append script answered.
+enum Appended {
+    Ok {
+        read: u64,
+        token: u64,
+    },
+    /// Another instance holds the lease (acquire-append).
+    Held,
+    Fenced,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Lua {
@@ -354,16 +414,24 @@ enum Lua {
     Release = 2,
     Append = 3,
     Report = 4,
+    AcquireAppend = 5,
 }
 
-const SOURCES: [&str; 5] = [ACQUIRE_LUA, RENEW_LUA, RELEASE_LUA, APPEND_LUA, REPORT_LUA];
+const SOURCES: [&str; 6] = [
+    ACQUIRE_LUA,
+    RENEW_LUA,
+    RELEASE_LUA,
+    APPEND_LUA,
+    REPORT_LUA,
+    ACQUIRE_APPEND_LUA,
+];
 
 struct Shared {
     conn: ConnectionManager,
     /// For `XREAD BLOCK`: no reply timeout of its own.
     blocking: ConnectionManager,
     addr: String,
-    shas: [String; 5],
+    shas: [String; 6],
     config: ReplayLogConfig,
     round_trips: AtomicU64,
     appends: AtomicU64,
@@ -422,7 +490,7 @@ impl ReplayLogs {
                 load.cmd("SCRIPT").arg("LOAD").arg(src);
             }
             let shas: Vec<String> = load.query_async(&mut conn).await.map_err(redis_err)?;
-            let shas: [String; 5] = shas.try_into().map_err(|_| ReplayLogError::Corrupt {
+            let shas: [String; 6] = shas.try_into().map_err(|_| ReplayLogError::Corrupt {
                 op: OP,
                 message: "SCRIPT LOAD answered with the wrong count".to_owned(),
             })?;
@@ -676,12 +744,78 @@ impl ReplayLog {
         end: bool,
         retain: Retention,
     ) -> Result<u64, ReplayLogError> {
+        let batch = Batch {
+            entries,
+            upstream_id,
+            end,
+            retain,
+        };
+        match self
+            .append_script(Lua::Append, &batch, &lease.token.to_string(), "")
+            .await?
+        {
+            Appended::Ok { read, .. } => Ok(read),
+            _ => {
+                let e = ReplayLogError::Fenced { token: lease.token };
+                tracing::warn!(key = %self.log_key, error = %e, "replay log append fenced");
+                metrics::counter!("shadowcat_replay_log_fenced_total").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the lease for `owner` (for `ttl`) and appends the stream's
+    /// first batch, in one round trip. `None` (nothing written) when
+    /// another instance holds the lease. Otherwise as
+    /// [`ReplayLog::append_batch`], with the lease taken.
+    pub async fn acquire_append(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        entries: &[(u64, Bytes)],
+        upstream_id: Option<&str>,
+        end: bool,
+        retain: Retention,
+    ) -> Result<Option<(Lease, u64)>, ReplayLogError> {
         const OP: &str = "append";
-        if retain.max_len == 0 {
+        if owner.is_empty() || owner.contains('|') {
+            return Err(invalid(OP, "the owner name is empty or contains '|'"));
+        }
+        let ttl = ttl_ms(OP, ttl)?;
+        let batch = Batch {
+            entries,
+            upstream_id,
+            end,
+            retain,
+        };
+        match self
+            .append_script(Lua::AcquireAppend, &batch, owner, &ttl.to_string())
+            .await?
+        {
+            Appended::Ok { read, token } => Ok(Some((
+                Lease {
+                    owner: owner.to_owned(),
+                    token,
+                },
+                read,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn append_script(
+        &self,
+        lua: Lua,
+        batch: &Batch<'_>,
+        first: &str,
+        ttl: &str,
+    ) -> Result<Appended, ReplayLogError> {
+        const OP: &str = "append";
+        if batch.retain.max_len == 0 {
             return Err(invalid(OP, "retention max_len is 0"));
         }
         let mut prev = 0;
-        for (seq, _) in entries {
+        for (seq, _) in batch.entries {
             if *seq <= prev || *seq > MAX_SEQ {
                 return Err(invalid(
                     OP,
@@ -690,50 +824,52 @@ impl ReplayLog {
             }
             prev = *seq;
         }
-        let max_age = retain
+        let max_age = batch
+            .retain
             .max_age
             .map(|a| (a.as_millis() as u64).max(1).to_string())
             .unwrap_or_default();
         let answer: Vec<i64> = self
-            .eval(OP, Lua::Append, |cmd| {
-                cmd.arg(3)
+            .eval(OP, lua, |cmd| {
+                cmd.arg(4)
                     .arg(&self.log_key)
                     .arg(&self.fence_key)
                     .arg(&self.meta_key)
-                    .arg(lease.token)
-                    .arg(retain.max_len)
+                    .arg(&self.lease_key)
+                    .arg(first)
+                    .arg(batch.retain.max_len)
                     .arg(&max_age)
-                    .arg(upstream_id.unwrap_or(""))
+                    .arg(batch.upstream_id.unwrap_or(""))
                     .arg(AGE_SCAN)
-                    .arg(if end { "1" } else { "0" })
-                    .arg(&self.channel);
-                for (seq, data) in entries {
+                    .arg(if batch.end { "1" } else { "0" })
+                    .arg(&self.channel)
+                    .arg(ttl);
+                for (seq, data) in batch.entries {
                     cmd.arg(*seq).arg(data.as_ref());
                 }
             })
             .await?;
         match answer.first().copied() {
-            Some(1) => Ok({
+            Some(1) => {
                 self.shared.appends.fetch_add(1, Ordering::Relaxed);
-                answer.get(1).copied().unwrap_or(0).max(0) as u64
-            }),
+                Ok(Appended::Ok {
+                    read: answer.get(1).copied().unwrap_or(0).max(0) as u64,
+                    token: answer.get(2).copied().unwrap_or(0).max(0) as u64,
+                })
+            }
             Some(-1) => {
                 let e = invalid(
                     OP,
                     format!(
                         "seqs {}..={prev} are not all above the last logged seq",
-                        entries[0].0
+                        batch.entries.first().map_or(0, |e| e.0)
                     ),
                 );
                 record_error(&e);
                 Err(e)
             }
-            _ => {
-                let e = ReplayLogError::Fenced { token: lease.token };
-                tracing::warn!(key = %self.log_key, error = %e, "replay log append fenced");
-                metrics::counter!("shadowcat_replay_log_fenced_total").increment(1);
-                Err(e)
-            }
+            Some(-2) => Ok(Appended::Held),
+            _ => Ok(Appended::Fenced),
         }
     }
 

@@ -93,6 +93,46 @@ async fn one_round_trip_per_append_whatever_the_batch_size() {
 }
 
 #[tokio::test]
+async fn acquire_append_takes_the_lease_and_logs_in_one_round_trip() {
+    let server = RedisServer::start();
+    let logs = logs(&server).await;
+    let log = logs.log(&session(), StreamId(5));
+
+    let before = logs.round_trips();
+    let (lease, _) = log
+        .acquire_append("a", LEASE, &events(1..=2), Some("u2"), false, KEEP_ALL)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    assert_eq!(logs.round_trips() - before, 1);
+    assert_eq!(lease.owner(), "a");
+    // The lease it returns appends on.
+    log.append(&lease, &events(3..=3), None, KEEP_ALL)
+        .await
+        .unwrap();
+
+    // Another instance neither takes the lease nor writes.
+    let held = log
+        .acquire_append("b", LEASE, &events(4..=4), None, false, KEEP_ALL)
+        .await
+        .unwrap();
+    assert!(held.is_none());
+    assert!(log.acquire("b", LEASE).await.unwrap().is_none());
+    assert_eq!(log.read_after(None, 100).await.unwrap(), events(1..=3));
+
+    // Once released, seqs behind the log are refused and the lease stays
+    // free (nothing is taken for a batch that is not written).
+    log.release(&lease).await.unwrap();
+    let err = log
+        .acquire_append("b", LEASE, &events(3..=3), None, false, KEEP_ALL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReplayLogError::Invalid { .. }), "{err}");
+    let taken = owned(&log, "c").await;
+    assert!(taken.token() > lease.token());
+}
+
+#[tokio::test]
 async fn retention_by_length() {
     let server = RedisServer::start();
     let logs = logs(&server).await;

@@ -380,15 +380,27 @@ async fn append(
             let result = async {
                 let lease = match &lease {
                     Some(l) => l.clone(),
-                    None => match log.acquire(&config.instance_id, config.lease_ttl).await? {
-                        Some(l) => l,
-                        None => {
-                            return Ok(Err(format!(
+                    // The stream's first batch: lease and append in one
+                    // round trip.
+                    None => {
+                        return match log
+                            .acquire_append(
+                                &config.instance_id,
+                                config.lease_ttl,
+                                entries,
+                                upstream_id,
+                                end,
+                                config.retention,
+                            )
+                            .await?
+                        {
+                            Some((l, read)) => Ok(Ok((l, Ok(read)))),
+                            None => Ok(Err(format!(
                                 "another instance holds the lease of {}",
                                 log.log_key()
-                            )));
-                        }
-                    },
+                            ))),
+                        };
+                    }
                 };
                 let read = log
                     .append_batch(&lease, entries, upstream_id, end, config.retention)
